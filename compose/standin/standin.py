@@ -1,0 +1,459 @@
+#!/usr/bin/python3
+"""Stand-in for an OpenAI-compatible model server (vLLM-like), stdlib only.
+
+Integration tests and the demo run it inside a bare container that only has the host's
+``/usr/bin/python3``, so nothing outside the standard library may be imported. It mimics the
+parts of vLLM the supervisor cares about: a slow start before the port opens, crashes during
+load, context-length errors, streaming, and large multipart uploads.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+READ_CHUNK = 1 << 20  # never hold more than this much of an upload at once
+MAX_STREAM_CHUNKS = 2000
+DEFAULT_STREAM_CHUNKS = 5
+DEFAULT_MAX_TOKENS = 16  # what vLLM assumes for the context check when max_tokens is absent
+REPLY = "stand-in reply"
+_MODEL_FIELD = re.compile(rb'[;\s]name="?model"?[;\r\n]')
+
+
+class BadBody(Exception):
+    """The request body could not be framed; the connection cannot be reused."""
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else None
+
+
+class Config:
+    """Settings read once from the environment (the container's only configuration channel)."""
+
+    def __init__(self) -> None:
+        self.host = os.environ.get("STANDIN_HOST", "127.0.0.1")
+        port = _env_int("STANDIN_PORT")
+        if port is None:
+            raise SystemExit("standin: STANDIN_PORT is required")
+        self.port = port
+        self.model = os.environ.get("STANDIN_MODEL", "standin")
+        self.startup_delay = float(os.environ.get("STANDIN_STARTUP_DELAY", "0") or 0)
+        self.exit_code = _env_int("STANDIN_EXIT_CODE")
+        self.max_model_len = _env_int("STANDIN_MAX_MODEL_LEN")
+        # Seconds to keep serving after SIGTERM, like a server finishing its requests.
+        self.term_delay = float(os.environ.get("STANDIN_TERM_DELAY", "0") or 0)
+
+
+CONFIG: Config  # set in main(); handlers read it
+
+
+def _words(value: Any) -> int:
+    """Count whitespace-separated words in a message content (string or list of parts)."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words(p.get("text") if isinstance(p, dict) else p) for p in value)
+    return 0
+
+
+def _prompt_tokens(path: str, req: dict[str, Any]) -> int:
+    if path == "/v1/chat/completions":
+        msgs = req.get("messages") or []
+        return sum(_words(m.get("content")) for m in msgs if isinstance(m, dict))
+    return _words(req.get("prompt"))
+
+
+def _max_tokens(req: dict[str, Any]) -> int | None:
+    value = req.get("max_tokens", req.get("max_completion_tokens"))
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _vec(text: str) -> list[float]:
+    """Deterministic 8-float embedding so tests can compare results across calls."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255.0, 6) for b in digest[:8]]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request per call; HTTP/1.1 keep-alive so benchmarks are not dominated by connects."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "standin/1.0"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging: it would dominate benchmark time and docker logs."""
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def _iter_body(self) -> Iterator[bytes]:
+        """Yield the request body in pieces of at most READ_CHUNK (Content-Length or chunked)."""
+        te = self.headers.get("Transfer-Encoding", "")
+        if "chunked" in te.lower():
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise BadBody("eof in chunk size")
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise BadBody(f"bad chunk size {line!r}") from exc
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # discard trailers
+                    return
+                while size > 0:
+                    data = self.rfile.read(min(size, READ_CHUNK))
+                    if not data:
+                        raise BadBody("eof in chunk")
+                    size -= len(data)
+                    yield data
+                self.rfile.readline(65537)  # CRLF after chunk data
+            return
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            data = self.rfile.read(min(remaining, READ_CHUNK))
+            if not data:
+                raise BadBody("eof in body")
+            remaining -= len(data)
+            yield data
+
+    def _read_body(self) -> bytes:
+        return b"".join(self._iter_body())
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode())
+
+    def _error(self, status: int, message: str, code: str) -> None:
+        err = {"message": message, "type": "invalid_request_error", "code": code}
+        self._json(status, {"error": err})
+
+    def _chunk(self, data: bytes) -> None:
+        """Write one hand-made HTTP/1.1 chunk and flush so the client sees it immediately."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            self._route()
+        except BadBody:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _route(self) -> None:
+        path = urlsplit(self.path).path
+        method = self.command
+        if path == "/standin/stats":
+            self._read_body()
+            with STATS_LOCK:
+                return self._json(200, {"requests": dict(STATS)})
+        if path != "/health":
+            with STATS_LOCK:  # tests prove what did (not) reach the server
+                STATS[f"{method} {path}"] += 1
+        if path == "/v1/echo" or path.startswith("/v1/echo/"):
+            return self._echo()
+        if method == "POST" and path == "/v1/audio/transcriptions":
+            return self._transcribe()
+        body = self._read_body()  # always drained so keep-alive stays in sync
+        if method in ("GET", "HEAD") and path == "/health":
+            return self._send(200, b"", "text/plain")
+        if method in ("GET", "HEAD") and path == "/v1/models":
+            return self._json(200, self._models())
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            return self._completion(path, body)
+        if method == "POST" and path == "/v1/embeddings":
+            return self._embeddings(body)
+        self._error(404, f"{method} {path} not found", "not_found")
+        return None
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+
+    # ---- endpoints ------------------------------------------------------------------
+
+    def _models(self) -> dict[str, Any]:
+        model = {
+            "id": CONFIG.model,
+            "object": "model",
+            "created": int(START_TIME),
+            "owned_by": "standin",
+            "root": CONFIG.model,
+            "max_model_len": CONFIG.max_model_len,
+        }
+        return {"object": "list", "data": [model]}
+
+    def _parse_json(self, body: bytes) -> dict[str, Any] | None:
+        try:
+            obj = json.loads(body or b"{}")
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            self._error(400, "request body must be a JSON object", "bad_request")
+            return None
+        return obj
+
+    def _completion(self, path: str, body: bytes) -> None:
+        req = self._parse_json(body)
+        if req is None:
+            return
+        chat = path == "/v1/chat/completions"
+        prompt = _prompt_tokens(path, req)
+        max_tokens = _max_tokens(req)
+        if CONFIG.max_model_len is not None:
+            want = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
+            total = prompt + want
+            if total > CONFIG.max_model_len:
+                msg = (
+                    f"This model's maximum context length is {CONFIG.max_model_len} tokens. "
+                    f"However, you requested {total} tokens ({prompt} in the messages, "
+                    f"{want} in the completion). Please reduce the length of the messages "
+                    "or completion."
+                )
+                err = {
+                    "object": "error",
+                    "message": msg,
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+                return self._json(400, err)
+        delay = float(req.get("delay") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        model = str(req.get("model") or CONFIG.model)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        if req.get("stream"):
+            n = max_tokens if max_tokens is not None else DEFAULT_STREAM_CHUNKS
+            n = max(1, min(n, MAX_STREAM_CHUNKS))
+            opts = req.get("stream_options") or {}
+            usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+            return self._stream(
+                chat,
+                rid,
+                created,
+                model,
+                n,
+                float(req.get("stream_delay") or 0),
+                usage if isinstance(opts, dict) and opts.get("include_usage") else None,
+            )
+        usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": REPLY},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        else:
+            choice = {"index": 0, "text": REPLY, "logprobs": None, "finish_reason": "stop"}
+        obj = "chat.completion" if chat else "text_completion"
+        self._json(
+            200,
+            {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            },
+        )
+        return None
+
+    def _stream(
+        self,
+        chat: bool,
+        rid: str,
+        created: int,
+        model: str,
+        n: int,
+        stream_delay: float,
+        usage: dict[str, int] | None,
+    ) -> None:
+        """Server-sent events over a hand-written chunked response, one token per event."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {"id": rid, "object": obj, "created": created, "model": model}
+        for i in range(n):
+            last = i == n - 1
+            finish = "length" if last else None
+            if chat:
+                delta: dict[str, str] = {"content": f"tok{i} "}
+                if i == 0:
+                    delta["role"] = "assistant"
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            else:
+                choice = {"index": 0, "text": f"tok{i} ", "logprobs": None, "finish_reason": finish}
+            event = {**base, "choices": [choice]}
+            self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+            if stream_delay > 0 and not last:
+                time.sleep(stream_delay)
+        if usage is not None:
+            event = {**base, "choices": [], "usage": usage}
+            self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _embeddings(self, body: bytes) -> None:
+        req = self._parse_json(body)
+        if req is None:
+            return
+        raw = req.get("input", "")
+        inputs = [raw] if isinstance(raw, str) else [str(x) for x in raw]
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vec(s)} for i, s in enumerate(inputs)
+        ]
+        words = sum(len(s.split()) for s in inputs)
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": str(req.get("model") or CONFIG.model),
+                "usage": {"prompt_tokens": words, "total_tokens": words},
+            },
+        )
+
+    def _transcribe(self) -> None:
+        """Hash the raw multipart body while streaming it; only the `model` field is parsed."""
+        sha = hashlib.sha256()
+        total = 0
+        model: str | None = None
+        window = b""  # small tail kept only until the model field is found
+        for data in self._iter_body():
+            sha.update(data)
+            total += len(data)
+            if model is not None:
+                continue
+            window += data
+            m = _MODEL_FIELD.search(window)
+            if m is None:
+                window = window[-64:]
+                continue
+            start = window.find(b"\r\n\r\n", m.start())
+            end = window.find(b"\r\n--", start + 4) if start >= 0 else -1
+            if end < 0:
+                window = window[m.start() :][-READ_CHUNK:]
+                continue
+            model = window[start + 4 : end].decode("utf-8", "replace")
+            window = b""
+        self._json(
+            200,
+            {
+                "text": "stand-in transcription",
+                "model": model,
+                "received_bytes": total,
+                "sha256": sha.hexdigest(),
+            },
+        )
+
+    def _echo(self) -> None:
+        """Report exactly what arrived so tests can prove the proxy forwards transparently."""
+        sha = hashlib.sha256()
+        total = 0
+        for data in self._iter_body():
+            sha.update(data)
+            total += len(data)
+        headers: dict[str, str] = {}
+        for key, value in self.headers.items():
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        parts = urlsplit(self.path)
+        self._json(
+            200,
+            {
+                "method": self.command,
+                "path": parts.path,
+                "query": parts.query,
+                "headers": headers,
+                "body_len": total,
+                "body_sha256": sha.hexdigest(),
+            },
+        )
+
+
+START_TIME = time.time()
+STATS: collections.Counter[str] = collections.Counter()
+STATS_LOCK = threading.Lock()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """PID 1 in a container ignores SIGTERM unless handled; exit so `compose stop` is quick."""
+    if CONFIG.term_delay > 0:
+        print(f"standin: SIGTERM, exiting in {CONFIG.term_delay}s", flush=True)
+        threading.Timer(CONFIG.term_delay, os._exit, (0,)).start()
+        return
+    raise SystemExit(0)
+
+
+def _fail_loading(code: int) -> None:
+    """Mimic a model server dying while loading weights, with a vLLM-ish traceback tail."""
+    lines = [
+        f"INFO standin: loading weights for {CONFIG.model}",
+        "Traceback (most recent call last):",
+        '  File "/standin/standin.py", line 1, in load_weights',
+        f"RuntimeError: stand-in failed to load weights (STANDIN_EXIT_CODE={code})",
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def main() -> None:
+    global CONFIG
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    CONFIG = Config()
+    print(f"standin: starting model={CONFIG.model} pid={os.getpid()}", flush=True)
+    if CONFIG.startup_delay > 0:
+        time.sleep(CONFIG.startup_delay)  # vLLM only opens its port once the model is loaded
+    if CONFIG.exit_code is not None:
+        _fail_loading(CONFIG.exit_code)
+    server = ThreadingHTTPServer((CONFIG.host, CONFIG.port), Handler)
+    server.daemon_threads = True  # in-flight requests must not delay exit
+    print(f"standin: listening on {CONFIG.host}:{CONFIG.port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

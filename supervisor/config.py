@@ -1,0 +1,181 @@
+"""The supervisor's configuration: one pydantic model, validated once at start.
+
+The YAML file is the base; any key can be overridden by a `SUPERVISOR_`
+environment variable (nested keys joined by `__`, e.g.
+`SUPERVISOR_MODELS__CHAT__IDLE_TIMEOUT=5m`), so a container can tweak a
+deployment without editing the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `90s`, `10m`, `1h`, `1h30m`, `250ms` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 10m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"invalid duration {value!r}: use e.g. 90s, 10m, 1h or 1h30m"
+                ) from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("expected a duration such as 90s, 10m or 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    return value.rstrip("/")
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+UpstreamUrl = Annotated[str, BeforeValidator(str), BeforeValidator(_check_url)]
+ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComposeConfig(_Strict):
+    file: Path
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    env_file: Path | None = None  # passed to `docker compose --env-file` for ${VAR}s
+    binary: str = "docker"
+
+
+class ModelConfig(_Strict):
+    service: str
+    upstream: UpstreamUrl
+    aliases: list[str] = []
+    health: str = Field("/health", pattern=r"^/")
+    startup_timeout: Duration = 900.0
+    idle_timeout: Duration = 600.0
+    stop_timeout: Duration = 30.0
+    max_held: int = Field(256, ge=0)
+    hold_timeout: Duration = 1200.0
+    health_interval: Duration = 0.1
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SUPERVISOR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    listen: ListenAddress = "127.0.0.1:8080"
+    compose: ComposeConfig
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init kwargs; the environment wins over it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> Config:
+        owner: dict[str, str] = {}
+        for name, model in self.models.items():
+            for alias in [name, *model.aliases]:
+                if alias in owner and owner[alias] != name:
+                    raise ValueError(
+                        f"models.{name}.aliases: {alias!r} is already a name or alias "
+                        f"of model {owner[alias]!r}"
+                    )
+                owner[alias] = name
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` are 'key.path: reason' lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _format(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError naming each bad key."""
+    path = Path(path)
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level"])
+    try:
+        config = Config(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from exc
+    compose = config.compose
+    compose.file = (path.parent / compose.file).resolve()
+    if compose.env_file is not None:
+        compose.env_file = (path.parent / compose.env_file).resolve()
+    return config

@@ -1,0 +1,131 @@
+"""The OpenAI-facing HTTP side: answer `/v1/models` from config, and forward every
+other `/v1/...` request to its model's upstream once the model is ready.
+
+Forwarding is byte-for-byte and chunk-by-chunk: compressed bodies stay
+compressed, and each chunk (an SSE event while a model streams) is written to
+the client as soon as the upstream sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from supervisor.errors import error_response
+from supervisor.handle import HoldRejected, Lease, ModelHandle
+from supervisor.readiness import StartFailed
+from supervisor.router import Body, Registry, RouteError, resolve
+
+log = logging.getLogger(__name__)
+
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
+UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
+    )
+)
+
+
+def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    listed = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    return CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP | listed
+    )
+
+
+def _model_entry(handle: ModelHandle) -> dict[str, object]:
+    return {
+        "id": handle.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "model-supervisor",
+        "aliases": handle.config.aliases,
+        "state": handle.state.value,
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    handles = request.app[REGISTRY].handles.values()
+    return web.json_response({"object": "list", "data": [_model_entry(h) for h in handles]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    try:
+        handle = request.app[REGISTRY].get(request.match_info["model"])
+    except RouteError as exc:
+        return error_response(exc.status, str(exc), exc.code)
+    return web.json_response(_model_entry(handle))
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    try:
+        handle, body = await resolve(request, request.app[REGISTRY])
+    except RouteError as exc:
+        return error_response(exc.status, str(exc), exc.code)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"The request body is too large: {exc.text}", "body_too_large")
+    try:
+        async with handle.lease() as lease:
+            return await _forward(request, handle, body, lease)
+    except HoldRejected as exc:
+        return error_response(exc.status, str(exc), exc.code, retry_after=exc.retry_after)
+    except StartFailed as exc:
+        return error_response(503, str(exc), "model_start_failed", retry_after=5)
+    finally:
+        body.close()
+
+
+async def _forward(
+    request: web.Request, handle: ModelHandle, body: Body, lease: Lease
+) -> web.StreamResponse:
+    session = request.app[UPSTREAM]
+    headers = _end_to_end(request.headers)
+    began = time.monotonic()
+    try:
+        upstream = await session.request(
+            request.method,
+            handle.upstream + str(request.rel_url),
+            headers=headers,
+            data=body.forwardable(),
+            allow_redirects=False,
+        )
+    except aiohttp.ClientError as exc:
+        await handle.upstream_failed()
+        return error_response(
+            502,
+            f"model {handle.name!r} did not answer at {handle.upstream}: {exc}",
+            "upstream_unreachable",
+        )
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_end_to_end(upstream.headers))
+        if lease.cold_start:
+            response.headers["X-Supervisor-Cold-Start"] = "true"
+            response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+    log.debug("model=%s %s %s -> %d in %.3fs", handle.name, request.method, request.path,
+              upstream.status, time.monotonic() - began)
+    return response
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"No route for {request.method} {request.path}", "not_found")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    app.router.add_route("*", "/{tail:.*}", not_found)

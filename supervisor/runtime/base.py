@@ -1,0 +1,54 @@
+"""The one small interface between a model handle and whatever runs its server.
+
+The proxy and the handle never learn whether a service is a Compose service, a
+bare container or a process: they only call these methods. Implementations do
+I/O and nothing else: no state, no timers, no decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class ServiceState(StrEnum):
+    RUNNING = "running"
+    EXITED = "exited"  # it ran and is gone: look at exit_code and the log
+    ABSENT = "absent"  # never created, or removed
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    state: ServiceState
+    exit_code: int | None = None
+    container_id: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state is ServiceState.RUNNING
+
+
+class RuntimeFailure(Exception):
+    """A runtime command failed; the message is meant for the operator's log."""
+
+
+class Runtime(Protocol):
+    """Start, stop and inspect the services behind models."""
+
+    async def start(self, service: str) -> None:
+        """Bring the service up and return once its container runs (not once it is healthy)."""
+
+    async def stop(self, service: str, grace: float) -> None:
+        """Stop the service, giving it `grace` seconds after SIGTERM before a kill."""
+
+    async def status(self, service: str) -> ServiceStatus: ...
+
+    async def logs_tail(self, service: str, lines: int) -> str:
+        """The last lines of the service's log, for errors that explain a failed start."""
+
+    async def running_services(self) -> set[str]:
+        """Services of this supervisor's own project that run now, found by labels (adopt)."""
+
+    async def ping(self) -> None:
+        """Raise RuntimeFailure when the runtime's daemon cannot be reached."""
