@@ -17,7 +17,7 @@ def _compose_services(config: Config) -> tuple[set[str], str | None]:
     compose = config.compose
     if not compose.file.is_file():
         return set(), f"compose.file: {compose.file} does not exist"
-    cmd = [compose.binary, "compose", "-f", str(compose.file)]
+    cmd = [*compose.command, "-f", str(compose.file)]
     if compose.env_file is not None:
         if not compose.env_file.is_file():
             return set(), f"compose.env_file: {compose.env_file} does not exist"

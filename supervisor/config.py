@@ -78,7 +78,8 @@ class ComposeConfig(_Strict):
     file: Path
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     env_file: Path | None = None  # passed to `docker compose --env-file` for ${VAR}s
-    binary: str = "docker"
+    # The Compose v2 CLI: the Docker CLI plugin, or the standalone `docker-compose` binary.
+    command: list[str] = Field(default=["docker", "compose"], min_length=1)
 
 
 class ModelConfig(_Strict):

@@ -32,7 +32,7 @@ class ComposeRuntime:
         return docker.from_env()
 
     def _base_command(self) -> list[str]:
-        cmd = [self._config.binary, "compose", "-f", str(self._config.file)]
+        cmd = [*self._config.command, "-f", str(self._config.file)]
         if self._config.env_file is not None:
             cmd += ["--env-file", str(self._config.env_file)]
         return [*cmd, "-p", self._config.project]

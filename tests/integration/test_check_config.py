@@ -1,0 +1,71 @@
+"""`model-supervisor check-config` against the real `docker compose config`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import COMPOSE_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "check-config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def config_file(tmp_path: Path, compose_file: Path, service: str = "chat-fast") -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+compose: {{file: {compose_file}, project: checkcfg}}
+models:
+  chat:
+    service: {service}
+    upstream: http://127.0.0.1:19101
+""")
+    return path
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ["model-supervisor.example.yaml", "compose/demo-supervisor.yaml"]:
+        done = check_config(REPO / name)
+        assert done.returncode == 0, done.stderr
+        assert "OK" in done.stdout
+
+
+def test_a_service_missing_from_the_compose_file_is_named(tmp_path: Path) -> None:
+    done = check_config(config_file(tmp_path, COMPOSE_FILE, service="chat-fats"))
+    assert done.returncode == 1
+    assert "models.chat.service: 'chat-fats' is not a service of" in done.stderr
+    assert "chat-fast" in done.stderr  # the services it does have
+
+
+def test_a_missing_compose_file_is_named(tmp_path: Path) -> None:
+    done = check_config(config_file(tmp_path, tmp_path / "nope.yml"))
+    assert done.returncode == 1
+    assert "compose.file:" in done.stderr and "does not exist" in done.stderr
+
+
+def test_a_compose_file_that_does_not_parse_is_reported(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("services:\n  chat-fast:\n    image: [\n")
+    done = check_config(config_file(tmp_path, broken))
+    assert done.returncode == 1
+    assert "compose.file: docker compose cannot parse it" in done.stderr
+
+
+def test_schema_errors_exit_1_with_key_paths(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+compose: {{file: {COMPOSE_FILE}, project: checkcfg}}
+models:
+  a: {{service: chat-fast, upstream: "http://127.0.0.1:1", idle_timeout: soon}}
+  b: {{service: chat-slow, upstream: "http://127.0.0.1:2", aliases: [a]}}
+""")
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "models.a.idle_timeout: invalid duration 'soon'" in done.stderr
