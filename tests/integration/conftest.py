@@ -133,9 +133,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+async def wait_for(predicate: Callable[[], Any], within: float, what: str) -> None:
     """Poll `predicate` (sync or async) until true; fail naming `what` at the deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -143,7 +143,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> N
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

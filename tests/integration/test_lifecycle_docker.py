@@ -157,7 +157,9 @@ async def test_request_during_stop_waits_and_is_answered_after_a_restart(
     assert starts(project, "slow-stop") == 2
 
 
-async def test_second_supervisor_adopts_a_running_service(supervisor_factory, project, http) -> None:
+async def test_second_supervisor_adopts_a_running_service(
+    supervisor_factory, project, http
+) -> None:
     first = await supervisor_factory({"chat-fast": {}})
     async with http.post(first.url + "/v1/chat/completions", json=chat("chat-fast")) as r:
         assert r.status == 200

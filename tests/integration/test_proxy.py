@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from .conftest import chat, container_running
+from .conftest import container_running
 
 
 async def test_streaming_chunks_reach_the_client_before_the_upstream_finishes(

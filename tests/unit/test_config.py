@@ -78,7 +78,7 @@ def test_environment_overrides_one_nested_key(tmp_path: Path, monkeypatch) -> No
     [
         ("idle_timeout: 10x", "models.chat.idle_timeout: invalid duration '10x'"),
         ("upstream: 'localhost:9001'", "models.chat.upstream: 'localhost:9001' is not an http"),
-        ("upstream: 'http://127.0.0.1:99999'", "models.chat.upstream: 'http://127.0.0.1:99999' has"),
+        ("upstream: 'http://127.0.0.1:99999'", "models.chat.upstream: 'http://127.0.0.1:99999'"),
         ("max_held: -1", "models.chat.max_held: Input should be greater than or equal to 0"),
         ("health: health", "models.chat.health: String should match pattern"),
         ("idle_timout: 5m", "models.chat.idle_timout: unknown key"),
