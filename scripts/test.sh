@@ -8,7 +8,7 @@ cd "$REPO"
 source scripts/setup.sh
 
 say "ruff"
-ruff check supervisor tests bench compose/standin
+ruff check .
 say "mypy"
 mypy
 say "pytest"
