@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.out / "tokenizer.json").exists():
         print("tokenizer.json missing from the output", file=sys.stderr)
         return 1
-    has_template = bool(getattr(tokenizer, "chat_template", None)) or (args.out / "chat_template.jinja").exists()
+    has_template = (
+        bool(getattr(tokenizer, "chat_template", None))
+        or (args.out / "chat_template.jinja").exists()
+    )
     if not has_template:
         print("the tokenizer has no chat template", file=sys.stderr)
         return 1

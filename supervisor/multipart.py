@@ -15,7 +15,13 @@ from __future__ import annotations
 import re
 from enum import Enum, auto
 
-__all__ = ["MAX_HEADER_BYTES", "MAX_PREAMBLE_BYTES", "ModelFieldScanner", "boundary_of"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_PREAMBLE_BYTES",
+    "ModelFieldScanner",
+    "boundary_of",
+    "file_part_head",
+]
 
 MAX_HEADER_BYTES = 16 * 1024
 """Largest part-header block accepted; real clients send a few hundred bytes."""
@@ -242,3 +248,27 @@ def _is_model_part(block: bytes) -> bool:
         disposition, params = _params(value)
         return disposition == "form-data" and params.get("name") == "model"
     return False
+
+
+def file_part_head(prefix: bytes, boundary: str, limit: int) -> tuple[int, bytes] | None:
+    """Where the first uploaded file's data starts in `prefix`, and its first bytes.
+
+    Used after the model is known, to read an audio file's header for routing;
+    None when `prefix` holds no complete file-part header.
+    """
+    delimiter = b"--" + boundary.encode("latin-1")
+    pos = 0
+    while (start := prefix.find(delimiter, pos)) >= 0:
+        headers_start = start + len(delimiter)
+        if prefix[headers_start : headers_start + 2] == b"--":
+            return None  # the closing delimiter
+        headers_end = prefix.find(b"\r\n\r\n", headers_start)
+        if headers_end < 0:
+            return None
+        data_start = headers_end + 4
+        if b"filename=" in prefix[headers_start:headers_end].lower():
+            end = prefix.find(b"\r\n" + delimiter, data_start)
+            stop = end if end >= 0 else data_start + limit
+            return data_start, prefix[data_start : min(stop, data_start + limit)]
+        pos = data_start
+    return None

@@ -17,10 +17,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from supervisor.errors import error_response
 from supervisor.handle import HoldRejected, Lease, ModelHandle
+from supervisor.lifecycle import State
 from supervisor.readiness import StartFailed
 from supervisor.router import Body, Registry, RouteError, resolve
 
 log = logging.getLogger(__name__)
+
+# vLLM's 400 when a prompt exceeds max_model_len: "This model's maximum context length is ..."
+CONTEXT_ERROR_TEXT = b"maximum context length"
+CONTEXT_ERROR_PEEK = 64 << 10
 
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
@@ -43,6 +48,7 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 def _model_entry(handle: ModelHandle) -> dict[str, object]:
+    running = handle.state is not State.STOPPED
     return {
         "id": handle.name,
         "object": "model",
@@ -50,6 +56,8 @@ def _model_entry(handle: ModelHandle) -> dict[str, object]:
         "owned_by": "model-supervisor",
         "aliases": handle.config.aliases,
         "state": handle.state.value,
+        "profile": handle.profile.name if running else None,
+        "profiles": [{"name": p.name, "max_model_len": p.max_model_len} for p in handle.profiles],
     }
 
 
@@ -66,16 +74,33 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(_model_entry(handle))
 
 
+class _RetryLarger(Exception):
+    """The upstream said the request is too long for its profile; a larger one exists."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     try:
-        handle, body = await resolve(request, request.app[REGISTRY])
+        routed = await resolve(request, request.app[REGISTRY])
     except RouteError as exc:
         return error_response(exc.status, str(exc), exc.code)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"The request body is too large: {exc.text}", "body_too_large")
+    handle, body = routed.handle, routed.body
+    tokens = routed.need.tokens if routed.need else None
+    # Only a body held in memory can be sent twice.
+    retry = routed.need is not None and body.data is not None
     try:
-        async with handle.lease() as lease:
-            return await _forward(request, handle, body, lease)
+        while True:
+            try:
+                async with handle.lease(tokens) as lease:
+                    return await _forward(request, handle, body, lease, retry=retry)
+            except _RetryLarger as again:
+                log.info("model=%s upstream refused the length on profile %s; retrying larger",
+                         handle.name, handle.profile.name)
+                tokens, retry = again.tokens, False
     except HoldRejected as exc:
         return error_response(exc.status, str(exc), exc.code, retry_after=exc.retry_after)
     except StartFailed as exc:
@@ -85,7 +110,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def _forward(
-    request: web.Request, handle: ModelHandle, body: Body, lease: Lease
+    request: web.Request, handle: ModelHandle, body: Body, lease: Lease, *, retry: bool
 ) -> web.StreamResponse:
     session = request.app[UPSTREAM]
     headers = _end_to_end(request.headers)
@@ -106,12 +131,21 @@ async def _forward(
             "upstream_unreachable",
         )
     async with upstream:
+        first = b""
+        if retry and upstream.status == 400 and handle.larger_profile(lease.profile):
+            while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
+                first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
+            if CONTEXT_ERROR_TEXT in first and lease.profile.max_model_len is not None:
+                raise _RetryLarger(lease.profile.max_model_len + 1)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_end_to_end(upstream.headers))
+        response.headers["X-Supervisor-Profile"] = lease.profile.name
         if lease.cold_start:
             response.headers["X-Supervisor-Cold-Start"] = "true"
             response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
         await response.prepare(request)
+        if first:
+            await response.write(first)
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
         await response.write_eof()

@@ -1,26 +1,32 @@
-"""From an incoming request to the model it is for, and the body to forward.
+"""From an incoming request to the model it is for, what it needs, and the body to forward.
 
 JSON bodies are read whole (they must be parsed anyway). Multipart uploads
-(audio files of 150 MB) are read only until their `model` field is seen; the
-bytes read so far wait in a spool that moves to disk past 1 MiB, and the rest
-of the upload is streamed to the upstream straight from the client's socket.
+(audio files of 150 MB) are read only until their `model` field is seen (and,
+for a model with context limits, the audio file's header); the bytes read so
+far wait in a spool that moves to disk past 1 MiB, and the rest of the upload
+is streamed to the upstream straight from the client's socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 
+from supervisor.audio import HEAD_BYTES
+from supervisor.estimate import Need, describe
 from supervisor.handle import ModelHandle
-from supervisor.multipart import ModelFieldScanner, boundary_of
+from supervisor.multipart import ModelFieldScanner, boundary_of, file_part_head
+from supervisor.profiles import largest, max_audio_seconds
 
 SPOOL_MEMORY_BYTES = 1 << 20
 READ_CHUNK = 1 << 16
+INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
 
 
 class RouteError(Exception):
@@ -55,6 +61,13 @@ class Body:
             self.spool.close()
 
 
+@dataclass(slots=True)
+class Routed:
+    handle: ModelHandle
+    body: Body
+    need: Need | None  # None when the model has no context limits to route on
+
+
 class Registry:
     """Model handles by name and alias."""
 
@@ -76,23 +89,33 @@ class Registry:
         return handle
 
 
-async def resolve(request: web.Request, registry: Registry) -> tuple[ModelHandle, Body]:
-    """Find the model a request is for; raise RouteError for a body that names none."""
+async def resolve(request: web.Request, registry: Registry) -> Routed:
+    """Find the model and estimate the need; raise RouteError for what cannot be served."""
     boundary = boundary_of(request.headers.get("Content-Type", ""))
     if boundary is not None:
-        model, body = await _scan_multipart(request, boundary)
+        routed = await _multipart(request, registry, boundary)
     else:
         data = await request.read()
-        model = _model_of_json(data)
-        body = Body(data=data)
+        payload = _json_object(data)
+        handle = registry.get(_model_of(payload))
+        need = None
+        if handle.estimator is not None:
+            estimate = handle.estimator.for_json
+            need = (
+                estimate(payload)
+                if len(data) <= INLINE_ESTIMATE_BYTES
+                else await asyncio.to_thread(estimate, payload)
+            )
+        routed = Routed(handle, Body(data=data), need)
     try:
-        return registry.get(model), body
+        _refuse_what_fits_nowhere(routed)
     except RouteError:
-        body.close()
+        routed.body.close()
         raise
+    return routed
 
 
-def _model_of_json(data: bytes) -> str:
+def _json_object(data: bytes) -> dict[str, Any]:
     if not data:
         raise RouteError(400, "missing_model", "The request has no body; send JSON with `model`")
     try:
@@ -101,16 +124,21 @@ def _model_of_json(data: bytes) -> str:
         raise RouteError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise RouteError(400, "invalid_json", "The request body must be a JSON object")
+    return payload
+
+
+def _model_of(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise RouteError(400, "missing_model", "The request body has no `model` string")
     return model
 
 
-async def _scan_multipart(request: web.Request, boundary: str) -> tuple[str, Body]:
+async def _multipart(request: web.Request, registry: Registry, boundary: str) -> Routed:
     scanner = ModelFieldScanner(boundary)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
+    chunks = request.content.iter_chunked(READ_CHUNK)
+    async for chunk in chunks:
         spool.write(chunk)
         scanner.feed(chunk)
         if scanner.done:
@@ -119,4 +147,55 @@ async def _scan_multipart(request: web.Request, boundary: str) -> tuple[str, Bod
         spool.close()
         reason = scanner.error or "it has no `model` field"
         raise RouteError(400, "missing_model", f"Cannot read the multipart form: {reason}")
-    return scanner.model, Body(spool=spool, rest=request)
+    try:
+        handle = registry.get(scanner.model)
+    except RouteError:
+        spool.close()
+        raise
+    need = None
+    if handle.estimator is not None:
+        # Read on until the audio file's header is in the spool (a few hundred KiB at most).
+        async for chunk in chunks:
+            spool.write(chunk)
+            if spool.tell() >= HEAD_BYTES + SPOOL_MEMORY_BYTES // 4:
+                break
+        spool.seek(0)
+        found = file_part_head(spool.read(), boundary, HEAD_BYTES)
+        spool.seek(0, 2)
+        head, total = b"", None
+        if found is not None:
+            offset, head = found
+            if request.content_length is not None:
+                total = request.content_length - offset
+        need = handle.estimator.for_upload({}, head, total)
+    return Routed(handle, Body(spool=spool, rest=request), need)
+
+
+def _refuse_what_fits_nowhere(routed: Routed) -> None:
+    need, handle = routed.need, routed.handle
+    if need is None:
+        return
+    biggest = largest(handle.profiles)
+    if biggest.fits(need.tokens):
+        return
+    handle.refusals += 1
+    message = (
+        f"This request needs {describe(need)}, more than model {handle.name!r} can hold: "
+        f"its largest profile {biggest.name!r} has max_model_len {biggest.max_model_len}."
+    )
+    if need.audio_seconds:
+        seconds = max_audio_seconds(
+            biggest, handle.config.reserved_tokens, handle.config.tokens_per_audio_second
+        )
+        message += (
+            f" The longest audio it can take is {seconds:.0f} s ({_clock(seconds)}); "
+            f"this audio is {need.audio_seconds:.0f} s ({_clock(need.audio_seconds)})."
+        )
+    for note in need.notes:
+        message += f" Note: {note}."
+    raise RouteError(400, "context_length_exceeded", message)
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"

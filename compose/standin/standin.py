@@ -446,6 +446,7 @@ def main() -> None:
         time.sleep(CONFIG.startup_delay)  # vLLM only opens its port once the model is loaded
     if CONFIG.exit_code is not None:
         _fail_loading(CONFIG.exit_code)
+    ThreadingHTTPServer.request_queue_size = 1024  # the default backlog of 5 drops connections
     server = ThreadingHTTPServer((CONFIG.host, CONFIG.port), Handler)
     server.daemon_threads = True  # in-flight requests must not delay exit
     print(f"standin: listening on {CONFIG.host}:{CONFIG.port}", flush=True)

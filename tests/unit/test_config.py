@@ -102,7 +102,7 @@ def test_missing_required_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "models:\n  chat: {upstream: 'http://127.0.0.1:1'}\n"))
     assert "compose: required key is missing" in caught.value.problems
-    assert "models.chat.service: required key is missing" in caught.value.problems
+    assert "models.chat.service: required (or `profiles`)" in caught.value.problems
 
 
 def test_two_models_cannot_share_an_alias(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ EXPECTED: dict[tuple[State, Event], object] = {
     (S.STARTING, E.DEMAND): Step(S.STARTING),
     (S.READY, E.DEMAND): Step(S.READY),
     (S.STOPPING, E.DEMAND): Step(S.STOPPING),
+    (S.DRAINING, E.DEMAND): Step(S.DRAINING),
     (S.STOPPED, E.FOUND_RUNNING): Step(S.STARTING, (F.AWAIT_READY,)),
     (S.FAILED, E.FOUND_RUNNING): Step(S.STARTING, (F.AWAIT_READY,)),
     (S.STARTING, E.STARTED): Step(S.READY, (F.RELEASE_HELD, F.ARM_IDLE)),
@@ -32,12 +33,18 @@ EXPECTED: dict[tuple[State, Event], object] = {
     (S.STOPPING, E.STOPPED): lambda load: (
         Step(S.STARTING, (F.START,)) if load.held else Step(S.STOPPED)
     ),
-    # A late idle timer is harmless everywhere else.
-    (S.STOPPED, E.IDLE): Step(S.STOPPED),
-    (S.STARTING, E.IDLE): Step(S.STARTING),
-    (S.STOPPING, E.IDLE): Step(S.STOPPING),
-    (S.FAILED, E.IDLE): Step(S.FAILED),
+    (S.READY, E.SWAP): lambda load: (
+        Step(S.DRAINING) if load.in_flight else Step(S.STOPPING, (F.STOP,))
+    ),
+    (S.DRAINING, E.DRAINED): Step(S.STOPPING, (F.STOP,)),
+    (S.DRAINING, E.EXITED): lambda load: (
+        Step(S.STARTING, (F.START,)) if load.held else Step(S.STOPPED)
+    ),
 }
+# A late idle timer, or a swap request outside READY (re-evaluated once ready), is harmless.
+for _state in State:
+    for _event in (E.IDLE, E.SWAP):
+        EXPECTED.setdefault((_state, _event), Step(_state))
 
 
 @pytest.mark.parametrize(
@@ -80,6 +87,15 @@ def test_only_one_start_however_many_demands() -> None:
 
 def test_streaming_request_longer_than_idle_timeout_is_not_stopped() -> None:
     assert next_step(S.READY, E.IDLE, BUSY) == Step(S.READY)
+
+
+def test_swap_drains_in_flight_requests_before_stopping() -> None:
+    state = next_step(S.READY, E.SWAP, Load(in_flight=2, held=1)).state
+    assert state is S.DRAINING
+    assert next_step(state, E.DEMAND, Load(in_flight=2, held=5)) == Step(S.DRAINING)
+    step = next_step(state, E.DRAINED, Load(in_flight=0, held=5))
+    assert step == Step(S.STOPPING, (F.STOP,))
+    assert next_step(step.state, E.STOPPED, Load(held=5)) == Step(S.STARTING, (F.START,))
 
 
 def test_request_during_stop_restarts_after_the_stop() -> None:

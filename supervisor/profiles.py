@@ -1,0 +1,99 @@
+"""Which profile serves a request: pure rules, no I/O and no clock.
+
+A model's profiles are alternative Compose services of the same model on the
+same GPUs (e.g. 64K context with 2 sequences, or 128K with 1). Only one runs
+at a time. A request goes to the running profile when it fits there; a
+request that does not fit triggers a swap to the smallest profile that holds
+it, never more often than once per `min_residency`; nothing swaps back down
+except through an idle stop, after which the default profile starts again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from supervisor.config import ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    service: str
+    upstream: str
+    health_url: str
+    max_model_len: int | None  # None: unknown, treated as able to hold anything
+    idle_timeout: float
+    default: bool
+
+    def fits(self, tokens: int | None) -> bool:
+        return tokens is None or self.max_model_len is None or tokens <= self.max_model_len
+
+
+def profiles_of(model: ModelConfig) -> list[Profile]:
+    """The model's profiles, smallest context first (unknown sizes last)."""
+    profiles = []
+    for name, p in model.profiles.items():
+        upstream = p.upstream or model.upstream
+        assert upstream is not None  # the config's validator guarantees one
+        default = name == model.default_profile
+        idle = model.idle_timeout
+        if not default and model.long_idle_timeout is not None:
+            idle = model.long_idle_timeout
+        health = p.health or model.health
+        profiles.append(
+            Profile(name, p.service, upstream, upstream + health, p.max_model_len, idle, default)
+        )
+    return sorted(profiles, key=lambda p: (p.max_model_len is None, p.max_model_len or 0))
+
+
+def largest(profiles: list[Profile]) -> Profile:
+    return profiles[-1]
+
+
+def smallest_fitting(profiles: list[Profile], tokens: int | None) -> Profile | None:
+    return next((p for p in profiles if p.fits(tokens)), None)
+
+
+def profile_to_start(profiles: list[Profile], tokens: int | None) -> Profile | None:
+    """For a cold start: the default profile when it fits, else the smallest that does."""
+    default = next(p for p in profiles if p.default)
+    return default if default.fits(tokens) else smallest_fitting(profiles, tokens)
+
+
+class Decision(StrEnum):
+    SERVE = "serve"  # the running profile holds it
+    SWAP = "swap"  # swap now to the target profile
+    WAIT = "wait"  # a swap is due but min_residency has not passed: hold, retry later
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    decision: Decision
+    target: Profile
+    wait_seconds: float = 0.0
+
+
+def route_on_running(
+    profiles: list[Profile],
+    running: Profile,
+    tokens: int | None,
+    since_last_swap: float | None,
+    min_residency: float,
+) -> Route | None:
+    """Where a request goes while `running` serves; None when no profile can hold it."""
+    if running.fits(tokens):
+        return Route(Decision.SERVE, running)
+    target = smallest_fitting(profiles, tokens)
+    if target is None:
+        return None
+    if since_last_swap is not None and since_last_swap < min_residency:
+        return Route(Decision.WAIT, target, min_residency - since_last_swap)
+    return Route(Decision.SWAP, target)
+
+
+def max_audio_seconds(profile: Profile, reserved_tokens: int, tokens_per_second: float) -> float:
+    """Seed 000's rule: (max_model_len - reserved) / tokens per audio second."""
+    if profile.max_model_len is None:
+        return float("inf")
+    return max(0.0, (profile.max_model_len - reserved_tokens) / tokens_per_second)
