@@ -86,6 +86,17 @@ MODELS: dict[str, dict[str, Any]] = {
     "crashy": {"service": "crashy", "upstream": "http://127.0.0.1:19103"},
     "sleepy": {"service": "sleepy", "upstream": "http://127.0.0.1:19104"},
     "slow-stop": {"service": "slow-stop", "upstream": "http://127.0.0.1:19106"},
+    # Two profiles of one model; the stand-ins enforce 2048 and 8192 like vLLM does.
+    "ctx": {
+        "upstream": "http://127.0.0.1:19105",
+        "default_profile": "short",
+        "profiles": {
+            "short": {"service": "short-ctx", "max_model_len": 2048},
+            "long": {"service": "long-ctx", "max_model_len": 8192},
+        },
+        "min_residency": "0s",
+        "default_output_tokens": 16,
+    },
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,38 @@ models:
     done = check_config(path)
     assert done.returncode == 1
     assert "models.a.idle_timeout: invalid duration 'soon'" in done.stderr
+
+
+def profiles_config(tmp_path: Path, rope_scaling: dict[str, object] | None) -> Path:
+    """Seed 001: a long profile beyond the model's max_position_embeddings."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(
+        {"max_position_embeddings": 8192, "rope_scaling": rope_scaling}
+    ))
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+compose: {{file: {COMPOSE_FILE}, project: checkcfg}}
+models:
+  ctx:
+    upstream: http://127.0.0.1:19105
+    default_profile: short
+    model_dir: model
+    profiles:
+      short: {{service: short-ctx, max_model_len: 2048}}
+      long: {{service: long-ctx, max_model_len: 16384}}
+""")
+    return path
+
+
+def test_a_profile_longer_than_the_model_supports_is_rejected(tmp_path: Path) -> None:
+    done = check_config(profiles_config(tmp_path, None))
+    assert done.returncode == 1
+    assert ("models.ctx.profiles.long.max_model_len: 16384 exceeds what the model supports: "
+            "max_position_embeddings 8192 = 8192") in done.stderr
+    assert "profiles.short" not in done.stderr
+
+
+def test_rope_scaling_extends_what_the_model_supports(tmp_path: Path) -> None:
+    done = check_config(profiles_config(tmp_path, {"rope_type": "yarn", "factor": 2.0}))
+    assert done.returncode == 0, done.stderr
