@@ -13,8 +13,10 @@ from aiohttp import web
 
 from supervisor.config import Config
 from supervisor.estimate import load_estimator
+from supervisor.gpu import GpuSampler
 from supervisor.handle import ModelHandle
-from supervisor.proxy import REGISTRY, UPSTREAM, add_routes
+from supervisor.metrics import Metrics
+from supervisor.proxy import METRICS, REGISTRY, UPSTREAM, add_routes
 from supervisor.router import Registry
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.compose import ComposeRuntime
@@ -27,6 +29,17 @@ MAX_BODY_BYTES = 512 << 20  # JSON bodies with base64 audio; multipart uploads s
 def build_app(config: Config, runtime: Runtime | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     rt: Runtime = runtime if runtime is not None else ComposeRuntime(config.compose)
+    profile_of = {
+        p.service: (name, pname)
+        for name, model in config.models.items()
+        for pname, p in model.profiles.items()
+    }
+    gpu = GpuSampler(profile_of.get, project=config.compose.project)
+    metrics = Metrics(
+        snapshots=lambda: [h.snapshot() for h in app[REGISTRY].handles.values()],
+        gpu=lambda: gpu.sample,
+    )
+    app[METRICS] = metrics
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         # No total timeout: a generation may stream for many minutes.
@@ -35,7 +48,7 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             connector=aiohttp.TCPConnector(limit=0),
         )
-        handles = [ModelHandle(n, m, rt, session) for n, m in config.models.items()]
+        handles = [ModelHandle(n, m, rt, session, metrics) for n, m in config.models.items()]
         for handle in handles:
             handle.estimator = await asyncio.to_thread(load_estimator, handle.config)
         app[UPSTREAM] = session
@@ -47,8 +60,10 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
             running = set()
         for handle in handles:
             handle.adopt(running)
+        await gpu.start()
         log.info("supervising %d models on http://%s", len(handles), config.listen)
         yield
+        await gpu.stop()
         for handle in handles:
             await handle.close()
         await session.close()

@@ -21,6 +21,7 @@ import aiohttp
 from supervisor.config import ModelConfig
 from supervisor.estimate import Estimator
 from supervisor.lifecycle import Effect, Event, Load, State, next_step
+from supervisor.metrics import Metrics, ModelSnapshot
 from supervisor.profiles import Decision, Profile, profile_to_start, profiles_of, route_on_running
 from supervisor.readiness import StartFailed, await_ready
 from supervisor.runtime.base import Runtime, RuntimeFailure
@@ -57,9 +58,15 @@ class _Held:
 
 class ModelHandle:
     def __init__(
-        self, name: str, config: ModelConfig, runtime: Runtime, http: aiohttp.ClientSession
+        self,
+        name: str,
+        config: ModelConfig,
+        runtime: Runtime,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
     ) -> None:
         self.name = name
+        self.metrics = metrics
         self.config = config
         self.profiles = profiles_of(config)
         self.profile = next(p for p in self.profiles if p.default)  # the active (or last) one
@@ -76,6 +83,7 @@ class ModelHandle:
         self.idle_since = time.monotonic()
         self.last_error: str | None = None
         self.last_cold_start_seconds: float | None = None
+        self.last_request_at: float | None = None
         self.swaps = 0
         self.refusals = 0  # requests no profile can hold
         self.estimator: Estimator | None = None  # set at start-up: loading a tokenizer is slow
@@ -107,7 +115,23 @@ class ModelHandle:
         finally:
             self._release()
 
+    def snapshot(self) -> ModelSnapshot:
+        now = time.monotonic()
+        running = self.state is not State.STOPPED
+        return ModelSnapshot(
+            model=self.name,
+            state=self.state.value,
+            profile=self.profile.name if running else "",
+            in_flight=self.in_flight,
+            held=len(self._held),
+            idle_seconds=now - self.idle_since if self.state is State.READY and not (
+                self.in_flight or self._held) else 0.0,
+            seconds_since_last_request=(
+                None if self.last_request_at is None else now - self.last_request_at),
+        )
+
     async def _acquire(self, tokens: int | None) -> Lease:
+        self.last_request_at = time.monotonic()
         if self.state is State.READY and self.profile.fits(tokens):
             self.in_flight += 1
             return Lease(self.profile, cold_start=False, hold_seconds=0.0)
@@ -183,6 +207,7 @@ class ModelHandle:
             return
         self.swaps += 1
         self._last_swap = time.monotonic()
+        self.metrics.swap(self.name, self.profile.name, route.target.name)
         log.info("model=%s swapping profile %s -> %s for a request of %d tokens; "
                  "draining %d in flight", self.name, self.profile.name, route.target.name,
                  tokens, self.in_flight)
@@ -205,6 +230,7 @@ class ModelHandle:
         step = next_step(before, event, Load(self.in_flight, len(self._held)))
         self.state = step.state
         if before is not step.state:
+            self.metrics.transition(self.name, before.value, step.state.value)
             log.info("model=%s profile=%s %s -> %s on %s",
                      self.name, self.profile.name, before, step.state, event)
         for effect in step.effects:
@@ -268,10 +294,14 @@ class ModelHandle:
         except (StartFailed, RuntimeFailure) as exc:
             self.last_error = str(exc)
             log.error("model=%s start failed after %.2fs: %s", self.name, self._since(), exc)
+            if compose_up:
+                self.metrics.cold_start(self.name, profile.name, self._since(), ok=False)
             self._dispatch(Event.START_FAILED, f"model {self.name!r} failed to start: {exc}")
             return
         self.last_cold_start_seconds = self._since()
         self.last_error = None
+        if compose_up:
+            self.metrics.cold_start(self.name, profile.name, self._since(), ok=True)
         log.info("model=%s profile=%s ready in %.2fs", self.name, profile.name,
                  self.last_cold_start_seconds)
         self._dispatch(Event.STARTED)

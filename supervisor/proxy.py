@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from supervisor.errors import error_response
 from supervisor.handle import HoldRejected, Lease, ModelHandle
 from supervisor.lifecycle import State
+from supervisor.metrics import Metrics, RefusalReason
 from supervisor.readiness import StartFailed
 from supervisor.router import Body, Registry, RouteError, resolve
 
@@ -29,6 +30,7 @@ CONTEXT_ERROR_PEEK = 64 << 10
 
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -81,13 +83,33 @@ class _RetryLarger(Exception):
         self.tokens = tokens
 
 
+# Refusals by the error code the client sees, for the metrics' bounded `reason` label.
+_REASONS: dict[str, RefusalReason] = {
+    "model_not_found": "unknown_model",
+    "context_length_exceeded": "context_length",
+    "model_overloaded": "overflow",
+    "hold_timeout": "hold_timeout",
+    "model_start_failed": "start_failed",
+}
+
+
+def _refuse(
+    request: web.Request, model: str, status: int, message: str, code: str,
+    retry_after: int | None = None,
+) -> web.Response:
+    request.app[METRICS].refusal(model, _REASONS.get(code, "bad_request"))
+    return error_response(status, message, code, retry_after=retry_after)
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
+    began = time.monotonic()
     try:
         routed = await resolve(request, request.app[REGISTRY])
     except RouteError as exc:
-        return error_response(exc.status, str(exc), exc.code)
+        return _refuse(request, exc.model, exc.status, str(exc), exc.code)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, f"The request body is too large: {exc.text}", "body_too_large")
+        return _refuse(request, "", 413, f"The request body is too large: {exc.text}",
+                       "body_too_large")
     handle, body = routed.handle, routed.body
     tokens = routed.need.tokens if routed.need else None
     # Only a body held in memory can be sent twice.
@@ -96,62 +118,74 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async with handle.lease(tokens) as lease:
-                    return await _forward(request, handle, body, lease, retry=retry)
+                    return await _forward(request, handle, body, lease, began, retry=retry)
             except _RetryLarger as again:
                 log.info("model=%s upstream refused the length on profile %s; retrying larger",
                          handle.name, handle.profile.name)
                 tokens, retry = again.tokens, False
     except HoldRejected as exc:
-        return error_response(exc.status, str(exc), exc.code, retry_after=exc.retry_after)
+        return _refuse(request, handle.name, exc.status, str(exc), exc.code, exc.retry_after)
     except StartFailed as exc:
-        return error_response(503, str(exc), "model_start_failed", retry_after=5)
+        return _refuse(request, handle.name, 503, str(exc), "model_start_failed", 5)
     finally:
         body.close()
 
 
 async def _forward(
-    request: web.Request, handle: ModelHandle, body: Body, lease: Lease, *, retry: bool
+    request: web.Request, handle: ModelHandle, body: Body, lease: Lease, began: float,
+    *, retry: bool,
 ) -> web.StreamResponse:
-    session = request.app[UPSTREAM]
-    headers = _end_to_end(request.headers)
-    began = time.monotonic()
+    metrics = request.app[METRICS]
+    if lease.cold_start:
+        metrics.hold(handle.name, lease.hold_seconds)
+    status, first_byte = 502, None
     try:
-        upstream = await session.request(
+        upstream = await request.app[UPSTREAM].request(
             request.method,
             handle.upstream + str(request.rel_url),
-            headers=headers,
+            headers=_end_to_end(request.headers),
             data=body.forwardable(),
             allow_redirects=False,
         )
     except aiohttp.ClientError as exc:
         await handle.upstream_failed()
+        metrics.request(handle.name, 502, time.monotonic() - began, None,
+                        cold_start=lease.cold_start)
         return error_response(
             502,
             f"model {handle.name!r} did not answer at {handle.upstream}: {exc}",
             "upstream_unreachable",
         )
-    async with upstream:
-        first = b""
-        if retry and upstream.status == 400 and handle.larger_profile(lease.profile):
-            while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
-                first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
-            if CONTEXT_ERROR_TEXT in first and lease.profile.max_model_len is not None:
-                raise _RetryLarger(lease.profile.max_model_len + 1)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_end_to_end(upstream.headers))
-        response.headers["X-Supervisor-Profile"] = lease.profile.name
-        if lease.cold_start:
-            response.headers["X-Supervisor-Cold-Start"] = "true"
-            response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
-        await response.prepare(request)
-        if first:
-            await response.write(first)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-    log.debug("model=%s %s %s -> %d in %.3fs", handle.name, request.method, request.path,
-              upstream.status, time.monotonic() - began)
-    return response
+    try:
+        async with upstream:
+            status = upstream.status
+            first = b""
+            if retry and status == 400 and handle.larger_profile(lease.profile):
+                while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
+                    first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
+                if CONTEXT_ERROR_TEXT in first and lease.profile.max_model_len is not None:
+                    status = 0  # not answered: retried on a larger profile
+                    raise _RetryLarger(lease.profile.max_model_len + 1)
+            response = web.StreamResponse(status=status, reason=upstream.reason)
+            response.headers.extend(_end_to_end(upstream.headers))
+            response.headers["X-Supervisor-Profile"] = lease.profile.name
+            if lease.cold_start:
+                response.headers["X-Supervisor-Cold-Start"] = "true"
+                response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
+            await response.prepare(request)
+            if first:
+                await response.write(first)
+                first_byte = time.monotonic()
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                first_byte = first_byte or time.monotonic()
+            await response.write_eof()
+            return response
+    finally:
+        if status:  # also when the client went away mid-stream
+            ttfb = first_byte - began if first_byte else None
+            metrics.request(handle.name, status, time.monotonic() - began, ttfb,
+                            cold_start=lease.cold_start)
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -159,6 +193,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", app[METRICS].handler())
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)

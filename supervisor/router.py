@@ -30,10 +30,11 @@ INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
 
 
 class RouteError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, model: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.model = model  # "" until the request's model is known
 
 
 @dataclass(slots=True)
@@ -193,7 +194,7 @@ def _refuse_what_fits_nowhere(routed: Routed) -> None:
         )
     for note in need.notes:
         message += f" Note: {note}."
-    raise RouteError(400, "context_length_exceeded", message)
+    raise RouteError(400, "context_length_exceeded", message, handle.name)
 
 
 def _clock(seconds: float) -> str:

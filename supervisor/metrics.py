@@ -1,0 +1,238 @@
+"""Prometheus metrics: hooks for events (counters, histograms) and a collector that
+reads the live model state and the last GPU sample at scrape time.
+
+Each `Metrics` owns its registry, so tests (and several apps in one process) do not
+share series. Labels are bounded: model and profile names come from the config,
+never from requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from aiohttp import hdrs, web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from supervisor.gpu import GpuSample
+
+STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed")
+RefusalReason = Literal[
+    "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed"
+]
+REFUSAL_REASONS: frozenset[str] = frozenset(get_args(RefusalReason))
+
+# From 5 ms (a warm proxy hop) to an hour (a long generation streamed to the end).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+)
+# Cold starts: a stand-in is up in a second, a 4-GPU vLLM in many minutes.
+COLD_START_BUCKETS = (
+    0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0,
+    600.0, 900.0, 1200.0, 1800.0,
+)
+HOLD_BUCKETS = (0.05, 0.1, 0.25, 0.5, *COLD_START_BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    """What a model handle looks like right now; built by the caller at scrape time."""
+
+    model: str
+    state: str
+    profile: str = ""  # the active profile, "" when none
+    in_flight: int = 0
+    held: int = 0
+    idle_seconds: float = 0.0
+    seconds_since_last_request: float | None = None  # None: never had one
+
+
+Snapshots = Callable[[], Iterable[ModelSnapshot]]
+GpuReading = Callable[[], GpuSample | None]
+
+
+def code_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """The supervisor's metrics. Call the hooks from the handles and the proxy; serve
+    `handler()` at GET /metrics.
+    """
+
+    def __init__(self, snapshots: Snapshots = tuple, gpu: GpuReading | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._transitions = Counter(
+            "supervisor_model_transitions", "Lifecycle state changes.",
+            ["model", "from_state", "to_state"], registry=r)
+        self._swaps = Counter(
+            "supervisor_model_profile_swaps", "Restarts of a model under another profile.",
+            ["model", "from_profile", "to_profile"], registry=r)
+        self._cold_starts = Histogram(
+            "supervisor_model_cold_start_seconds", "From start to ready (or to failure).",
+            ["model", "profile", "outcome"], buckets=COLD_START_BUCKETS, registry=r)
+        self._requests = Counter(
+            "supervisor_requests", "Forwarded requests by status class.",
+            ["model", "code_class"], registry=r)
+        self._duration = Histogram(
+            "supervisor_request_duration_seconds", "Request to end of response, hold included.",
+            ["model", "cold_start"], buckets=LATENCY_BUCKETS, registry=r)
+        self._ttfb = Histogram(
+            "supervisor_request_ttfb_seconds", "Request to first response byte, hold included.",
+            ["model", "cold_start"], buckets=LATENCY_BUCKETS, registry=r)
+        self._hold = Histogram(
+            "supervisor_request_hold_seconds", "Time a request waited for its model to start.",
+            ["model"], buckets=HOLD_BUCKETS, registry=r)
+        self._refusals = Counter(
+            "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
+            ["model", "reason"], registry=r)
+        self._live = LiveCollector(snapshots, gpu)
+        r.register(self._live)
+
+    # -- hooks --------------------------------------------------------------
+
+    def transition(self, model: str, from_state: str, to_state: str) -> None:
+        self._transitions.labels(model, from_state, to_state).inc()
+
+    def swap(self, model: str, from_profile: str, to_profile: str) -> None:
+        self._swaps.labels(model, from_profile, to_profile).inc()
+
+    def cold_start(self, model: str, profile: str, seconds: float, *, ok: bool) -> None:
+        self._cold_starts.labels(model, profile, "ok" if ok else "failed").observe(seconds)
+
+    def request(
+        self, model: str, status: int, seconds: float, ttfb: float | None, *, cold_start: bool
+    ) -> None:
+        """A forwarded request ended; `ttfb` None when no byte came back."""
+        cold = "true" if cold_start else "false"
+        self._requests.labels(model, code_class(status)).inc()
+        self._duration.labels(model, cold).observe(seconds)
+        if ttfb is not None:
+            self._ttfb.labels(model, cold).observe(ttfb)
+
+    def hold(self, model: str, seconds: float) -> None:
+        self._hold.labels(model).observe(seconds)
+
+    def refusal(self, model: str, reason: RefusalReason) -> None:
+        """A request refused before reaching the model; `model` "" when unknown."""
+        if reason not in REFUSAL_REASONS:  # keep the label set bounded, even if mistyped
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        self._refusals.labels(model, reason).inc()
+
+    # -- exposition ---------------------------------------------------------
+
+    def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """GET /metrics, in the text or OpenMetrics format the scraper asks for.
+
+        Collection runs on the event loop, where the handles live, so it needs no locks;
+        it never touches NVML or Docker (the GPU sample is read from memory).
+        (prometheus_client.aiohttp would do, but only exists in recent releases.)
+        """
+
+        async def metrics(request: web.Request) -> web.Response:
+            encoder, content_type = choose_encoder(request.headers.get(hdrs.ACCEPT, ""))
+            response = web.Response(body=encoder(self.registry),
+                                    headers={hdrs.CONTENT_TYPE: content_type})
+            response.enable_compression()
+            return response
+
+        return metrics
+
+    def exported_names(self) -> set[str]:
+        """Every sample name this registry can expose (for the dashboard check)."""
+        names: set[str] = set()
+        families = [*self.registry.collect(), *self._live.describe()]
+        for family in families:
+            if family.type == "counter":
+                names.update(family.name + s for s in ("_total", "_created"))
+            elif family.type == "histogram":
+                names.update(family.name + s for s in ("_bucket", "_sum", "_count", "_created"))
+            else:
+                names.add(family.name)
+        return names
+
+
+class LiveCollector(Collector):
+    """Gauges read at scrape time: model handles' state and the last GPU sample."""
+
+    def __init__(self, snapshots: Snapshots, gpu: GpuReading | None) -> None:
+        self._snapshots = snapshots
+        self._gpu = gpu
+
+    def describe(self) -> Iterable[Metric]:
+        return [*self._model_families(), *self._gpu_families()]
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._model_families()
+        state, profile, idle, since, in_flight, held = families
+        for snap in self._snapshots():
+            m = snap.model
+            for s in dict.fromkeys((*STATES, snap.state)):
+                state.add_metric([m, s], 1.0 if s == snap.state else 0.0)
+            if snap.profile:
+                profile.add_metric([m, snap.profile], 1.0)
+            idle.add_metric([m], snap.idle_seconds)
+            if snap.seconds_since_last_request is not None:
+                since.add_metric([m], snap.seconds_since_last_request)
+            in_flight.add_metric([m], snap.in_flight)
+            held.add_metric([m], snap.held)
+        yield from families
+        sample = self._gpu() if self._gpu is not None else None
+        if sample is not None:
+            yield from self._gpu_metrics(sample)
+
+    @staticmethod
+    def _model_families() -> list[GaugeMetricFamily]:
+        def g(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"supervisor_model_{name}", doc, labels=["model", *labels])
+
+        return [
+            g("state", "1 for the model's current lifecycle state, 0 for the others.", "state"),
+            g("active_profile", "1 for the profile the model runs (or starts) under.", "profile"),
+            g("idle_seconds", "Seconds with nothing in flight and nothing held."),
+            g("seconds_since_last_request", "Seconds since the last request arrived."),
+            g("in_flight", "Requests being forwarded to the model."),
+            g("held", "Requests waiting for the model to become ready."),
+        ]
+
+    @staticmethod
+    def _gpu_families() -> list[GaugeMetricFamily]:
+        per_gpu = ["gpu", "uuid"]
+        return [
+            GaugeMetricFamily("supervisor_gpu_available",
+                              "1 when NVML reads at least one GPU; 0 otherwise (see the log)."),
+            GaugeMetricFamily("supervisor_gpu_memory_used_bytes", "GPU memory in use.",
+                              labels=per_gpu),
+            GaugeMetricFamily("supervisor_gpu_memory_total_bytes", "GPU memory in all.",
+                              labels=per_gpu),
+            GaugeMetricFamily("supervisor_gpu_utilization_ratio",
+                              "Fraction of the last sample period a kernel ran.", labels=per_gpu),
+            GaugeMetricFamily("supervisor_gpu_power_watts", "GPU power draw.", labels=per_gpu),
+            GaugeMetricFamily("supervisor_model_gpu_memory_bytes",
+                              "GPU memory of a model's container processes.",
+                              labels=["model", "profile", "gpu"]),
+        ]
+
+    def _gpu_metrics(self, sample: GpuSample) -> Iterator[GaugeMetricFamily]:
+        available, used, total, util, power, model_mem = self._gpu_families()
+        available.add_metric([], 1.0 if sample.available else 0.0)
+        yield available
+        if not sample.available:
+            return
+        for d in sample.devices:
+            key = [str(d.index), d.uuid]
+            used.add_metric(key, d.memory_used_bytes)
+            total.add_metric(key, d.memory_total_bytes)
+            if d.utilization_ratio is not None:
+                util.add_metric(key, d.utilization_ratio)
+            if d.power_watts is not None:
+                power.add_metric(key, d.power_watts)
+        for mm in sample.models:
+            model_mem.add_metric([mm.model, mm.profile, str(mm.gpu)], mm.bytes)
+        yield from (used, total, util, power, model_mem)

@@ -1,0 +1,111 @@
+"""Helpers shared by the suites that run on the real Docker Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from supervisor.app import start_server
+from supervisor.config import Config
+from supervisor.handle import ModelHandle
+from supervisor.proxy import REGISTRY
+
+EMPTY_IMAGE = "model-supervisor/empty:latest"
+
+
+def require_docker() -> None:
+    """Skip without a Docker Engine, except in CI, where its absence is a failure."""
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=20)
+        problem = None if done.returncode == 0 else done.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Docker Engine: {problem}")
+        pytest.skip(f"no Docker Engine: {problem}")
+    image = subprocess.run(["docker", "image", "inspect", EMPTY_IMAGE], capture_output=True)
+    if image.returncode != 0:
+        pytest.fail(f"image {EMPTY_IMAGE} is missing: run scripts/setup.sh first")
+
+
+@dataclass
+class ComposeProject:
+    """A Compose project of the tests' own: its containers are found and removed by its name."""
+
+    file: Path
+    env_file: Path | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"mstest-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        cmd = ["docker", "compose", "-f", str(self.file)]
+        if self.env_file is not None:
+            cmd += ["--env-file", str(self.env_file)]
+        cmd += ["-p", self.name, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
+
+    def down(self) -> None:
+        self.run("--profile", "*", "down", "--timeout", "1")
+
+    def running(self, service: str) -> bool:
+        return bool(self.run("ps", "--status", "running", "-q", service).strip())
+
+    def containers(self, service: str) -> int:
+        return len(self.run("ps", "--all", "-q", service).split())
+
+    def log_lines(self, service: str, prefix: str) -> int:
+        logs = self.run("logs", "--no-log-prefix", service)
+        return sum(1 for line in logs.splitlines() if prefix in line)
+
+    def compose_config(self) -> dict[str, Any]:
+        compose: dict[str, Any] = {"file": self.file, "project": self.name}
+        if self.env_file is not None:
+            compose["env_file"] = self.env_file
+        return compose
+
+
+@dataclass
+class Supervisor:
+    """An in-process supervisor on a real loopback socket."""
+
+    runner: web.AppRunner
+    url: str
+
+    def handle(self, name: str) -> ModelHandle:
+        return self.runner.app[REGISTRY].handles[name]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_supervisor(project: ComposeProject, models: dict[str, Any]) -> Supervisor:
+    config = Config(listen="127.0.0.1:0", compose=project.compose_config(), models=models)
+    runner = await start_server(config)
+    host, port = runner.addresses[0][:2]
+    return Supervisor(runner, f"http://{host}:{port}")
+
+
+async def wait_for(predicate: Callable[[], Any], within: float, what: str) -> None:
+    """Poll `predicate` (sync or async) until true; fail naming `what` at the deadline."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
