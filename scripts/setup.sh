@@ -31,6 +31,18 @@ ensure_engine() {
   return 1
 }
 
+ensure_debian_packages() {
+  # prometheus: the metrics tests scrape the supervisor with a real one.
+  local missing=()
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 ensure_venv() {
   local stamp="$VENV/.installed" want
   want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
@@ -66,6 +78,7 @@ ensure_empty_image() {
 }
 
 ensure_engine
+ensure_debian_packages
 ensure_venv
 ensure_compose
 ensure_empty_image

@@ -7,6 +7,7 @@ listens on a real loopback socket.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import ComposeProject, Supervisor, require_docker, start_supervisor, wait_for
+from tests.integration.prometheus_harness import find_binary
 
 COMPOSE_FILE = Path(__file__).parent / "compose.yml"
 __all__ = ["COMPOSE_FILE", "chat", "container_running", "starts", "wait_for"]
@@ -29,6 +31,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     require_docker()
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    binary = find_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs prometheus: apt-get install prometheus")
+        pytest.skip("no prometheus binary (apt-get install prometheus)")
+    return binary
 
 
 _PROJECTS: dict[str, ComposeProject] = {}

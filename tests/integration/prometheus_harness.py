@@ -10,6 +10,7 @@ its own process group so that stopping it ends it and nothing else.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -159,3 +161,15 @@ async def running_prometheus(target: str, workdir: Path) -> AsyncIterator[Promet
         yield prom
     finally:
         await prom.stop()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dashboards_generate",
+                                                  ROOT / "dashboards" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from aiohttp import web
@@ -19,30 +17,9 @@ from supervisor.metrics import Metrics, ModelSnapshot
 from tests.integration.prometheus_harness import (
     JOB,
     PrometheusError,
-    find_binary,
+    load_generator,
     running_prometheus,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dashboards_generate",
-                                                  ROOT / "dashboards" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    binary = find_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI needs prometheus: apt-get install prometheus")
-        pytest.skip("no prometheus binary (apt-get install prometheus)")
-    return binary
 
 
 @pytest.fixture

@@ -1,0 +1,155 @@
+"""A real vLLM behind the supervisor. The tests run in order and share the containers,
+so the suite pays for as few cold starts (~30-60 s each on 2 cores) as it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import openai
+import pytest
+import pytest_asyncio
+from tokenizers import Tokenizer
+
+from supervisor.lifecycle import State
+from tests.helpers import ComposeProject, Supervisor, start_supervisor, wait_for
+
+from .conftest import SMOL_DIR, START_LINE, models
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SENTENCE = "The supervisor starts the model on the first request and stops it when idle. "
+
+
+def prompt_of(tokens: int) -> str:
+    """A prompt of about `tokens` tokens by SmolLM2's own tokenizer."""
+    tokenizer = Tokenizer.from_file(str(SMOL_DIR / "tokenizer.json"))
+    per_sentence = len(tokenizer.encode(SENTENCE, add_special_tokens=False).ids)
+    return SENTENCE * (tokens // per_sentence)
+
+
+def chat(content: str = "Say hello.", **extra: object) -> dict[str, object]:
+    return {"model": "smollm2", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 8, "temperature": 0, **extra}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def first(vllm_project: ComposeProject) -> AsyncIterator[Supervisor]:
+    sup = await start_supervisor(vllm_project, models(idle_timeout="10m"))
+    yield sup
+    await sup.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_cold_start_holds_20_concurrent_requests_with_one_container_start(
+    first: Supervisor, vllm_project: ComposeProject, http: aiohttp.ClientSession
+) -> None:
+    assert not vllm_project.running("smol-2k")
+
+    async def one() -> tuple[int, dict[str, str], dict]:
+        async with http.post(first.url + "/v1/chat/completions", json=chat()) as r:
+            return r.status, dict(r.headers), await r.json()
+
+    results = await asyncio.gather(*(one() for _ in range(20)))
+    for status, headers, body in results:
+        assert status == 200, body
+        assert headers["X-Supervisor-Cold-Start"] == "true"
+        assert headers["X-Supervisor-Profile"] == "smol-2k"
+        assert body["choices"][0]["message"]["content"]  # a real completion
+    assert vllm_project.containers("smol-2k") == 1
+    assert vllm_project.log_lines("smol-2k", START_LINE) == 1
+
+
+async def test_warm_request_is_answered_without_a_hold(first: Supervisor) -> None:
+    client = openai.AsyncOpenAI(base_url=first.url + "/v1", api_key="unused")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=5
+    )
+    assert raw.parse().choices[0].message.content
+    assert "X-Supervisor-Cold-Start" not in raw.headers
+    await client.close()
+
+
+async def test_streaming_through_the_openai_client_arrives_incrementally(
+    first: Supervisor,
+) -> None:
+    client = openai.AsyncOpenAI(base_url=first.url + "/v1", api_key="unused")
+    began = time.monotonic()
+    stream = await client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Count to one hundred."}],
+        max_tokens=96, stream=True, extra_body={"ignore_eos": True, "min_tokens": 96},
+    )
+    arrivals = [time.monotonic() - began async for c in stream
+                if c.choices and c.choices[0].delta.content]
+    await client.close()
+    assert len(arrivals) >= 48
+    assert arrivals[0] < arrivals[-1] / 2  # the first chunk came well before the last
+
+
+async def test_embeddings_from_the_minilm_model(
+    first: Supervisor, vllm_project: ComposeProject
+) -> None:
+    client = openai.AsyncOpenAI(base_url=first.url + "/v1", api_key="unused")
+    result = await client.embeddings.create(model="minilm", input=["idle GPUs", "busy GPUs"])
+    await client.close()
+    assert [len(item.embedding) for item in result.data] == [384, 384]
+    assert vllm_project.running("minilm")
+
+
+async def test_3000_token_prompt_swaps_to_the_8k_profile_and_vllm_answers(
+    first: Supervisor, vllm_project: ComposeProject, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(first.url + "/v1/chat/completions",
+                         json=chat(prompt_of(3000))) as r:
+        body = await r.json()
+        assert r.status == 200, body
+        assert r.headers["X-Supervisor-Profile"] == "smol-8k"
+    assert body["usage"]["prompt_tokens"] > 2048  # vLLM's own count: it needed the 8k profile
+    assert first.handle("smollm2").swaps == 1
+    assert vllm_project.running("smol-8k") and not vllm_project.running("smol-2k")
+
+
+async def test_9000_token_prompt_is_refused_with_the_limit(
+    first: Supervisor, vllm_project: ComposeProject, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(first.url + "/v1/chat/completions",
+                         json=chat(prompt_of(9000))) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "largest profile 'smol-8k' has max_model_len 8192" in error["message"]
+    assert vllm_project.log_lines("smol-8k", START_LINE) == 1  # nothing was (re)started
+
+
+async def test_a_second_supervisor_adopts_the_running_vllm_then_stops_it_when_idle(
+    first: Supervisor, vllm_project: ComposeProject, http: aiohttp.ClientSession
+) -> None:
+    await first.stop()  # the containers stay up for adoption
+    second = await start_supervisor(vllm_project, models(idle_timeout="5s"))
+    try:
+        handle = second.handle("smollm2")
+        await wait_for(lambda: handle.state is State.READY, 60, "adoption of smol-8k")
+        assert handle.profile.name == "smol-8k"
+        async with http.post(second.url + "/v1/chat/completions", json=chat()) as r:
+            assert r.status == 200
+            assert "X-Supervisor-Cold-Start" not in r.headers
+        assert vllm_project.containers("smol-8k") == 1
+        assert vllm_project.log_lines("smol-8k", START_LINE) == 1
+        # After idle_timeout the container is stopped, per Docker...
+        await wait_for(lambda: not vllm_project.running("smol-8k"), 60, "the idle stop")
+        await wait_for(lambda: not vllm_project.running("minilm"), 60, "minilm's idle stop")
+        # ...and the next request cold-starts the default profile again.
+        async with http.post(second.url + "/v1/chat/completions", json=chat()) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["X-Supervisor-Cold-Start"] == "true"
+            assert r.headers["X-Supervisor-Profile"] == "smol-2k"
+        assert vllm_project.log_lines("smol-2k", START_LINE) == 2
+    finally:
+        await second.stop()
