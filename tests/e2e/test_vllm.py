@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -16,6 +17,7 @@ from tokenizers import Tokenizer
 
 from supervisor.lifecycle import State
 from tests.helpers import ComposeProject, Supervisor, start_supervisor, wait_for
+from tests.integration.prometheus_harness import load_generator, running_prometheus
 
 from .conftest import SMOL_DIR, START_LINE, models
 
@@ -126,6 +128,22 @@ async def test_9000_token_prompt_is_refused_with_the_limit(
     assert error["code"] == "context_length_exceeded"
     assert "largest profile 'smol-8k' has max_model_len 8192" in error["message"]
     assert vllm_project.log_lines("smol-8k", START_LINE) == 1  # nothing was (re)started
+
+
+async def test_vllm_and_supervisor_dashboard_panels_have_data_on_prometheus(
+    first: Supervisor, tmp_path: Path
+) -> None:
+    """vLLM's own series (scraped from the running container) and the supervisor's."""
+    targets = [first.url.removeprefix("http://"), "127.0.0.1:9201"]
+    gen = load_generator()
+    async with running_prometheus(targets, tmp_path) as prom:
+        await prom.wait_for('count(up{job="target"} == 1) == 2')
+        vllm_queries = [(t, e) for t, e in gen.queries(gen.dashboard()) if "vllm:" in e]
+        assert len(vllm_queries) >= 4
+        for title, expr in vllm_queries:
+            assert (await prom.query(gen.for_prometheus(expr)))["result"], f"{title}: {expr}"
+        state = await prom.wait_for('supervisor_model_state{model="smollm2",state="ready"}')
+        assert state[0]["value"][1] == "1"
 
 
 async def test_a_second_supervisor_adopts_the_running_vllm_then_stops_it_when_idle(

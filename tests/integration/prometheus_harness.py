@@ -48,13 +48,14 @@ def free_port() -> int:
         return port
 
 
-def config(target: str, metrics_path: str = "/metrics") -> str:
+def config(target: str | list[str], metrics_path: str = "/metrics") -> str:
     # JSON is YAML: no YAML writer needed.
+    targets = [target] if isinstance(target, str) else target
     return json.dumps({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{
             "job_name": JOB, "metrics_path": metrics_path,
-            "static_configs": [{"targets": [target]}],
+            "static_configs": [{"targets": targets}],
         }],
     }, indent=2)
 
@@ -107,7 +108,7 @@ class Prometheus:
                 await asyncio.to_thread(self.process.wait, 10)
 
 
-def launch(target: str, workdir: Path, binary: str | None = None) -> Prometheus:
+def launch(target: str | list[str], workdir: Path, binary: str | None = None) -> Prometheus:
     """Start Prometheus on a free 127.0.0.1 port, scraping `target` (host:port) every second."""
     binary = binary or find_binary()
     if binary is None:
@@ -127,7 +128,9 @@ def launch(target: str, workdir: Path, binary: str | None = None) -> Prometheus:
     return Prometheus(process, f"http://127.0.0.1:{port}", log)
 
 
-async def start_prometheus(target: str, workdir: Path, binary: str | None = None) -> Prometheus:
+async def start_prometheus(
+    target: str | list[str], workdir: Path, binary: str | None = None
+) -> Prometheus:
     """`launch` off the event loop, then wait until Prometheus answers /-/ready."""
     prom = await asyncio.to_thread(launch, target, workdir, binary)
     try:
@@ -155,7 +158,7 @@ async def _wait_ready(prom: Prometheus, within: float = 30.0) -> None:
 
 
 @asynccontextmanager
-async def running_prometheus(target: str, workdir: Path) -> AsyncIterator[Prometheus]:
+async def running_prometheus(target: str | list[str], workdir: Path) -> AsyncIterator[Prometheus]:
     prom = await start_prometheus(target, workdir)
     try:
         yield prom
