@@ -107,7 +107,8 @@ def state_timeline(title: str, targets: list[Json], mappings: list[Json], **kw: 
 
 
 STATE_COLORS = {"stopped": "transparent", "starting": "yellow", "ready": "green",
-                "draining": "purple", "stopping": "orange", "failed": "red"}
+                "draining": "purple", "stopping": "orange", "failed": "red",
+                "sleeping": "light-blue", "asleep": "blue", "waking": "light-yellow"}
 
 
 def model_state() -> Json:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from supervisor import sleep_mode
 from supervisor.config import ModelConfig
 from supervisor.estimate import Estimator
 from supervisor.lifecycle import Effect, Event, Load, State, next_step
@@ -41,6 +42,18 @@ class HoldRejected(Exception):
         self.retry_after = retry_after
 
 
+class Conflict(Exception):
+    """An operator's request that makes no sense in the model's state (HTTP 409)."""
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request counted in flight; a force stop cancels its task and marks it aborted."""
+
+    task: asyncio.Task[object] | None
+    aborted: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A request's right to use the upstream; `cold_start` when it had to be held."""
@@ -48,12 +61,23 @@ class Lease:
     profile: Profile
     cold_start: bool
     hold_seconds: float
+    flight: _Flight
+
+    @property
+    def aborted(self) -> bool:
+        return self.flight.aborted
 
 
 @dataclass(frozen=True, slots=True)
 class _Held:
     waiter: asyncio.Future[None]
     tokens: int | None
+    flight: _Flight
+
+
+def _stopped_error(name: str) -> StartFailed:
+    return StartFailed(f"model {name!r} was stopped by an operator (force); retry later",
+                       "model_stopped")
 
 
 class ModelHandle:
@@ -87,6 +111,15 @@ class ModelHandle:
         self.swaps = 0
         self.refusals = 0  # requests no profile can hold
         self.estimator: Estimator | None = None  # set at start-up: loading a tokenizer is slow
+        # Operator toggles (admin API, schedules).
+        self.pinned = False
+        self.scheduled: set[str] = set()  # keep-warm windows open now: pinned while any is
+        self.idle_timeout_override: float | None = None
+        self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
+        self._wanted = False  # an operator asked it to run: start again after a stop
+        self._next_profile: str | None = None  # the profile an operator asked for
+        self._pending: ModelConfig | None = None  # a reloaded definition, for the next start
+        self._flights: list[_Flight] = []
 
     @property
     def held(self) -> int:
@@ -95,6 +128,20 @@ class ModelHandle:
     @property
     def upstream(self) -> str:
         return self.profile.upstream
+
+    @property
+    def is_pinned(self) -> bool:
+        return self.pinned or bool(self.scheduled)
+
+    @property
+    def idle_timeout(self) -> float:
+        """The operator's override, else the (reloaded) config's for the running profile."""
+        if self.idle_timeout_override is not None:
+            return self.idle_timeout_override
+        config = self.config
+        if self.profile.default or config.long_idle_timeout is None:
+            return config.idle_timeout
+        return config.long_idle_timeout
 
     def larger_profile(self, than: Profile) -> Profile | None:
         """The next profile up, for a retry when the upstream says a request is too long."""
@@ -113,7 +160,7 @@ class ModelHandle:
         try:
             yield lease
         finally:
-            self._release()
+            self._release(lease.flight)
 
     def snapshot(self) -> ModelSnapshot:
         now = time.monotonic()
@@ -132,9 +179,11 @@ class ModelHandle:
 
     async def _acquire(self, tokens: int | None) -> Lease:
         self.last_request_at = time.monotonic()
+        flight = _Flight(asyncio.current_task())
         if self.state is State.READY and self.profile.fits(tokens):
             self.in_flight += 1
-            return Lease(self.profile, cold_start=False, hold_seconds=0.0)
+            self._flights.append(flight)
+            return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight)
         if len(self._held) >= self.config.max_held:
             raise HoldRejected(
                 503,
@@ -144,7 +193,7 @@ class ModelHandle:
                 self._retry_after(),
             )
         began = time.monotonic()
-        held = _Held(asyncio.get_running_loop().create_future(), tokens)
+        held = _Held(asyncio.get_running_loop().create_future(), tokens, flight)
         self._held.append(held)
         if self.state is State.READY:
             self._consider_swap()  # it does not fit the running profile
@@ -163,23 +212,31 @@ class ModelHandle:
                 None,
             ) from None
         except asyncio.CancelledError:
-            self._abandon(held)  # the client went away while held
-            raise
-        return Lease(self.profile, cold_start=True, hold_seconds=time.monotonic() - began)
+            self._abandon(held)  # the client went away while held (or a force stop)
+            if not flight.aborted:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            raise _stopped_error(self.name) from None
+        return Lease(self.profile, cold_start=True, hold_seconds=time.monotonic() - began,
+                     flight=flight)
 
     def _abandon(self, held: _Held) -> None:
         if held in self._held:
             self._held.remove(held)
         elif held.waiter.done() and not held.waiter.cancelled() and not held.waiter.exception():
-            self._release()  # it was released, and counted in flight, at the same moment
+            self._release(held.flight)  # it was released, and counted in flight, meanwhile
 
-    def _release(self) -> None:
+    def _release(self, flight: _Flight | None = None) -> None:
+        if flight is not None and flight in self._flights:
+            self._flights.remove(flight)
         self.in_flight -= 1
         if self.in_flight:
             return
         if self.state is State.READY:
             self._arm_idle()
-        elif self.state is State.DRAINING:
+        elif self.state in (State.DRAINING, State.SLEEPING):
             self._dispatch(Event.DRAINED)
 
     def _retry_after(self) -> int:
@@ -223,42 +280,140 @@ class ModelHandle:
             self.last_error = f"container {status.state.value} while ready"
             self._dispatch(Event.EXITED)
 
+    # -- operator toggles (admin API, schedules) ----------------------------
+
+    def start(self, profile: str | None = None) -> None:
+        """Run it (under `profile`): a running model on another profile is swapped."""
+        if profile is not None and profile != self.profile.name and self.state not in (
+                State.STOPPED, State.FAILED):
+            self._next_profile, self._wanted = profile, True
+            self._dispatch(Event.RESTART)
+            return
+        self._next_profile, self._wanted = profile, True
+        self._dispatch(Event.START)
+
+    def stop(self, *, force: bool = False) -> None:
+        self._wanted, self._next_profile = False, None
+        self._dispatch(Event.FORCE_STOP if force else Event.STOP, _stopped_error(self.name))
+
+    def sleep(self) -> None:
+        self._require_sleep_mode()
+        self._dispatch(Event.SLEEP)
+
+    def wake(self) -> None:
+        self._require_sleep_mode()
+        if self.state is State.SLEEPING:
+            self._wanted = True  # wakes as soon as it is asleep
+        self._dispatch(Event.WAKE)
+
+    def _require_sleep_mode(self) -> None:
+        if not self.config.sleep.enabled:
+            raise Conflict(f"model {self.name!r} has no sleep mode (models.{self.name}."
+                           "sleep.enabled is false; vLLM needs VLLM_SERVER_DEV_MODE=1)")
+
+    def set_pinned(self, pinned: bool, *, schedule: str | None = None) -> None:
+        """Pin (never idle-stopped) by the operator, or by an open keep-warm window."""
+        if schedule is None:
+            self.pinned = pinned
+        elif pinned:
+            self.scheduled.add(schedule)
+        else:
+            self.scheduled.discard(schedule)
+        self._rearm_idle()
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        self.idle_timeout_override = seconds
+        self._rearm_idle()
+
+    def reconfigure(self, config: ModelConfig) -> None:
+        """A reloaded definition: at once when stopped, else at the next start; timeouts
+        and limits apply at once either way."""
+        if self.state in (State.STOPPED, State.FAILED):
+            self._apply_config(config)
+        else:
+            self.config = self._pending = config  # self.profiles: the running ones, until then
+        self._rearm_idle()
+
+    def _rearm_idle(self) -> None:
+        """Idle rules changed: apply them counting the time already spent idle."""
+        if self.state in (State.READY, State.ASLEEP) and not (self.in_flight or self._held):
+            self._arm_idle(fresh=False)
+
     # -- lifecycle driver -------------------------------------------------
 
-    def _dispatch(self, event: Event, detail: str | None = None) -> None:
+    def _dispatch(self, event: Event, error: StartFailed | None = None,
+                  reason: str = "") -> None:
         before = self.state
-        step = next_step(before, event, Load(self.in_flight, len(self._held)))
+        load = Load(self.in_flight, len(self._held), self.is_pinned, self._wanted)
+        step = next_step(before, event, load)
+        if Effect.REFUSE in step.effects:
+            raise Conflict(f"model {self.name!r} is {before.value}: cannot {event.value} now")
         self.state = step.state
+        if step.state is State.READY:
+            self._wanted = False
         if before is not step.state:
             self.metrics.transition(self.name, before.value, step.state.value)
             log.info("model=%s profile=%s %s -> %s on %s",
                      self.name, self.profile.name, before, step.state, event)
         for effect in step.effects:
-            self._apply(effect, detail)
+            self._apply(effect, error, reason or event.value)
 
-    def _apply(self, effect: Effect, detail: str | None) -> None:
+    def _apply(self, effect: Effect, error: StartFailed | None, reason: str) -> None:
         if effect in (Effect.START, Effect.AWAIT_READY):
             if effect is Effect.START:
-                tokens = max((h.tokens or 0 for h in self._held), default=0)
-                self.profile = profile_to_start(self.profiles, tokens) or self.profile
+                self._choose_profile()
+            self._wanted = False
             self._start_began = time.monotonic()
             self._task = asyncio.create_task(self._start(compose_up=effect is Effect.START))
         elif effect is Effect.STOP:
             idle = time.monotonic() - self.idle_since
-            reason = "for a profile swap" if self._held else f"idle for {idle:.0f}s"
-            self._task = asyncio.create_task(self._stop(reason))
+            why = {"idle": f"idle for {idle:.0f}s", "swap": "for a profile swap"}.get(
+                reason, f"on {reason}")
+            grace = 0.0 if reason == Event.FORCE_STOP else self.config.stop_timeout
+            prev = self._task if self._task is not asyncio.current_task() else None
+            self._task = asyncio.create_task(self._stop(why, grace, prev))
         elif effect is Effect.RELEASE_HELD:
             self._release_fitting()
         elif effect is Effect.FAIL_HELD:
             for held in self._take_held(lambda h: True):
-                held.waiter.set_exception(StartFailed(detail or "start failed"))
+                held.waiter.set_exception(error or StartFailed("start failed"))
         elif effect is Effect.ARM_IDLE:
             self._arm_idle()
+        elif effect is Effect.ABORT:
+            if self._task is not None:
+                self._task.cancel()
+        elif effect is Effect.FAIL_IN_FLIGHT:
+            for flight in self._flights:
+                flight.aborted = True
+                if flight.task is not None:
+                    flight.task.cancel()
+        elif effect is Effect.SLEEP:
+            self._task = asyncio.create_task(self._sleep())
+        elif effect is Effect.WAKE:
+            self._wanted = False
+            self._task = asyncio.create_task(self._wake())
+
+    def _choose_profile(self) -> None:
+        """For a start: a reloaded definition applies now; an operator's profile choice,
+        else the default profile when the held requests fit it."""
+        if self._pending is not None:
+            self._apply_config(self._pending)
+        wanted = next((p for p in self.profiles if p.name == self._next_profile), None)
+        self._next_profile = None
+        tokens = max((h.tokens or 0 for h in self._held), default=0)
+        self.profile = wanted or profile_to_start(self.profiles, tokens) or self.profile
+
+    def _apply_config(self, config: ModelConfig) -> None:
+        self.config, self._pending = config, None
+        self.profiles = profiles_of(config)
+        same = next((p for p in self.profiles if p.name == self.profile.name), None)
+        self.profile = same or next(p for p in self.profiles if p.default)
 
     def _release_fitting(self) -> None:
         for held in self._take_held(lambda h: self.profile.fits(h.tokens)):
             held.waiter.set_result(None)
             self.in_flight += 1
+            self._flights.append(held.flight)
         if self._held:
             asyncio.get_running_loop().call_soon(self._consider_swap)
 
@@ -269,12 +424,15 @@ class ModelHandle:
         self._held = [h for h in self._held if h not in taken]
         return taken
 
-    def _arm_idle(self) -> None:
+    def _arm_idle(self, *, fresh: bool = True) -> None:
+        """Start the idle timer; `fresh` False keeps the time already spent idle."""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self.idle_since = time.monotonic()
+        if fresh:
+            self.idle_since = time.monotonic()
+        remaining = max(0.0, self.idle_timeout - (time.monotonic() - self.idle_since))
         loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.profile.idle_timeout, self._dispatch, Event.IDLE)
+        self._idle_timer = loop.call_later(remaining, self._dispatch, Event.IDLE)
 
     async def _start(self, *, compose_up: bool) -> None:
         profile = self.profile
@@ -291,12 +449,15 @@ class ModelHandle:
                 startup_timeout=self.config.startup_timeout,
                 interval=self.config.health_interval,
             )
-        except (StartFailed, RuntimeFailure) as exc:
+            if not compose_up and self.config.sleep.enabled:
+                await self._wake_if_asleep(profile)  # adopted asleep: requests would hang
+        except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
             self.last_error = str(exc)
             log.error("model=%s start failed after %.2fs: %s", self.name, self._since(), exc)
             if compose_up:
                 self.metrics.cold_start(self.name, profile.name, self._since(), ok=False)
-            self._dispatch(Event.START_FAILED, f"model {self.name!r} failed to start: {exc}")
+            self._dispatch(Event.START_FAILED,
+                           StartFailed(f"model {self.name!r} failed to start: {exc}"))
             return
         self.last_cold_start_seconds = self._since()
         self.last_error = None
@@ -306,13 +467,15 @@ class ModelHandle:
                  self.last_cold_start_seconds)
         self._dispatch(Event.STARTED)
 
-    async def _stop(self, reason: str) -> None:
+    async def _stop(self, reason: str, grace: float, aborted: asyncio.Task[None] | None) -> None:
+        if aborted is not None:  # a start, sleep or wake that was cancelled: let it unwind
+            await asyncio.gather(aborted, return_exceptions=True)
         began = time.monotonic()
         service = self.profile.service
         log.info("model=%s stopping profile=%s service=%s %s",
                  self.name, self.profile.name, service, reason)
         try:
-            await self._runtime.stop(service, self.config.stop_timeout)
+            await self._runtime.stop(service, grace)
         except RuntimeFailure as exc:
             self.last_error = str(exc)
             log.error("model=%s stop failed: %s", self.name, exc)
@@ -321,6 +484,39 @@ class ModelHandle:
 
     def _since(self) -> float:
         return time.monotonic() - self._start_began
+
+    async def _sleep(self) -> None:
+        level = self.config.sleep.level
+        try:
+            await sleep_mode.sleep(self._http, self.profile.upstream, level,
+                                   self.upstream_headers, self.config.sleep.timeout)
+        except sleep_mode.SleepFailed as exc:
+            self.last_error = str(exc)
+            log.error("model=%s sleep failed: %s", self.name, exc)
+            self._dispatch(Event.SLEEP_FAILED)
+            return
+        log.info("model=%s asleep (level %d)", self.name, level)
+        self._dispatch(Event.SLEPT)
+
+    async def _wake(self) -> None:
+        began = time.monotonic()
+        try:
+            await sleep_mode.wake_up(self._http, self.profile.upstream, self.upstream_headers,
+                                     self.config.sleep.timeout)
+        except sleep_mode.SleepFailed as exc:
+            self.last_error = str(exc)
+            log.error("model=%s wake-up failed, restarting it: %s", self.name, exc)
+            self._dispatch(Event.WAKE_FAILED)
+            return
+        log.info("model=%s awake in %.2fs", self.name, time.monotonic() - began)
+        self._dispatch(Event.WOKE)
+
+    async def _wake_if_asleep(self, profile: Profile) -> None:
+        timeout = self.config.sleep.timeout
+        if await sleep_mode.is_sleeping(self._http, profile.upstream, self.upstream_headers,
+                                        timeout):
+            log.info("model=%s adopted asleep; waking it", self.name)
+            await sleep_mode.wake_up(self._http, profile.upstream, self.upstream_headers, timeout)
 
     # -- supervisor start and shutdown ------------------------------------
 

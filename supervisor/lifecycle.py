@@ -16,9 +16,12 @@ class State(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"
-    DRAINING = "draining"  # a profile swap waits for requests in flight on the old profile
+    DRAINING = "draining"  # requests in flight finish before a stop (swap, admin stop)
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"  # going to sleep (vLLM sleep mode): requests are held
+    ASLEEP = "asleep"  # weights offloaded, container up; a request wakes it
+    WAKING = "waking"  # wake_up in progress: requests are held
 
 
 class Event(StrEnum):
@@ -30,16 +33,32 @@ class Event(StrEnum):
     STOPPED = "stopped"  # the runtime finished stopping the service
     EXITED = "exited"  # the container died on its own while ready
     SWAP = "swap"  # a held request needs a larger profile than the running one
-    DRAINED = "drained"  # the last request in flight on the old profile finished
+    DRAINED = "drained"  # the last request in flight finished (DRAINING, SLEEPING)
+    # Operator events (admin API, schedules).
+    START = "start"  # run it; a start asked for while it goes down runs after (load.wanted)
+    RESTART = "restart"  # run it again (another profile): stop if running, then start
+    STOP = "stop"  # stop after requests in flight finish; held ones start it again after
+    FORCE_STOP = "force_stop"  # stop at once; in-flight and held requests fail
+    SLEEP = "sleep"
+    SLEPT = "slept"
+    SLEEP_FAILED = "sleep_failed"
+    WAKE = "wake"
+    WOKE = "woke"
+    WAKE_FAILED = "wake_failed"
 
 
 class Effect(StrEnum):
     START = "start"  # bring the service up, then await readiness
     AWAIT_READY = "await_ready"  # already running (adopted): only await readiness
-    STOP = "stop"  # stop the service with its grace period
+    STOP = "stop"  # stop the service with its grace period (after any aborted task)
     RELEASE_HELD = "release_held"  # forward every held request
-    FAIL_HELD = "fail_held"  # answer every held request with the start error
+    FAIL_HELD = "fail_held"  # answer every held request with the start (or stop) error
     ARM_IDLE = "arm_idle"  # (re)start the idle timer
+    ABORT = "abort"  # cancel the start, sleep or wake task under way
+    FAIL_IN_FLIGHT = "fail_in_flight"  # answer requests in flight with 503 (force stop)
+    SLEEP = "sleep"  # ask the server to sleep
+    WAKE = "wake"  # ask the server to wake up
+    REFUSE = "refuse"  # the operator's request makes no sense in this state: 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +67,8 @@ class Load:
 
     in_flight: int = 0
     held: int = 0
+    pinned: bool = False  # never stopped (or woken from sleep) for being idle
+    wanted: bool = False  # an operator asked for it to run: start again after a stop
 
     @property
     def busy(self) -> bool:
@@ -72,15 +93,78 @@ class InvalidTransition(RuntimeError):
 # Events that may arrive late (a timer that fired just as a request came in) or
 # that are re-evaluated once the server is ready again; dropped instead of raising.
 _STALE = {Event.IDLE, Event.SWAP}
+_DOWN = (State.STOPPED, State.FAILED)
+_UP_TASK = (State.STARTING, State.WAKING)  # a task runs that a stop must abort first
+
+
+def _after_stop(load: Load) -> Step:
+    """The service is gone: requests that waited meanwhile (or an operator) start it again."""
+    if load.held or load.wanted:
+        return Step(State.STARTING, (Effect.START,))
+    return Step(State.STOPPED)
+
+
+def _stop(state: State, load: Load) -> Step:
+    """A graceful stop: nothing in flight is cut, nothing held is failed."""
+    if state in (State.READY, State.SLEEPING) and load.in_flight:
+        return Step(State.DRAINING)
+    if state in (*_UP_TASK, State.SLEEPING):
+        return Step(State.STOPPING, (Effect.ABORT, Effect.STOP))
+    if state in (State.READY, State.ASLEEP):
+        return Step(State.STOPPING, (Effect.STOP,))
+    return Step(state)  # DRAINING, STOPPING: already going down
+
+
+def _force_stop(state: State) -> Step:
+    if state in _DOWN:
+        return Step(state)
+    if state is State.STOPPING:
+        return Step(state, (Effect.FAIL_HELD,))
+    fail = (Effect.FAIL_IN_FLIGHT, Effect.FAIL_HELD, Effect.STOP)
+    if state in (*_UP_TASK, State.SLEEPING):
+        return Step(State.STOPPING, (Effect.ABORT, *fail))
+    return Step(State.STOPPING, fail)
+
+
+def _operator(state: State, event: Event, load: Load) -> Step | None:
+    """Operator events; None for the others."""
+    match event:
+        case Event.START | Event.RESTART if state in _DOWN:
+            return Step(State.STARTING, (Effect.START,))
+        case Event.START if state is State.ASLEEP:
+            return Step(State.WAKING, (Effect.WAKE,))
+        case Event.START:
+            return Step(state)  # up, coming up, or going down with load.wanted set
+        case Event.RESTART | Event.STOP:
+            return _stop(state, load)
+        case Event.FORCE_STOP:
+            return _force_stop(state)
+        case Event.SLEEP if state is State.READY:
+            return Step(State.SLEEPING) if load.in_flight else Step(
+                State.SLEEPING, (Effect.SLEEP,))
+        case Event.SLEEP if state in (State.SLEEPING, State.ASLEEP):
+            return Step(state)
+        case Event.WAKE if state is State.ASLEEP:
+            return Step(State.WAKING, (Effect.WAKE,))
+        case Event.WAKE if state in (State.READY, State.WAKING, State.SLEEPING):
+            return Step(state)  # SLEEPING: wakes once asleep (load.wanted)
+        case Event.SLEEP | Event.WAKE:
+            return Step(state, (Effect.REFUSE,))
+    return None
 
 
 def next_step(state: State, event: Event, load: Load = Load()) -> Step:
     """Return the state after `event` and the effects the handle must carry out."""
+    operator = _operator(state, event, load)
+    if operator is not None:
+        return operator
     match state, event:
         case (State.STOPPED | State.FAILED), Event.DEMAND:
             return Step(State.STARTING, (Effect.START,))
-        case (State.STARTING | State.READY | State.DRAINING | State.STOPPING), Event.DEMAND:
-            # Single flight: a start or stop is already under way, or the server is up.
+        case State.ASLEEP, Event.DEMAND:
+            return Step(State.WAKING, (Effect.WAKE,))
+        case _, Event.DEMAND:
+            # Single flight: a start, stop, sleep or wake is under way, or the server is up.
             return Step(state)
         case (State.STOPPED | State.FAILED), Event.FOUND_RUNNING:
             return Step(State.STARTING, (Effect.AWAIT_READY,))
@@ -88,8 +172,10 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
             return Step(State.READY, (Effect.RELEASE_HELD, Effect.ARM_IDLE))
         case State.STARTING, (Event.START_FAILED | Event.EXITED):
             return Step(State.FAILED, (Effect.FAIL_HELD,))
-        case State.READY, Event.IDLE:
-            return Step(State.READY) if load.busy else Step(State.STOPPING, (Effect.STOP,))
+        case (State.READY | State.ASLEEP), Event.IDLE:
+            if load.busy or load.pinned:
+                return Step(state)
+            return Step(State.STOPPING, (Effect.STOP,))
         case State.READY, Event.EXITED:
             # Held requests cannot exist while ready; the next demand starts afresh.
             return Step(State.FAILED)
@@ -98,11 +184,21 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
             return Step(State.DRAINING) if load.in_flight else Step(State.STOPPING, (Effect.STOP,))
         case State.DRAINING, Event.DRAINED:
             return Step(State.STOPPING, (Effect.STOP,))
+        case State.SLEEPING, Event.DRAINED:
+            return Step(State.SLEEPING, (Effect.SLEEP,))
         case (State.STOPPING, Event.STOPPED) | (State.DRAINING, Event.EXITED):
-            # Requests that arrived meanwhile were held: start again (the profile they need).
-            if load.held:
-                return Step(State.STARTING, (Effect.START,))
-            return Step(State.STOPPED)
+            return _after_stop(load)
+        case State.SLEEPING, Event.SLEPT:
+            if load.held or load.wanted:
+                return Step(State.WAKING, (Effect.WAKE,))
+            return Step(State.ASLEEP)
+        case State.SLEEPING, Event.SLEEP_FAILED:
+            return Step(State.READY, (Effect.RELEASE_HELD, Effect.ARM_IDLE))
+        case State.WAKING, Event.WOKE:
+            return Step(State.READY, (Effect.RELEASE_HELD, Effect.ARM_IDLE))
+        case State.WAKING, Event.WAKE_FAILED:
+            # A server that cannot wake is restarted; held requests wait for the new one.
+            return Step(State.STOPPING, (Effect.STOP,))
         case _, _ if event in _STALE:
             return Step(state)
     raise InvalidTransition(state, event)

@@ -20,9 +20,11 @@ from prometheus_client.registry import Collector
 
 from supervisor.gpu import GpuSample
 
-STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed")
+STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed", "sleeping",
+          "asleep", "waking")
 RefusalReason = Literal[
-    "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed"
+    "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed",
+    "stopped",
 ]
 REFUSAL_REASONS: frozenset[str] = frozenset(get_args(RefusalReason))
 

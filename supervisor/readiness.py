@@ -19,7 +19,12 @@ LOG_LINES = 20
 
 
 class StartFailed(Exception):
-    """The server did not become ready; the message is shown to held clients."""
+    """The server did not become ready (or an operator stopped it); the message is shown
+    to held clients with `code`."""
+
+    def __init__(self, message: str, code: str = "model_start_failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)

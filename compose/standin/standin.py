@@ -57,6 +57,9 @@ class Config:
         self.max_model_len = _env_int("STANDIN_MAX_MODEL_LEN")
         # Seconds to keep serving after SIGTERM, like a server finishing its requests.
         self.term_delay = float(os.environ.get("STANDIN_TERM_DELAY", "0") or 0)
+        # vLLM's sleep mode endpoints (VLLM_SERVER_DEV_MODE=1): /sleep, /wake_up, /is_sleeping.
+        self.dev_mode = os.environ.get("STANDIN_DEV_MODE", "") == "1"
+        self.wake_delay = float(os.environ.get("STANDIN_WAKE_DELAY", "0") or 0)
 
 
 CONFIG: Config  # set in main(); handlers read it
@@ -179,6 +182,13 @@ class Handler(BaseHTTPRequestHandler):
         if path != "/health":
             with STATS_LOCK:  # tests prove what did (not) reach the server
                 STATS[f"{method} {path}"] += 1
+        if CONFIG.dev_mode and path in ("/sleep", "/wake_up", "/is_sleeping"):
+            self._read_body()
+            return self._sleep_mode(method, path)
+        if SLEEPING.is_set() and path.startswith("/v1/"):
+            # vLLM would hang here; answering 503 makes a proxy that forgot to wake it fail fast.
+            self._read_body()
+            return self._error(503, "the stand-in is asleep", "sleeping")
         if path == "/v1/echo" or path.startswith("/v1/echo/"):
             return self._echo()
         if method == "POST" and path == "/v1/audio/transcriptions":
@@ -198,6 +208,20 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
     # ---- endpoints ------------------------------------------------------------------
+
+    def _sleep_mode(self, method: str, path: str) -> None:
+        if method == "GET" and path == "/is_sleeping":
+            return self._json(200, {"is_sleeping": SLEEPING.is_set()})
+        if method == "POST" and path == "/sleep":
+            SLEEPING.set()
+            print("standin: asleep", flush=True)
+            return self._send(200, b"", "text/plain")
+        if method == "POST" and path == "/wake_up":
+            time.sleep(CONFIG.wake_delay)  # reloading weights takes a while
+            SLEEPING.clear()
+            print("standin: awake", flush=True)
+            return self._send(200, b"", "text/plain")
+        return self._error(405, f"{method} {path} not allowed", "method_not_allowed")
 
     def _models(self) -> dict[str, Any]:
         model = {
@@ -413,6 +437,7 @@ class Handler(BaseHTTPRequestHandler):
 START_TIME = time.time()
 STATS: collections.Counter[str] = collections.Counter()
 STATS_LOCK = threading.Lock()
+SLEEPING = threading.Event()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
