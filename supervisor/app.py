@@ -1,5 +1,5 @@
-"""Wiring: one aiohttp application, its upstream HTTP session, the model handles,
-and adoption of services that already run when the supervisor starts.
+"""Wiring: the proxy application, its upstream HTTP session, the model handles,
+adoption of services that already run, and the admin API on its own listener.
 """
 
 from __future__ import annotations
@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from supervisor.admin import CONTROL, build_admin_app, healthz, readyz
+from supervisor.auth import admin_secrets, client_keys
 from supervisor.config import Config
+from supervisor.control import Control, configure_handle
 from supervisor.estimate import load_estimator
 from supervisor.gpu import GpuSampler
 from supervisor.handle import ModelHandle
 from supervisor.metrics import Metrics
-from supervisor.proxy import METRICS, REGISTRY, UPSTREAM, add_routes
+from supervisor.proxy import GATE, METRICS, REGISTRY, UPSTREAM, Gate, add_routes
 from supervisor.router import Registry
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.compose import ComposeRuntime
@@ -24,9 +28,12 @@ from supervisor.runtime.compose import ComposeRuntime
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 512 << 20  # JSON bodies with base64 audio; multipart uploads stream past this
+ADMIN: web.AppKey[web.AppRunner] = web.AppKey("admin", web.AppRunner)
 
 
-def build_app(config: Config, runtime: Runtime | None = None) -> web.Application:
+def build_app(config: Config, runtime: Runtime | None = None,
+              config_path: Path | None = None) -> web.Application:
+    admin_secrets(config)  # refuse an open admin API on a network address before anything
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     rt: Runtime = runtime if runtime is not None else ComposeRuntime(config.compose)
     profile_of = {
@@ -40,6 +47,13 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
         gpu=lambda: gpu.sample,
     )
     app[METRICS] = metrics
+    app[GATE] = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
+
+    def vram(model: str) -> int | None:
+        sample = gpu.sample
+        if sample is None or not sample.available:
+            return None
+        return sum(m.bytes for m in sample.models if m.model == model)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         # No total timeout: a generation may stream for many minutes.
@@ -51,8 +65,12 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
         handles = [ModelHandle(n, m, rt, session, metrics) for n, m in config.models.items()]
         for handle in handles:
             handle.estimator = await asyncio.to_thread(load_estimator, handle.config)
+            configure_handle(handle)
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
+        control = Control(config, config_path, rt, session, metrics, app[REGISTRY], app[GATE],
+                          vram)
+        app[CONTROL] = control
         try:
             running = await rt.running_services()
         except RuntimeFailure as exc:
@@ -60,23 +78,44 @@ def build_app(config: Config, runtime: Runtime | None = None) -> web.Application
             running = set()
         for handle in handles:
             handle.adopt(running)
+        control.start()
+        admin = web.AppRunner(build_admin_app(control), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, *_host_port(config.admin.listen)).start()
+        app[ADMIN] = admin
         await gpu.start()
-        log.info("supervising %d models on http://%s", len(handles), config.listen)
+        log.info("supervising %d models on http://%s, admin on http://%s",
+                 len(handles), config.listen, config.admin.listen)
         yield
         await gpu.stop()
-        for handle in handles:
+        await admin.cleanup()
+        await control.close()
+        for handle in list(app[REGISTRY].handles.values()):
             await handle.close()
         await session.close()
 
     app.cleanup_ctx.append(lifespan)
-    add_routes(app)
+    add_routes(app, {"/healthz": healthz, "/readyz": readyz})
     return app
 
 
-async def start_server(config: Config, runtime: Runtime | None = None) -> web.AppRunner:
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start_server(config: Config, runtime: Runtime | None = None,
+                       config_path: Path | None = None) -> web.AppRunner:
     """Start listening; a client that disconnects cancels its handler (and so leaves the hold)."""
-    runner = web.AppRunner(build_app(config, runtime), handler_cancellation=True, access_log=None)
+    app = build_app(config, runtime, config_path)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
     await site.start()
     return runner
+
+
+def admin_url(runner: web.AppRunner) -> str:
+    """Where the admin API of a started server listens (its port may have been 0)."""
+    host, port = runner.app[ADMIN].addresses[0][:2]
+    return f"http://{host}:{port}"

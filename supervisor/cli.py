@@ -1,16 +1,31 @@
-"""`model-supervisor serve | check-config`."""
+"""`model-supervisor serve | check-config`, and the admin commands: status, start,
+stop, pin, unpin, sleep, wake, drain, undrain, reload."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from supervisor.admin_client import AdminClient, AdminError, status_table
 from supervisor.app import start_server
 from supervisor.checks import check
 from supervisor.config import Config, ConfigError, load_config
+
+MODEL_COMMANDS = {  # command -> (method, path suffix, body)
+    "start": ("POST", "start", None),
+    "stop": ("POST", "stop", None),
+    "pin": ("PUT", "pin", {"pinned": True}),
+    "unpin": ("PUT", "pin", {"pinned": False}),
+    "sleep": ("POST", "sleep", None),
+    "wake": ("POST", "wake", None),
+}
+GLOBAL_COMMANDS = {"drain": "/admin/drain", "undrain": "/admin/undrain",
+                   "reload": "/admin/reload"}
 
 
 def _load(path: str) -> Config | None:
@@ -37,8 +52,8 @@ def _check_config(path: str) -> int:
     return 0
 
 
-async def _serve(config: Config) -> None:
-    runner = await start_server(config)
+async def _serve(config: Config, path: str) -> None:
+    runner = await start_server(config, config_path=Path(path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -48,24 +63,75 @@ async def _serve(config: Config) -> None:
     await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _admin(args: argparse.Namespace) -> int:
+    try:
+        client = AdminClient.from_settings(args.config, args.admin)
+        if args.command == "status":
+            models = client.call("GET", "/admin/models")
+            print(status_table(models["models"]))
+            if models["draining"]:
+                print("maintenance mode: new requests get 503 (undrain to leave it)")
+        elif args.command in GLOBAL_COMMANDS:
+            print(json.dumps(client.call("POST", GLOBAL_COMMANDS[args.command])))
+        else:
+            method, suffix, body = MODEL_COMMANDS[args.command]
+            if args.command == "start" and args.profile:
+                body = {"profile": args.profile}
+            if args.command == "stop" and args.force:
+                body = {"force": True}
+            model = client.call(method, f"/admin/models/{args.model}/{suffix}", body)
+            print(f"{model['name']}: {model['state']}"
+                  + (" (pinned)" if model["pinned"] else ""))
+    except (AdminError, ConfigError) as exc:
+        print(f"model-supervisor {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-supervisor")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", "-c", required=True)
     check_cmd = sub.add_parser("check-config", help="validate a config without starting anything")
     check_cmd.add_argument("config")
-    args = parser.parse_args(argv)
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument("--config", "-c", help="the supervisor's config (admin.listen, token)")
+    admin.add_argument("--admin", help="admin API URL (default: $SUPERVISOR_ADMIN_URL, "
+                                       "else http://<admin.listen>)")
+    sub.add_parser("status", parents=[admin], help="a table of the models")
+    for name in MODEL_COMMANDS:
+        cmd = sub.add_parser(name, parents=[admin], help=f"{name} a model")
+        cmd.add_argument("model")
+        if name == "start":
+            cmd.add_argument("--profile")
+        if name == "stop":
+            cmd.add_argument("--force", action="store_true",
+                             help="at once: requests in flight get 503")
+    for name in GLOBAL_COMMANDS:
+        sub.add_parser(name, parents=[admin], help=f"{name} (admin API)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command != "serve":
+        return _admin(args)
     config = _load(args.config)
     if config is None:
         return 1
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config, args.config))
+    except ConfigError as exc:
+        print(f"{args.config}: cannot start", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ deployment without editing the file.
 from __future__ import annotations
 
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -66,8 +67,30 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _check_cron(value: object) -> str:
+    from apscheduler.triggers.cron import CronTrigger  # slow import, only with schedules
+
+    if not isinstance(value, str):
+        raise ValueError("expected a cron expression such as '45 8 * * mon-fri'")
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use e.g. UTC or Europe/Berlin)") from None
+    return value
+
+
 UpstreamUrl = Annotated[str, BeforeValidator(str), BeforeValidator(_check_url)]
 ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
+Cron = Annotated[str, BeforeValidator(_check_cron)]
+TimeZone = Annotated[str, BeforeValidator(_check_timezone)]
 
 
 class _Strict(BaseModel):
@@ -91,6 +114,14 @@ class ProfileConfig(_Strict):
     health: str | None = Field(None, pattern=r"^/")  # default: the model's
 
 
+class SleepConfig(_Strict):
+    """vLLM sleep mode (the server runs with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode)."""
+
+    enabled: bool = False
+    level: int = Field(1, ge=1, le=2)  # 1: weights to CPU RAM; 2: weights dropped
+    timeout: Duration = 300.0  # for one /sleep or /wake_up call
+
+
 class ModelConfig(_Strict):
     # Either one Compose `service` (an implicit profile named "default") or `profiles`.
     service: str | None = None
@@ -112,6 +143,10 @@ class ModelConfig(_Strict):
     tokens_per_audio_second: float = Field(12.5, gt=0)
     reserved_tokens: int = Field(0, ge=0)
     default_output_tokens: int = Field(256, ge=0)
+    sleep: SleepConfig = SleepConfig.model_validate({})
+    # The key the backend expects (vLLM --api-key), sent as `Authorization: Bearer`.
+    upstream_key_env: str | None = None  # the name of an environment variable
+    upstream_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _profiles(self) -> ModelConfig:
@@ -138,6 +173,30 @@ class ModelConfig(_Strict):
         return self
 
 
+class AdminConfig(_Strict):
+    listen: ListenAddress = "127.0.0.1:8081"
+    # The bearer token: this environment variable, else the file named by <token_env>_FILE,
+    # else `token_file`. Without one, admin may only listen on a loopback address.
+    token_env: str = "SUPERVISOR_ADMIN_TOKEN"
+    token_file: Path | None = None
+
+
+class ClientAuthConfig(_Strict):
+    """API keys the proxy accepts (`Authorization: Bearer`); none configured: no check."""
+
+    keys: list[str] = []
+    keys_file: Path | None = None  # one key per line; '#' starts a comment
+
+
+class ScheduleConfig(_Strict):
+    """Keep a model warm: started and pinned from `start` until `end` (crontab lines)."""
+
+    model: str
+    start: Cron
+    end: Cron
+    profile: str | None = None
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SUPERVISOR_", env_nested_delimiter="__", extra="forbid"
@@ -147,6 +206,14 @@ class Config(BaseSettings):
     compose: ComposeConfig
     models: dict[str, ModelConfig] = Field(min_length=1)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    admin: AdminConfig = AdminConfig()
+    client_auth: ClientAuthConfig = ClientAuthConfig()
+    drain_retry_after: Duration = 30.0  # Retry-After while in maintenance (drain) mode
+    timezone: TimeZone = "UTC"  # for schedules
+    schedules: dict[str, ScheduleConfig] = {}
+    # Runtime toggles (pin, idle timeout, schedules added through the admin API).
+    # Default: <config name>.state.json next to the config file; none: memory only.
+    state_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -171,6 +238,10 @@ class Config(BaseSettings):
                         f"of model {owner[alias]!r}"
                     )
                 owner[alias] = name
+        for name, schedule in self.schedules.items():
+            problem = schedule_problem(self, schedule)
+            if problem:
+                raise ValueError(f"schedules.{name}.{problem}")
         return self
 
     @property
@@ -180,6 +251,17 @@ class Config(BaseSettings):
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def schedule_problem(config: Config, schedule: ScheduleConfig) -> str | None:
+    """'key: reason' when a schedule names a model or profile the config lacks."""
+    model = config.models.get(schedule.model)
+    if model is None:
+        return f"model: {schedule.model!r} is not a model (known: {', '.join(config.models)})"
+    if schedule.profile is not None and schedule.profile not in model.profiles:
+        return (f"profile: {schedule.profile!r} is not a profile of {schedule.model!r} "
+                f"({', '.join(model.profiles)})")
+    return None
 
 
 class ConfigError(Exception):
@@ -232,4 +314,13 @@ def load_config(path: str | Path) -> Config:
     for model in config.models.values():
         if model.model_dir is not None:
             model.model_dir = (path.parent / model.model_dir).resolve()
+        if model.upstream_key_file is not None:
+            model.upstream_key_file = (path.parent / model.upstream_key_file).resolve()
+    if config.admin.token_file is not None:
+        config.admin.token_file = (path.parent / config.admin.token_file).resolve()
+    if config.client_auth.keys_file is not None:
+        config.client_auth.keys_file = (path.parent / config.client_auth.keys_file).resolve()
+    if config.state_file is None:
+        config.state_file = path.with_name(path.stem + ".state.json")
+    config.state_file = (path.parent / config.state_file).resolve()
     return config

@@ -8,13 +8,18 @@ the client as soon as the upstream sends it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from supervisor.auth import Secrets
 from supervisor.errors import error_response
 from supervisor.handle import HoldRejected, Lease, ModelHandle
 from supervisor.lifecycle import State
@@ -31,6 +36,19 @@ CONTEXT_ERROR_PEEK = 64 << 10
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+@dataclass(slots=True)
+class Gate:
+    """What the proxy checks before anything else: client keys and maintenance mode."""
+
+    client_keys: Secrets = field(default_factory=lambda: Secrets([]))
+    draining: bool = False
+    retry_after: float = 30.0
+
+
+GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -90,6 +108,7 @@ _REASONS: dict[str, RefusalReason] = {
     "model_overloaded": "overflow",
     "hold_timeout": "hold_timeout",
     "model_start_failed": "start_failed",
+    "model_stopped": "stopped",
 }
 
 
@@ -101,8 +120,24 @@ def _refuse(
     return error_response(status, message, code, retry_after=retry_after)
 
 
+@web.middleware
+async def client_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With client keys configured, every /v1 request needs one; checked before routing,
+    so nothing starts for a request without a valid key."""
+    keys = request.app[GATE].client_keys
+    if keys and request.path.startswith("/v1/") and not keys.allows(
+            request.headers.get("Authorization")):
+        return error_response(401, "Incorrect API key provided. Send a valid key as "
+                              "'Authorization: Bearer <key>'.", "invalid_api_key")
+    return await handler(request)
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     began = time.monotonic()
+    gate = request.app[GATE]
+    if gate.draining:
+        return error_response(503, "The supervisor is in maintenance (drain) mode; retry later",
+                              "maintenance", retry_after=math.ceil(gate.retry_after))
     try:
         routed = await resolve(request, request.app[REGISTRY])
     except RouteError as exc:
@@ -126,7 +161,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except HoldRejected as exc:
         return _refuse(request, handle.name, exc.status, str(exc), exc.code, exc.retry_after)
     except StartFailed as exc:
-        return _refuse(request, handle.name, 503, str(exc), "model_start_failed", 5)
+        return _refuse(request, handle.name, 503, str(exc), exc.code, 5)
     finally:
         body.close()
 
@@ -139,15 +174,24 @@ async def _forward(
     if lease.cold_start:
         metrics.hold(handle.name, lease.hold_seconds)
     status, first_byte = 502, None
+    headers = _end_to_end(request.headers)
+    headers.update(handle.upstream_headers)  # the backend's own key replaces the client's
+    response: web.StreamResponse | None = None
     try:
         upstream = await request.app[UPSTREAM].request(
             request.method,
             handle.upstream + str(request.rel_url),
-            headers=_end_to_end(request.headers),
+            headers=headers,
             data=body.forwardable(),
             allow_redirects=False,
         )
+    except asyncio.CancelledError:
+        if not lease.aborted:
+            raise
+        return _aborted(request, handle)
     except aiohttp.ClientError as exc:
+        if lease.aborted:
+            return _aborted(request, handle)
         await handle.upstream_failed()
         metrics.request(handle.name, 502, time.monotonic() - began, None,
                         cold_start=lease.cold_start)
@@ -181,6 +225,11 @@ async def _forward(
                 first_byte = first_byte or time.monotonic()
             await response.write_eof()
             return response
+    except asyncio.CancelledError:
+        if not lease.aborted or response is not None:
+            raise  # a stream already under way is cut: its connection closes
+        status = 503
+        return _aborted(request, handle)
     finally:
         if status:  # also when the client went away mid-stream
             ttfb = first_byte - began if first_byte else None
@@ -188,11 +237,24 @@ async def _forward(
                             cold_start=lease.cold_start)
 
 
+def _aborted(request: web.Request, handle: ModelHandle) -> web.Response:
+    """A force stop cancelled this request before its answer began."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return _refuse(request, handle.name, 503,
+                   f"model {handle.name!r} was stopped by an operator (force) while this "
+                   "request was in flight; retry later", "model_stopped", 5)
+
+
 async def not_found(request: web.Request) -> web.Response:
     return error_response(404, f"No route for {request.method} {request.path}", "not_found")
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, probes: dict[str, Handler]) -> None:
+    app.middlewares.append(client_auth)
+    for path, probe in probes.items():
+        app.router.add_get(path, probe)
     app.router.add_get("/metrics", app[METRICS].handler())
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from supervisor.app import start_server
-from supervisor.config import Config
+from supervisor.app import admin_url, start_server
+from supervisor.config import Config, load_config
 from supervisor.handle import ModelHandle
 from supervisor.proxy import REGISTRY
 
@@ -82,6 +82,7 @@ class Supervisor:
 
     runner: web.AppRunner
     url: str
+    admin: str = ""  # the admin API's base URL
 
     def handle(self, name: str) -> ModelHandle:
         return self.runner.app[REGISTRY].handles[name]
@@ -90,11 +91,25 @@ class Supervisor:
         await self.runner.cleanup()
 
 
-async def start_supervisor(project: ComposeProject, models: dict[str, Any]) -> Supervisor:
-    config = Config(listen="127.0.0.1:0", compose=project.compose_config(), models=models)
-    runner = await start_server(config)
+async def start_supervisor(
+    project: ComposeProject, models: dict[str, Any], **settings: Any
+) -> Supervisor:
+    """Proxy and admin API on free loopback ports; `settings` are more top-level config keys."""
+    settings.setdefault("admin", {"listen": "127.0.0.1:0"})
+    config = Config(listen="127.0.0.1:0", compose=project.compose_config(), models=models,
+                    **settings)
+    return await _start(config, None)
+
+
+async def start_supervisor_from_file(path: Path) -> Supervisor:
+    """As `model-supervisor serve --config path` does (reload re-reads that file)."""
+    return await _start(load_config(path), path)
+
+
+async def _start(config: Config, path: Path | None) -> Supervisor:
+    runner = await start_server(config, config_path=path)
     host, port = runner.addresses[0][:2]
-    return Supervisor(runner, f"http://{host}:{port}")
+    return Supervisor(runner, f"http://{host}:{port}", admin_url(runner))
 
 
 async def wait_for(predicate: Callable[[], Any], within: float, what: str) -> None:

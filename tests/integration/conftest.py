@@ -19,7 +19,7 @@ from tests.helpers import ComposeProject, Supervisor, require_docker, start_supe
 from tests.integration.prometheus_harness import find_binary
 
 COMPOSE_FILE = Path(__file__).parent / "compose.yml"
-__all__ = ["COMPOSE_FILE", "chat", "container_running", "starts", "wait_for"]
+__all__ = ["COMPOSE_FILE", "chat", "compose_project", "container_running", "starts", "wait_for"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,6 +71,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "crashy": {"service": "crashy", "upstream": "http://127.0.0.1:19103"},
     "sleepy": {"service": "sleepy", "upstream": "http://127.0.0.1:19104"},
     "slow-stop": {"service": "slow-stop", "upstream": "http://127.0.0.1:19106"},
+    "sleeper": {"service": "sleeper", "upstream": "http://127.0.0.1:19107",
+                "sleep": {"enabled": True, "level": 1}},
     # Two profiles of one model; the stand-ins enforce 2048 and 8192 like vLLM does.
     "ctx": {
         "upstream": "http://127.0.0.1:19105",
@@ -90,9 +92,9 @@ async def supervisor_factory(project: str) -> AsyncIterator[Callable[..., Any]]:
     """Start supervisors for this test's project; `models` maps a name to overrides."""
     running: list[Supervisor] = []
 
-    async def make(models: dict[str, dict[str, Any]]) -> Supervisor:
+    async def make(models: dict[str, dict[str, Any]], **settings: Any) -> Supervisor:
         merged = {name: {**MODELS[name], **extra} for name, extra in models.items()}
-        sup = await start_supervisor(_PROJECTS[project], merged)
+        sup = await start_supervisor(_PROJECTS[project], merged, **settings)
         running.append(sup)
         return sup
 
@@ -105,6 +107,10 @@ async def supervisor_factory(project: str) -> AsyncIterator[Callable[..., Any]]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def compose_project(project: str) -> ComposeProject:
+    return _PROJECTS[project]
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,299 @@
+"""The admin API: aiohttp routes on their own listener (127.0.0.1:8081 by default),
+behind a bearer token. Routes parse and format only; the work is in Control and
+the model handles. The OpenAPI document (supervisor/openapi.py) lists them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from supervisor.config import ConfigError, ScheduleConfig
+from supervisor.control import Control
+from supervisor.errors import error_response
+from supervisor.handle import Conflict, ModelHandle
+from supervisor.openapi import spec
+from supervisor.proxy import Handler
+from supervisor.runtime.base import RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+CONTROL: web.AppKey[Control] = web.AppKey("control", Control)
+PUBLIC = frozenset({"/healthz", "/readyz"})
+READY_TIMEOUT = 5.0
+MAX_IDLE_TIMEOUT = 30 * 86400
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StartBody(_Body):
+    profile: str | None = None
+
+
+class StopBody(_Body):
+    force: bool = False
+
+
+class PinBody(_Body):
+    pinned: bool
+
+
+class IdleBody(_Body):
+    seconds: float | None = Field(ge=0, le=MAX_IDLE_TIMEOUT, allow_inf_nan=False)
+
+
+class ProfileBody(_Body):
+    profile: str
+
+
+class ScheduleBody(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: str
+    start: str
+    end: str
+    profile: str | None = None
+
+
+class BadRequest(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+B = TypeVar("B", bound=_Body)
+
+
+async def _body(request: web.Request, kind: type[B], *, required: bool = True) -> B:
+    raw = await request.read()
+    if not raw.strip() and not required:
+        return kind()
+    try:
+        return kind.model_validate(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                               for e in exc.errors())
+        else:
+            detail = "the body is not JSON"
+        raise BadRequest(detail) from None
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    if request.path not in PUBLIC and control.admin_secrets and not control.admin_secrets.allows(
+            request.headers.get("Authorization")):
+        return error_response(401, "Unauthorized", "unauthorized",
+                              headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, f"Invalid request: {exc}", "invalid_request")
+    except Conflict as exc:
+        return error_response(409, str(exc), "conflict")
+    except NotFound as exc:
+        return error_response(404, str(exc), "not_found")
+
+
+def _handle(request: web.Request) -> ModelHandle:
+    name = request.match_info["name"]
+    handle = request.app[CONTROL].find(name)
+    if handle is None:
+        raise NotFound(f"no model named {name!r}")
+    return handle
+
+
+def _model(request: web.Request, handle: ModelHandle, status: int = 200) -> web.Response:
+    return web.json_response(request.app[CONTROL].describe(handle), status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await control.runtime.ping()
+    except (RuntimeFailure, TimeoutError) as exc:
+        return error_response(503, f"Docker is not reachable: {exc}", "not_ready")
+    return web.json_response({"ready": True, "models": len(control.registry.handles)})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    handles = request.app[CONTROL].registry.handles.values()
+    profiles = sorted({p.name for h in handles for p in h.profiles})
+    return web.json_response(spec(sorted(h.name for h in handles), profiles))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    return web.json_response({
+        "models": [control.describe(h) for h in control.registry.handles.values()],
+        "draining": control.gate.draining})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return _model(request, _handle(request))
+
+
+def _check_profile(handle: ModelHandle, profile: str | None) -> None:
+    if profile is not None and profile not in {p.name for p in handle.profiles}:
+        names = ", ".join(p.name for p in handle.profiles)
+        raise BadRequest(f"profile: {profile!r} is not a profile of {handle.name!r} ({names})")
+
+
+async def start(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    body = await _body(request, StartBody, required=False)
+    _check_profile(handle, body.profile)
+    handle.start(body.profile)
+    return _model(request, handle, 202)
+
+
+async def stop(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    body = await _body(request, StopBody, required=False)
+    force = body.force or request.query.get("force", "").lower() in ("1", "true", "yes")
+    handle.stop(force=force)
+    return _model(request, handle, 202)
+
+
+async def sleep(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    handle.sleep()
+    return _model(request, handle, 202)
+
+
+async def wake(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    handle.wake()
+    return _model(request, handle, 202)
+
+
+async def pin(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    body = await _body(request, PinBody)
+    handle.set_pinned(body.pinned)
+    await request.app[CONTROL].persist()
+    return _model(request, handle)
+
+
+async def idle_timeout(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    body = await _body(request, IdleBody)
+    handle.set_idle_timeout(body.seconds)
+    await request.app[CONTROL].persist()
+    return _model(request, handle)
+
+
+async def profile(request: web.Request) -> web.Response:
+    handle = _handle(request)
+    body = await _body(request, ProfileBody)
+    _check_profile(handle, body.profile)
+    handle.start(body.profile)
+    return _model(request, handle, 202)
+
+
+async def drain(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].drain(True))
+
+
+async def undrain(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].drain(False))
+
+
+async def reload(request: web.Request) -> web.Response:
+    try:
+        result = await request.app[CONTROL].reload()
+    except ConfigError as exc:
+        log.warning("config reload refused: %s", "; ".join(exc.problems))
+        response = error_response(400, "The config file is invalid; the old config stays "
+                                  "in force", "invalid_config")
+        body: dict[str, Any] = json.loads(response.body)  # type: ignore[arg-type]
+        body["error"]["problems"] = exc.problems
+        return web.json_response(body, status=400)
+    return web.json_response(result)
+
+
+def _schedule(control: Control, name: str) -> dict[str, Any]:
+    kw = control.keep_warm
+    return {"name": name, **kw.schedules[name].model_dump(), "origin": kw.origin[name],
+            **kw.next_edges(name)}
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    return web.json_response(
+        {"schedules": [_schedule(control, n) for n in control.keep_warm.schedules]})
+
+
+async def add_schedule(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    body = await _body(request, ScheduleBody)
+    try:
+        schedule = ScheduleConfig.model_validate(body.model_dump(exclude={"name"}))
+    except ValidationError as exc:
+        raise BadRequest("; ".join(e["msg"].removeprefix("Value error, ")
+                                   for e in exc.errors())) from None
+    problem = control.schedule_problem(schedule)
+    if problem:
+        raise BadRequest(problem)
+    if control.keep_warm.origin.get(body.name) == "config":
+        raise Conflict(f"schedule {body.name!r} comes from the config file; edit it there")
+    control.keep_warm.set(body.name, schedule, "api")
+    await control.persist()
+    return web.json_response(_schedule(control, body.name), status=201)
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    name = request.match_info["schedule"]
+    origin = control.keep_warm.origin.get(name)
+    if origin is None:
+        raise NotFound(f"no schedule named {name!r}")
+    if origin == "config":
+        raise Conflict(f"schedule {name!r} comes from the config file; edit it there")
+    control.keep_warm.remove(name)
+    await control.persist()
+    return web.json_response({"deleted": name})
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/admin/openapi.json", openapi),
+    ("GET", "/admin/models", list_models),
+    ("GET", "/admin/models/{name}", get_model),
+    ("POST", "/admin/models/{name}/start", start),
+    ("POST", "/admin/models/{name}/stop", stop),
+    ("POST", "/admin/models/{name}/sleep", sleep),
+    ("POST", "/admin/models/{name}/wake", wake),
+    ("PUT", "/admin/models/{name}/pin", pin),
+    ("PUT", "/admin/models/{name}/idle-timeout", idle_timeout),
+    ("PUT", "/admin/models/{name}/profile", profile),
+    ("POST", "/admin/drain", drain),
+    ("POST", "/admin/undrain", undrain),
+    ("POST", "/admin/reload", reload),
+    ("GET", "/admin/schedules", list_schedules),
+    ("POST", "/admin/schedules", add_schedule),
+    ("DELETE", "/admin/schedules/{schedule}", delete_schedule),
+]
+
+
+def build_admin_app(control: Control) -> web.Application:
+    app = web.Application(middlewares=[auth_and_errors], client_max_size=1 << 20)
+    app[CONTROL] = control
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

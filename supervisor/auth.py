@@ -1,0 +1,115 @@
+"""Secrets and their checks: the admin bearer token, the proxy's client keys and
+the key injected for a backend.
+
+Comparisons are constant-time over SHA-256 digests (so neither the content nor
+the length of a key leaks through timing), and every key in a list is compared,
+not just up to the first match. No secret is ever put in a message or a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError, ModelConfig
+
+BEARER = "bearer "
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+class Secrets:
+    """A set of accepted secrets; `matches` is constant-time in the value presented."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self._digests = [_digest(v) for v in values if v]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def __repr__(self) -> str:  # never the values, even in a debugger or traceback
+        return f"Secrets({len(self._digests)} values)"
+
+    def matches(self, presented: str | None) -> bool:
+        offered = _digest(presented or "")
+        found = False
+        for digest in self._digests:
+            found |= hmac.compare_digest(offered, digest)
+        return found and presented is not None
+
+    def allows(self, authorization: str | None) -> bool:
+        """Does an `Authorization: Bearer <secret>` header carry one of them?"""
+        if authorization is None or authorization[: len(BEARER)].lower() != BEARER:
+            return False
+        return self.matches(authorization[len(BEARER) :].strip())
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
+
+
+def admin_token(admin: AdminConfig) -> str | None:
+    """From the env var `token_env`, else the file in `<token_env>_FILE`, else `token_file`."""
+    value = os.environ.get(admin.token_env, "").strip()
+    if value:
+        return value
+    file = os.environ.get(admin.token_env + "_FILE", "").strip()
+    if file:
+        return _read(Path(file), f"{admin.token_env}_FILE") or None
+    if admin.token_file is not None:
+        return _read(admin.token_file, "admin.token_file") or None
+    return None
+
+
+def client_keys(auth: ClientAuthConfig) -> Secrets:
+    keys = list(auth.keys)
+    if auth.keys_file is not None:
+        for line in _read(auth.keys_file, "client_auth.keys_file").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.append(line)
+    return Secrets(keys)
+
+
+def upstream_key(name: str, model: ModelConfig) -> str | None:
+    if model.upstream_key_env:
+        value = os.environ.get(model.upstream_key_env, "").strip()
+        if value:
+            return value
+        file = os.environ.get(model.upstream_key_env + "_FILE", "").strip()
+        if file:
+            return _read(Path(file), f"models.{name}.upstream_key_env") or None
+    if model.upstream_key_file is not None:
+        return _read(model.upstream_key_file, f"models.{name}.upstream_key_file") or None
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def admin_secrets(config: Config) -> Secrets:
+    """The admin token, or none on loopback; refuse an open admin API on a network address."""
+    token = admin_token(config.admin)
+    host = config.admin.listen.rpartition(":")[0].strip("[]")
+    if token is None and not is_loopback(host):
+        raise ConfigError([
+            f"admin.listen: {config.admin.listen} is not a loopback address and no admin "
+            f"token is set (set {config.admin.token_env}, {config.admin.token_env}_FILE "
+            "or admin.token_file)"
+        ])
+    return Secrets([token] if token else [])

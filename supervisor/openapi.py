@@ -1,0 +1,149 @@
+"""The admin API's OpenAPI 3 document, served at /admin/openapi.json.
+
+Built per request from the live model and profile names (as enums), so a
+client, or a fuzzer, sees exactly what it may send. tests/integration checks
+that every admin route is documented here and fuzzes the API from this spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Json = dict[str, Any]
+
+ERROR: Json = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]},
+        "problems": {"type": "array", "items": {"type": "string"}}}}},
+}
+NULLABLE_NUMBER: Json = {"type": ["number", "null"]}
+MODEL: Json = {
+    "type": "object",
+    "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
+    "properties": {
+        "name": {"type": "string"}, "aliases": {"type": "array", "items": {"type": "string"}},
+        "state": {"type": "string", "enum": ["stopped", "starting", "ready", "draining",
+                                             "stopping", "failed", "sleeping", "asleep",
+                                             "waking"]},
+        "profile": {"type": ["string", "null"]},
+        "profiles": {"type": "array", "items": {"type": "string"}},
+        "pinned": {"type": "boolean"}, "pinned_by_operator": {"type": "boolean"},
+        "pinned_by_schedules": {"type": "array", "items": {"type": "string"}},
+        "idle_timeout": {"type": "number"}, "idle_timeout_override": NULLABLE_NUMBER,
+        "idle_seconds": {"type": "number"}, "in_flight": {"type": "integer"},
+        "held": {"type": "integer"}, "last_cold_start_seconds": NULLABLE_NUMBER,
+        "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
+        "last_error": {"type": ["string", "null"]},
+    },
+}
+CRON: Json = {"type": "string", "minLength": 9, "maxLength": 100,
+              "description": "A crontab line: minute hour day month day-of-week"}
+SCHEDULE_IN: Json = {
+    "type": "object", "additionalProperties": False, "required": ["name", "model", "start", "end"],
+    "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                   "model": {"type": "string"}, "start": CRON, "end": CRON,
+                   "profile": {"type": ["string", "null"]}},
+}
+SCHEDULE: Json = {"type": "object", "required": ["name", "model", "start", "end", "origin"],
+                  "properties": {**SCHEDULE_IN["properties"],
+                                 "origin": {"type": "string", "enum": ["config", "api"]},
+                                 "open": {"type": "boolean"},
+                                 "next_start": {"type": ["string", "null"]},
+                                 "next_end": {"type": ["string", "null"]}}}
+DRAIN: Json = {"type": "object", "required": ["draining", "in_flight"],
+               "properties": {"draining": {"type": "boolean"}, "in_flight": {"type": "integer"}}}
+RELOAD: Json = {"type": "object", "required": ["added", "removed", "changed", "restart_required"],
+                "properties": {k: {"type": "array", "items": {"type": "string"}}
+                               for k in ("added", "removed", "changed", "restart_required")}}
+
+
+def _json(schema: Json, description: str) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: tuple[int, Json], *errors: int, body: Json | None = None,
+        required: bool = True, public: bool = False) -> Json:
+    responses = {str(ok[0]): _json(ok[1], "OK")}
+    for status in (*errors, *(() if public else (401,))):
+        responses[str(status)] = _json(ERROR, _REASONS[status])
+    op: Json = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": required,
+                             "content": {"application/json": {"schema": body}}}
+    if public:
+        op["security"] = []
+    return op
+
+
+_REASONS = {400: "Invalid request", 401: "Missing or wrong token", 404: "Unknown model",
+            409: "Not possible in the model's state", 503: "Not ready"}
+
+
+def _body(**props: Json) -> Json:
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "required": [k for k, v in props.items() if v.pop("x-required", False)]}
+
+
+def spec(models: list[str], profiles: list[str]) -> Json:
+    name = {"name": "name", "in": "path", "required": True,
+            "schema": {"type": "string", "enum": models or ["none"]}}
+    per_model = {"parameters": [name]}
+    profile = {"type": "string", "enum": profiles or ["default"]}
+    model_ok = (200, MODEL)
+    accepted = (202, MODEL)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "model-supervisor admin API", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": _op("The process is alive", (200, {"type": "object"}),
+                                    public=True)},
+            "/readyz": {"get": _op("Config loaded and Docker reachable",
+                                   (200, {"type": "object"}), 503, public=True)},
+            "/admin/openapi.json": {"get": _op("This document", (200, {"type": "object"}))},
+            "/admin/models": {"get": _op("Every model's state and toggles", (200, {
+                "type": "object", "required": ["models", "draining"],
+                "properties": {"models": {"type": "array", "items": MODEL},
+                               "draining": {"type": "boolean"}}}))},
+            "/admin/models/{name}": {**per_model, "get": _op("One model", model_ok, 404)},
+            "/admin/models/{name}/start": {**per_model, "post": _op(
+                "Start it (under a profile); a running model on another profile swaps",
+                accepted, 400, 404, 409, body=_body(profile=dict(profile)), required=False)},
+            "/admin/models/{name}/stop": {**per_model, "post": _op(
+                "Stop it once requests in flight finish; force: at once, failing them (503)",
+                accepted, 400, 404, 409, body=_body(force={"type": "boolean"}),
+                required=False)},
+            "/admin/models/{name}/sleep": {**per_model, "post": _op(
+                "vLLM sleep mode (409 when the model has none)", accepted, 404, 409)},
+            "/admin/models/{name}/wake": {**per_model, "post": _op(
+                "Wake from sleep mode", accepted, 404, 409)},
+            "/admin/models/{name}/pin": {**per_model, "put": _op(
+                "A pinned model is never stopped for being idle", model_ok, 400, 404,
+                body=_body(pinned={"type": "boolean", "x-required": True}))},
+            "/admin/models/{name}/idle-timeout": {**per_model, "put": _op(
+                "Override the idle timeout (seconds; null: back to the config's)", model_ok,
+                400, 404, body=_body(seconds={"type": ["number", "null"], "minimum": 0,
+                                              "maximum": 2592000, "x-required": True}))},
+            "/admin/models/{name}/profile": {**per_model, "put": _op(
+                "Swap to a profile now (requests in flight finish, new ones wait)", accepted,
+                400, 404, 409, body=_body(profile={**profile, "x-required": True}))},
+            "/admin/drain": {"post": _op("Maintenance mode: new requests get 503",
+                                         (200, DRAIN))},
+            "/admin/undrain": {"post": _op("Leave maintenance mode", (200, DRAIN))},
+            "/admin/reload": {"post": _op("Re-read the config file", (200, RELOAD), 400)},
+            "/admin/schedules": {
+                "get": _op("Keep-warm schedules", (200, {
+                    "type": "object", "required": ["schedules"],
+                    "properties": {"schedules": {"type": "array", "items": SCHEDULE}}})),
+                "post": _op("Add or replace a keep-warm schedule", (201, SCHEDULE), 400, 409,
+                            body=SCHEDULE_IN)},
+            "/admin/schedules/{schedule}": {
+                "parameters": [{"name": "schedule", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "delete": _op("Remove a schedule added through the API",
+                              (200, {"type": "object"}), 404, 409)},
+        },
+    }

@@ -1,0 +1,63 @@
+"""Runtime toggles that must outlive a restart (pins, idle timeouts, schedules added
+through the admin API), in a small JSON file next to the config.
+
+Written atomically: a temporary file in the same directory, fsync, then
+os.replace, so a crash mid-write leaves the old file, never half a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+class StateFile:
+    """`path` None keeps nothing (a supervisor built without a config file)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    def load(self) -> dict[str, Any]:
+        """The saved state; empty when there is none or it cannot be read (logged)."""
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the state file %s: %s", self.path, exc)
+            return {}
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            log.warning("ignoring the state file %s: not a version %d state", self.path, VERSION)
+            return {}
+        return data
+
+    async def save(self, data: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        text = json.dumps({"version": VERSION, **data}, indent=2, sort_keys=True) + "\n"
+        async with self._lock:  # the last save wins, never interleaved
+            await asyncio.to_thread(write_atomically, self.path, text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
