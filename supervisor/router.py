@@ -27,6 +27,7 @@ from supervisor.profiles import largest, max_audio_seconds
 SPOOL_MEMORY_BYTES = 1 << 20
 READ_CHUNK = 1 << 16
 INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
+FILE_HEAD_WINDOW = HEAD_BYTES + (256 << 10)  # where a form's file part and its header lie
 
 
 class RouteError(Exception):
@@ -168,13 +169,14 @@ async def _multipart(request: web.Request, registry: Registry, boundary: str) ->
         raise
     need = None
     if handle.estimator is not None:
-        # Read on until the audio file's header is in the spool (a few hundred KiB at most).
+        # Read on until the audio file's header is in the spool (a few hundred KiB at most);
+        # look only at the spool's start, never at a whole upload spooled to disk.
         async for chunk in chunks:
             spool.write(chunk)
-            if spool.tell() >= HEAD_BYTES + SPOOL_MEMORY_BYTES // 4:
+            if spool.tell() >= FILE_HEAD_WINDOW:
                 break
         spool.seek(0)
-        found = file_part_head(spool.read(), boundary, HEAD_BYTES)
+        found = file_part_head(spool.read(FILE_HEAD_WINDOW), boundary, HEAD_BYTES)
         spool.seek(0, 2)
         head, total = b"", None
         if found is not None:
