@@ -60,9 +60,10 @@ def cron(expression: str, tz: ZoneInfo) -> CronTrigger:
 
 
 def window_open(start: CronTrigger, end: CronTrigger, now: datetime) -> bool:
-    """True inside a window: the next end comes before the next start."""
-    next_start = start.get_next_fire_time(None, now)
-    next_end = end.get_next_fire_time(None, now)
+    """True inside a window [start, end): the next end comes before the next start."""
+    after = now + timedelta(microseconds=1)  # cron times are whole seconds: strictly after now
+    next_start = start.get_next_fire_time(None, after)
+    next_end = end.get_next_fire_time(None, after)
     if next_end is None:
         return False
     return next_start is None or next_end < next_start
