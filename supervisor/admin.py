@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.control import Control
 from supervisor.errors import error_response
-from supervisor.handle import Conflict, ModelHandle
+from supervisor.handle import ModelHandle
+from supervisor.lease import Conflict
 from supervisor.openapi import spec
 from supervisor.proxy import Handler
 from supervisor.runtime.base import RuntimeFailure

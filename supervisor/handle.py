@@ -14,13 +14,20 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiohttp
 
 from supervisor import sleep_mode
 from supervisor.config import ModelConfig
 from supervisor.estimate import Estimator
+from supervisor.lease import (
+    Conflict,
+    Flight,
+    Held,
+    HoldRejected,
+    Lease,
+    stopped_error,
+)
 from supervisor.lifecycle import Effect, Event, Load, State, next_step
 from supervisor.metrics import Metrics, ModelSnapshot
 from supervisor.profiles import Decision, Profile, profile_to_start, profiles_of, route_on_running
@@ -30,54 +37,6 @@ from supervisor.runtime.base import Runtime, RuntimeFailure
 log = logging.getLogger("supervisor.lifecycle")
 
 DEFAULT_RETRY_AFTER = 10
-
-
-class HoldRejected(Exception):
-    """A request that cannot be held: too many already wait, or it waited too long."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
-
-
-class Conflict(Exception):
-    """An operator's request that makes no sense in the model's state (HTTP 409)."""
-
-
-@dataclass(slots=True)
-class _Flight:
-    """A request counted in flight; a force stop cancels its task and marks it aborted."""
-
-    task: asyncio.Task[object] | None
-    aborted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A request's right to use the upstream; `cold_start` when it had to be held."""
-
-    profile: Profile
-    cold_start: bool
-    hold_seconds: float
-    flight: _Flight
-
-    @property
-    def aborted(self) -> bool:
-        return self.flight.aborted
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    waiter: asyncio.Future[None]
-    tokens: int | None
-    flight: _Flight
-
-
-def _stopped_error(name: str) -> StartFailed:
-    return StartFailed(f"model {name!r} was stopped by an operator (force); retry later",
-                       "model_stopped")
 
 
 class ModelHandle:
@@ -98,7 +57,7 @@ class ModelHandle:
         self._http = http
         self.state = State.STOPPED
         self.in_flight = 0
-        self._held: list[_Held] = []
+        self._held: list[Held] = []
         self._idle_timer: asyncio.TimerHandle | None = None
         self._swap_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -119,7 +78,7 @@ class ModelHandle:
         self._wanted = False  # an operator asked it to run: start again after a stop
         self._next_profile: str | None = None  # the profile an operator asked for
         self._pending: ModelConfig | None = None  # a reloaded definition, for the next start
-        self._flights: list[_Flight] = []
+        self._flights: list[Flight] = []
 
     @property
     def held(self) -> int:
@@ -179,7 +138,7 @@ class ModelHandle:
 
     async def _acquire(self, tokens: int | None) -> Lease:
         self.last_request_at = time.monotonic()
-        flight = _Flight(asyncio.current_task())
+        flight = Flight(asyncio.current_task())
         if self.state is State.READY and self.profile.fits(tokens):
             self.in_flight += 1
             self._flights.append(flight)
@@ -193,7 +152,7 @@ class ModelHandle:
                 self._retry_after(),
             )
         began = time.monotonic()
-        held = _Held(asyncio.get_running_loop().create_future(), tokens, flight)
+        held = Held(asyncio.get_running_loop().create_future(), tokens, flight)
         self._held.append(held)
         if self.state is State.READY:
             self._consider_swap()  # it does not fit the running profile
@@ -218,17 +177,17 @@ class ModelHandle:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            raise _stopped_error(self.name) from None
+            raise stopped_error(self.name) from None
         return Lease(self.profile, cold_start=True, hold_seconds=time.monotonic() - began,
                      flight=flight)
 
-    def _abandon(self, held: _Held) -> None:
+    def _abandon(self, held: Held) -> None:
         if held in self._held:
             self._held.remove(held)
         elif held.waiter.done() and not held.waiter.cancelled() and not held.waiter.exception():
             self._release(held.flight)  # it was released, and counted in flight, meanwhile
 
-    def _release(self, flight: _Flight | None = None) -> None:
+    def _release(self, flight: Flight | None = None) -> None:
         if flight is not None and flight in self._flights:
             self._flights.remove(flight)
         self.in_flight -= 1
@@ -294,7 +253,7 @@ class ModelHandle:
 
     def stop(self, *, force: bool = False) -> None:
         self._wanted, self._next_profile = False, None
-        self._dispatch(Event.FORCE_STOP if force else Event.STOP, _stopped_error(self.name))
+        self._dispatch(Event.FORCE_STOP if force else Event.STOP, stopped_error(self.name))
 
     def sleep(self) -> None:
         self._require_sleep_mode()
@@ -417,7 +376,7 @@ class ModelHandle:
         if self._held:
             asyncio.get_running_loop().call_soon(self._consider_swap)
 
-    def _take_held(self, which: Callable[[_Held], bool]) -> list[_Held]:
+    def _take_held(self, which: Callable[[Held], bool]) -> list[Held]:
         """Remove and return the pending held requests that `which` selects."""
         self._held = [h for h in self._held if not h.waiter.done()]
         taken = [h for h in self._held if which(h)]

@@ -21,7 +21,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from supervisor.auth import Secrets
 from supervisor.errors import error_response
-from supervisor.handle import HoldRejected, Lease, ModelHandle
+from supervisor.handle import ModelHandle
+from supervisor.lease import HoldRejected, Lease
 from supervisor.lifecycle import State
 from supervisor.metrics import Metrics, RefusalReason
 from supervisor.readiness import StartFailed

@@ -1,0 +1,58 @@
+"""What a request holds while it waits for, or uses, a model: its lease, its place
+in the hold queue, and the errors a handle answers it with."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from supervisor.profiles import Profile
+from supervisor.readiness import StartFailed
+
+
+class HoldRejected(Exception):
+    """A request that cannot be held: too many already wait, or it waited too long."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Conflict(Exception):
+    """An operator's request that makes no sense in the model's state (HTTP 409)."""
+
+
+@dataclass(slots=True)
+class Flight:
+    """A request counted in flight; a force stop cancels its task and marks it aborted."""
+
+    task: asyncio.Task[object] | None
+    aborted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A request's right to use the upstream; `cold_start` when it had to be held."""
+
+    profile: Profile
+    cold_start: bool
+    hold_seconds: float
+    flight: Flight
+
+    @property
+    def aborted(self) -> bool:
+        return self.flight.aborted
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    waiter: asyncio.Future[None]
+    tokens: int | None
+    flight: Flight
+
+
+def stopped_error(name: str) -> StartFailed:
+    return StartFailed(f"model {name!r} was stopped by an operator (force); retry later",
+                       "model_stopped")
