@@ -149,8 +149,9 @@ async def test_keep_warm_window_on_a_moved_clock(tmp_path, project, from_file, h
 
 
 async def test_client_keys_guard_the_proxy_and_the_upstream_key_is_injected(
-    tmp_path, project, from_file, http, monkeypatch
+    tmp_path, project, from_file, http, monkeypatch, caplog
 ) -> None:
+    caplog.set_level("DEBUG")
     (tmp_path / "keys").write_text("# team keys\nsk-team-a\nsk-team-b\n")
     monkeypatch.setenv("BACKEND_KEY", "backend-secret")
     path = write_config(tmp_path / "s.yaml", project,
@@ -168,6 +169,8 @@ async def test_client_keys_guard_the_proxy_and_the_upstream_key_is_injected(
         assert r.status == 200
         echoed = (await r.json())["headers"]
     assert echoed["Authorization"] == "Bearer backend-secret"
+    for secret in ("sk-team-a", "sk-team-b", "sk-wrong", "backend-secret", TOKEN):
+        assert secret not in caplog.text
 
 
 def run_cli(*args: str) -> tuple[int, str]:

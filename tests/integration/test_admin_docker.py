@@ -31,7 +31,8 @@ async def post_chat(http, sup, model: str, **extra):
         return r.status, dict(r.headers), await r.json()
 
 
-async def test_token_is_required_and_no_hint_is_given(supervisor_factory, http) -> None:
+async def test_token_is_required_and_no_hint_is_given(supervisor_factory, http, caplog) -> None:
+    caplog.set_level("DEBUG")
     sup = await supervisor_factory({"chat-fast": {}})
     no_token = await admin(http, sup, "GET", "/admin/models", headers={})
     wrong = await admin(http, sup, "GET", "/admin/models",
@@ -46,6 +47,7 @@ async def test_token_is_required_and_no_hint_is_given(supervisor_factory, http) 
         for base in (sup.admin, sup.url):
             async with http.get(base + probe) as r:
                 assert r.status == 200, probe
+    assert TOKEN not in caplog.text
 
 
 async def test_model_status_fields(supervisor_factory, http) -> None:
