@@ -56,7 +56,7 @@ async def test_container_that_exits_while_starting_fails_held_requests_with_its_
     async with http.post(sup.url + "/v1/chat/completions", json=chat("crashy")) as r:
         body = await r.json()
         assert r.status == 503
-    assert time.monotonic() - began < 2.0 + 1.0  # the crash comes 0.3 s in, plus container start
+    assert time.monotonic() - began < 2.0  # it crashes 0.3 s in: no wait for startup_timeout
     assert body["error"]["code"] == "model_start_failed"
     assert "exited with code 3" in body["error"]["message"]
     assert "RuntimeError: stand-in failed to load weights" in body["error"]["message"]
