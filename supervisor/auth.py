@@ -57,17 +57,23 @@ def _read(path: Path, what: str) -> str:
         raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
 
 
-def admin_token(admin: AdminConfig) -> str | None:
-    """From the env var `token_env`, else the file in `<token_env>_FILE`, else `token_file`."""
-    value = os.environ.get(admin.token_env, "").strip()
-    if value:
-        return value
-    file = os.environ.get(admin.token_env + "_FILE", "").strip()
-    if file:
-        return _read(Path(file), f"{admin.token_env}_FILE") or None
-    if admin.token_file is not None:
-        return _read(admin.token_file, "admin.token_file") or None
+def _secret(env: str | None, file: Path | None, key: str) -> str | None:
+    """The `*_FILE` convention: the env var `env`, else the file named by `<env>_FILE`,
+    else `file` from the config. `key` names the config key in errors, never the value."""
+    if env:
+        value = os.environ.get(env, "").strip()
+        if value:
+            return value
+        named = os.environ.get(env + "_FILE", "").strip()
+        if named:
+            return _read(Path(named), f"{env}_FILE") or None
+    if file is not None:
+        return _read(file, key) or None
     return None
+
+
+def admin_token(admin: AdminConfig) -> str | None:
+    return _secret(admin.token_env, admin.token_file, "admin.token_file")
 
 
 def client_keys(auth: ClientAuthConfig) -> Secrets:
@@ -81,16 +87,8 @@ def client_keys(auth: ClientAuthConfig) -> Secrets:
 
 
 def upstream_key(name: str, model: ModelConfig) -> str | None:
-    if model.upstream_key_env:
-        value = os.environ.get(model.upstream_key_env, "").strip()
-        if value:
-            return value
-        file = os.environ.get(model.upstream_key_env + "_FILE", "").strip()
-        if file:
-            return _read(Path(file), f"models.{name}.upstream_key_env") or None
-    if model.upstream_key_file is not None:
-        return _read(model.upstream_key_file, f"models.{name}.upstream_key_file") or None
-    return None
+    return _secret(model.upstream_key_env, model.upstream_key_file,
+                   f"models.{name}.upstream_key_file")
 
 
 def is_loopback(host: str) -> bool:
