@@ -5,6 +5,7 @@ adoption of services that already run, and the admin API on its own listener.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -86,7 +87,12 @@ def build_app(config: Config, runtime: Runtime | None = None,
         await gpu.start()
         log.info("supervising %d models on http://%s, admin on http://%s",
                  len(handles), config.listen, config.admin.listen)
+        # What start-up made (modules, config, tokenizers) lives as long as the process:
+        # keep it out of the collector's full passes, which otherwise stall the loop ~20 ms.
+        gc.collect()
+        gc.freeze()
         yield
+        gc.unfreeze()
         await gpu.stop()
         await admin.cleanup()
         await control.close()

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from aiohttp import hdrs, web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from supervisor.exposition import CONTENT_TYPE, render
 from supervisor.gpu import GpuSample
+from supervisor.histogram import LoopHistogram
 
 STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed", "sleeping",
           "asleep", "waking")
@@ -75,21 +76,21 @@ class Metrics:
         self._swaps = Counter(
             "supervisor_model_profile_swaps", "Restarts of a model under another profile.",
             ["model", "from_profile", "to_profile"], registry=r)
-        self._cold_starts = Histogram(
+        self._cold_starts = LoopHistogram(
             "supervisor_model_cold_start_seconds", "From start to ready (or to failure).",
-            ["model", "profile", "outcome"], buckets=COLD_START_BUCKETS, registry=r)
+            ["model", "profile", "outcome"], COLD_START_BUCKETS, r)
         self._requests = Counter(
             "supervisor_requests", "Forwarded requests by status class.",
             ["model", "code_class"], registry=r)
-        self._duration = Histogram(
+        self._duration = LoopHistogram(
             "supervisor_request_duration_seconds", "Request to end of response, hold included.",
-            ["model", "cold_start"], buckets=LATENCY_BUCKETS, registry=r)
-        self._ttfb = Histogram(
+            ["model", "cold_start"], LATENCY_BUCKETS, r)
+        self._ttfb = LoopHistogram(
             "supervisor_request_ttfb_seconds", "Request to first response byte, hold included.",
-            ["model", "cold_start"], buckets=LATENCY_BUCKETS, registry=r)
-        self._hold = Histogram(
+            ["model", "cold_start"], LATENCY_BUCKETS, r)
+        self._hold = LoopHistogram(
             "supervisor_request_hold_seconds", "Time a request waited for its model to start.",
-            ["model"], buckets=HOLD_BUCKETS, registry=r)
+            ["model"], HOLD_BUCKETS, r)
         self._refusals = Counter(
             "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
             ["model", "reason"], registry=r)
@@ -105,7 +106,7 @@ class Metrics:
         self._swaps.labels(model, from_profile, to_profile).inc()
 
     def cold_start(self, model: str, profile: str, seconds: float, *, ok: bool) -> None:
-        self._cold_starts.labels(model, profile, "ok" if ok else "failed").observe(seconds)
+        self._cold_starts.observe((model, profile, "ok" if ok else "failed"), seconds)
 
     def request(
         self, model: str, status: int, seconds: float, ttfb: float | None, *, cold_start: bool
@@ -113,12 +114,12 @@ class Metrics:
         """A forwarded request ended; `ttfb` None when no byte came back."""
         cold = "true" if cold_start else "false"
         self._requests.labels(model, code_class(status)).inc()
-        self._duration.labels(model, cold).observe(seconds)
+        self._duration.observe((model, cold), seconds)
         if ttfb is not None:
-            self._ttfb.labels(model, cold).observe(ttfb)
+            self._ttfb.observe((model, cold), ttfb)
 
     def hold(self, model: str, seconds: float) -> None:
-        self._hold.labels(model).observe(seconds)
+        self._hold.observe((model,), seconds)
 
     def refusal(self, model: str, reason: RefusalReason) -> None:
         """A request refused before reaching the model; `model` "" when unknown."""
