@@ -129,6 +129,9 @@ class ModelConfig(_Strict):
     default_profile: str | None = None
     upstream: UpstreamUrl | None = None
     aliases: list[str] = []
+    # The name the server itself serves (vLLM's --served-model-name); requests that name
+    # the model by its key or an alias are rewritten to it. Default: the model's key.
+    served_model_name: str | None = None
     health: str = Field("/health", pattern=r"^/")
     startup_timeout: Duration = 900.0
     idle_timeout: Duration = 600.0

@@ -85,6 +85,10 @@ class ModelHandle(RuntimeEffects):
         return len(self._held)
 
     @property
+    def served_name(self) -> str:
+        return self.config.served_model_name or self.name
+
+    @property
     def upstream(self) -> str:
         return self.profile.upstream
 

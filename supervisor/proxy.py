@@ -177,6 +177,8 @@ async def _forward(
     status, first_byte = 502, None
     headers = _end_to_end(request.headers)
     headers.update(handle.upstream_headers)  # the backend's own key replaces the client's
+    if body.data is not None:
+        headers.popall("Content-Length", None)  # the client's: the body may be rewritten
     response: web.StreamResponse | None = None
     try:
         upstream = await request.app[UPSTREAM].request(

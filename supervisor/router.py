@@ -112,7 +112,11 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
     else:
         data = await request.read()
         payload = _json_object(data)
-        handle = registry.get(_model_of(payload))
+        model = _model_of(payload)
+        handle = registry.get(model)
+        if model != handle.served_name:  # an alias: the server knows only its own name
+            payload["model"] = handle.served_name
+            data = json.dumps(payload, ensure_ascii=False).encode()
         need = None
         if handle.estimator is not None:
             estimate = handle.estimator.for_json

@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from .conftest import container_running
+from .conftest import chat, container_running
 
 
 async def test_streaming_chunks_reach_the_client_before_the_upstream_finishes(
@@ -176,3 +176,12 @@ async def test_unknown_route_is_404_json(supervisor_factory, http) -> None:
     async with http.get(sup.url + "/nope") as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_an_alias_reaches_the_server_as_its_served_name(supervisor_factory, http) -> None:
+    sup = await supervisor_factory({"chat-fast": {"aliases": ["fast", "gpt-fast"]}})
+    for name in ("fast", "chat-fast"):
+        async with http.post(sup.url + "/v1/chat/completions",
+                             json=chat(name, payload="é")) as r:
+            assert r.status == 200
+            assert (await r.json())["model"] == "chat-fast"  # the stand-in echoes it
