@@ -52,7 +52,7 @@ def route_once(body: bytes, estimator: Estimator) -> tuple[float, float, float]:
     found = file_part_head(body[:FILE_HEAD_WINDOW], BOUNDARY, HEAD_BYTES)
     assert found is not None and scanner.model == "step-audio"
     offset, head = found
-    need = estimator.for_upload({}, head, len(body) - offset)
+    need = estimator.for_upload(head, len(body) - offset)
     return scanned - began, time.perf_counter() - scanned, need.audio_seconds
 
 

@@ -76,12 +76,9 @@ class Estimator:
             self._add_audio(need, *_decode_head(clip))
         return need
 
-    def for_upload(self, payload: dict[str, Any], head: bytes, total_size: int | None) -> Need:
-        """A multipart upload: form fields (prompt etc.) plus the file's first bytes."""
-        need = self._base(payload)
-        prompt = payload.get("prompt")
-        if isinstance(prompt, str):
-            need.prompt_tokens = (self.count or heuristic_tokens)(prompt)
+    def for_upload(self, head: bytes, total_size: int | None) -> Need:
+        """A multipart upload, from its file's first bytes (form fields are not parsed)."""
+        need = self._base({})
         if head:
             self._add_audio(need, head, total_size)
         return need

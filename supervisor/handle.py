@@ -30,7 +30,14 @@ from supervisor.lease import (
 )
 from supervisor.lifecycle import Effect, Event, Load, State, next_step
 from supervisor.metrics import Metrics, ModelSnapshot
-from supervisor.profiles import Decision, Profile, profile_to_start, profiles_of, route_on_running
+from supervisor.profiles import (
+    Decision,
+    Profile,
+    profile_to_start,
+    profiles_of,
+    route_on_running,
+    smallest_fitting,
+)
 from supervisor.readiness import StartFailed
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
@@ -108,11 +115,9 @@ class ModelHandle(RuntimeEffects):
 
     def larger_profile(self, than: Profile) -> Profile | None:
         """The next profile up, for a retry when the upstream says a request is too long."""
-        size = than.max_model_len
-        if size is None:
+        if than.max_model_len is None:
             return None
-        return next((p for p in self.profiles if p.max_model_len is None
-                     or p.max_model_len > size), None)
+        return smallest_fitting(self.profiles, than.max_model_len + 1)
 
     # -- requests ---------------------------------------------------------
 

@@ -187,7 +187,7 @@ async def _multipart(request: web.Request, registry: Registry, boundary: str) ->
             offset, head = found
             if request.content_length is not None:
                 total = request.content_length - offset
-        need = handle.estimator.for_upload({}, head, total)
+        need = handle.estimator.for_upload(head, total)
     return Routed(handle, Body(spool=spool, rest=request), need)
 
 

@@ -170,6 +170,6 @@ def test_the_head_of_a_big_wav_upload_is_enough() -> None:
     header = wav_bytes(0.0)[:44]
     size = 44 + int(seconds * 16000) * 2
     head = header[:40] + (size - 44).to_bytes(4, "little") + b"\x00" * 65536
-    need = estimator.for_upload({}, head, size)  # bench/estimate_bench.py times this
+    need = estimator.for_upload(head, size)  # bench/estimate_bench.py times this
     assert need.audio_seconds == pytest.approx(seconds)
     assert need.audio_tokens == 58750
