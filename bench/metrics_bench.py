@@ -21,7 +21,7 @@ import aiohttp
 
 from supervisor.app import start_server
 from supervisor.config import Config
-from supervisor.proxy import METRICS
+from supervisor.proxy.routes import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MS = 10.0

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from supervisor.metrics import STATES, Metrics  # noqa: E402
+from supervisor.observe.metrics import STATES, Metrics  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("model-supervisor.json")
 Json = dict[str, Any]

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from supervisor.gpu import GpuSample, GpuSampler
+from supervisor.observe.gpu import GpuSample, GpuSampler
 
 MIB = 1 << 20
 CHILD = """

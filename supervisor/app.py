@@ -13,16 +13,16 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from supervisor.admin import CONTROL, build_admin_app, healthz, readyz
 from supervisor.auth import admin_secrets, client_keys
 from supervisor.config import Config
-from supervisor.control import Control, configure_handle
-from supervisor.estimate import load_estimator
-from supervisor.gpu import GpuSampler
-from supervisor.handle import ModelHandle
-from supervisor.metrics import Metrics
-from supervisor.proxy import GATE, METRICS, REGISTRY, UPSTREAM, Gate, add_routes
-from supervisor.router import Registry
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.observe.gpu import GpuSampler
+from supervisor.observe.metrics import Metrics
+from supervisor.ops.admin import CONTROL, build_admin_app, healthz, readyz
+from supervisor.ops.control import Control, configure_handle
+from supervisor.proxy.estimate import load_estimator
+from supervisor.proxy.router import Registry
+from supervisor.proxy.routes import GATE, METRICS, REGISTRY, UPSTREAM, Gate, add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.compose import ComposeRuntime
 

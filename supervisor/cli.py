@@ -13,10 +13,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from supervisor.admin_client import AdminClient, AdminError, status_table
 from supervisor.app import start_server
-from supervisor.checks import check
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.ops.admin_client import AdminClient, AdminError, status_table
+from supervisor.ops.checks import check
 
 MODEL_COMMANDS = {  # command -> (method, path suffix, body)
     "start": ("POST", "start", None),

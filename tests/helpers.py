@@ -16,8 +16,8 @@ from aiohttp import web
 
 from supervisor.app import admin_url, start_server
 from supervisor.config import Config, load_config
-from supervisor.handle import ModelHandle
-from supervisor.proxy import REGISTRY
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.proxy.routes import REGISTRY
 
 EMPTY_IMAGE = "model-supervisor/empty:latest"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from supervisor.estimate import heuristic_tokens
+from supervisor.proxy.estimate import heuristic_tokens
 
 from .conftest import REPO
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
-from supervisor.lifecycle import State
+from supervisor.lifecycle.table import State
 from tests.helpers import ComposeProject, Supervisor, start_supervisor, wait_for
 from tests.integration.prometheus_harness import load_generator, running_prometheus
 

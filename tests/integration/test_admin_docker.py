@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from supervisor.lifecycle import State
+from supervisor.lifecycle.table import State
 
 from .conftest import chat, container_running, starts, wait_for
 

@@ -9,7 +9,7 @@ import aiohttp
 import openai
 import pytest
 
-from supervisor.lifecycle import State
+from supervisor.lifecycle.table import State
 
 from .conftest import chat, container_running, starts, wait_for
 

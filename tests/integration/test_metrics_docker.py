@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.lifecycle import State
+from supervisor.lifecycle.table import State
 from tests.integration.prometheus_harness import load_generator, running_prometheus
 
 from .conftest import chat, wait_for

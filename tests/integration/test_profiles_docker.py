@@ -12,7 +12,7 @@ import wave
 import aiohttp
 import pytest
 
-from supervisor.lifecycle import State
+from supervisor.lifecycle.table import State
 
 from .conftest import container_running, starts, wait_for
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from supervisor.gpu import Device, GpuSample, ModelMemory
-from supervisor.metrics import Metrics, ModelSnapshot
+from supervisor.observe.gpu import Device, GpuSample, ModelMemory
+from supervisor.observe.metrics import Metrics, ModelSnapshot
 from tests.integration.prometheus_harness import (
     JOB,
     PrometheusError,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from supervisor.audio import duration_seconds
 from supervisor.config import ModelConfig
-from supervisor.estimate import Estimator, heuristic_tokens, load_estimator
+from supervisor.proxy.audio import duration_seconds
+from supervisor.proxy.estimate import Estimator, heuristic_tokens, load_estimator
 
 DATA = Path(__file__).parent / "data"
 PROSE = (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.gpu import (
+from supervisor.observe.gpu import (
     PROJECT_LABEL,
     SERVICE_LABEL,
     ComposeLabels,
@@ -236,7 +236,7 @@ def test_unavailable_logs_one_line(
     nvml: FakeNvml, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     sampler = GpuSampler(SERVICES.get, nvml=nvml)
-    with caplog.at_level(logging.WARNING, logger="supervisor.gpu"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.observe.gpu"):
         for _ in range(3):
             sample = sampler.sample_once()
             assert not sample.available
@@ -302,7 +302,7 @@ def test_compose_labels_docker_down_is_retried_and_logged_once(
 ) -> None:
     client = FakeDocker(LABELS, down=True)
     labels = ComposeLabels(lambda: client)
-    with caplog.at_level(logging.WARNING, logger="supervisor.gpu"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.observe.gpu"):
         assert labels(ID_A) is None
         assert labels(ID_A) is None
     assert client.calls == [ID_A, ID_A]  # not cached: Docker may come back

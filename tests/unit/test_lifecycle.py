@@ -6,7 +6,15 @@ import itertools
 
 import pytest
 
-from supervisor.lifecycle import Effect, Event, InvalidTransition, Load, State, Step, next_step
+from supervisor.lifecycle.table import (
+    Effect,
+    Event,
+    InvalidTransition,
+    Load,
+    State,
+    Step,
+    next_step,
+)
 
 S, E, F = State, Event, Effect
 IDLE_LOAD = Load()

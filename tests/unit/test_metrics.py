@@ -11,8 +11,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from supervisor.gpu import Device, GpuSample, ModelMemory
-from supervisor.metrics import STATES, Metrics, ModelSnapshot
+from supervisor.observe.gpu import Device, GpuSample, ModelMemory
+from supervisor.observe.metrics import STATES, Metrics, ModelSnapshot
 
 GIB = 1 << 30
 

@@ -1,4 +1,4 @@
-"""Unit tests for supervisor.multipart: bodies come from real encoders, fed in any split."""
+"""Unit tests for supervisor.proxy.multipart: bodies come from real encoders, fed in any split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from urllib3 import encode_multipart_formdata
 
-from supervisor.multipart import (
+from supervisor.proxy.multipart import (
     MAX_HEADER_BYTES,
     MAX_PREAMBLE_BYTES,
     ModelFieldScanner,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.config import ModelConfig
-from supervisor.profiles import (
+from supervisor.lifecycle.profiles import (
     Decision,
     max_audio_seconds,
     profile_to_start,

@@ -21,12 +21,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from supervisor.auth import Secrets
 from supervisor.errors import error_response
-from supervisor.handle import ModelHandle
-from supervisor.lease import HoldRejected, Lease
-from supervisor.lifecycle import State
-from supervisor.metrics import Metrics, RefusalReason
-from supervisor.readiness import StartFailed
-from supervisor.router import Body, Registry, RouteError, resolve
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.lease import HoldRejected, Lease
+from supervisor.lifecycle.readiness import StartFailed
+from supervisor.lifecycle.table import State
+from supervisor.observe.metrics import Metrics, RefusalReason
+from supervisor.proxy.router import Body, Registry, RouteError, resolve
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from supervisor.config import ModelConfig
-from supervisor.effects import RuntimeEffects
-from supervisor.estimate import Estimator
-from supervisor.lease import (
+from supervisor.lifecycle.effects import RuntimeEffects
+from supervisor.lifecycle.lease import (
     Conflict,
     Flight,
     Held,
@@ -28,9 +27,7 @@ from supervisor.lease import (
     Lease,
     stopped_error,
 )
-from supervisor.lifecycle import Effect, Event, Load, State, next_step
-from supervisor.metrics import Metrics, ModelSnapshot
-from supervisor.profiles import (
+from supervisor.lifecycle.profiles import (
     Decision,
     Profile,
     profile_to_start,
@@ -38,10 +35,13 @@ from supervisor.profiles import (
     route_on_running,
     smallest_fitting,
 )
-from supervisor.readiness import StartFailed
+from supervisor.lifecycle.readiness import StartFailed
+from supervisor.lifecycle.table import Effect, Event, Load, State, next_step
+from supervisor.observe.metrics import Metrics, ModelSnapshot
+from supervisor.proxy.estimate import Estimator
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
-log = logging.getLogger("supervisor.lifecycle")
+log = logging.getLogger("supervisor.lifecycle.table")
 
 DEFAULT_RETRY_AFTER = 10
 

@@ -18,15 +18,15 @@ import aiohttp
 
 from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
 from supervisor.config import Config, ConfigError, ModelConfig, ScheduleConfig, load_config
-from supervisor.estimate import load_estimator
-from supervisor.handle import ModelHandle
-from supervisor.lifecycle import State
-from supervisor.metrics import Metrics
-from supervisor.proxy import Gate
-from supervisor.router import Registry
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.table import State
+from supervisor.observe.metrics import Metrics
+from supervisor.ops.schedule import KeepWarm
+from supervisor.ops.state_file import StateFile
+from supervisor.proxy.estimate import load_estimator
+from supervisor.proxy.router import Registry
+from supervisor.proxy.routes import Gate
 from supervisor.runtime.base import Runtime
-from supervisor.schedule import KeepWarm
-from supervisor.state_file import StateFile
 
 log = logging.getLogger(__name__)
 

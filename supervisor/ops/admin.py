@@ -14,12 +14,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from supervisor.config import ConfigError, ScheduleConfig
-from supervisor.control import Control
 from supervisor.errors import error_response
-from supervisor.handle import ModelHandle
-from supervisor.lease import Conflict
-from supervisor.openapi import spec
-from supervisor.proxy import Handler
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.lease import Conflict
+from supervisor.ops.control import Control
+from supervisor.ops.openapi import spec
+from supervisor.proxy.routes import Handler
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger(__name__)

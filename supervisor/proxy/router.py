@@ -18,11 +18,11 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from supervisor.audio import HEAD_BYTES
-from supervisor.estimate import Need, describe
-from supervisor.handle import ModelHandle
-from supervisor.multipart import ModelFieldScanner, boundary_of, file_part_head
-from supervisor.profiles import largest, max_audio_seconds
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.profiles import largest, max_audio_seconds
+from supervisor.proxy.audio import HEAD_BYTES
+from supervisor.proxy.estimate import Need, describe
+from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part_head
 
 SPOOL_MEMORY_BYTES = 1 << 20
 READ_CHUNK = 1 << 16

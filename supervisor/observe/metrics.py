@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supervisor.exposition import CONTENT_TYPE, render
-from supervisor.gpu import GpuSample
-from supervisor.histogram import LoopHistogram
+from supervisor.observe.exposition import CONTENT_TYPE, render
+from supervisor.observe.gpu import GpuSample
+from supervisor.observe.histogram import LoopHistogram
 
 STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed", "sleeping",
           "asleep", "waking")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from supervisor.profiles import Profile
-from supervisor.readiness import StartFailed
+from supervisor.lifecycle.profiles import Profile
+from supervisor.lifecycle.readiness import StartFailed
 
 
 class HoldRejected(Exception):

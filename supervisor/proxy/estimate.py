@@ -22,8 +22,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from supervisor.audio import HEAD_BYTES, duration_seconds
 from supervisor.config import ModelConfig
+from supervisor.proxy.audio import HEAD_BYTES, duration_seconds
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ import time
 
 import aiohttp
 
-from supervisor import sleep_mode
 from supervisor.config import ModelConfig
-from supervisor.lifecycle import Event
-from supervisor.metrics import Metrics
-from supervisor.profiles import Profile
-from supervisor.readiness import StartFailed, await_ready
+from supervisor.lifecycle import sleep_mode
+from supervisor.lifecycle.profiles import Profile
+from supervisor.lifecycle.readiness import StartFailed, await_ready
+from supervisor.lifecycle.table import Event
+from supervisor.observe.metrics import Metrics
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
-log = logging.getLogger("supervisor.lifecycle")
+log = logging.getLogger("supervisor.lifecycle.table")
 
 
 class RuntimeEffects:

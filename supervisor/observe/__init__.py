@@ -1,0 +1,1 @@
+"""What operators read: Prometheus metrics, their exposition, and the NVML sampler."""
