@@ -4,25 +4,28 @@ adoption of services that already run, and the admin API on its own listener.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
+import resource
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from supervisor.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.auth import admin_secrets, client_keys
-from supervisor.config import Config
+from supervisor.config import Config, host_port
+from supervisor.gate import Gate
+from supervisor.lifecycle.clock import LoopClock
+from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.registry import Registry
 from supervisor.observe.gpu import GpuSampler
 from supervisor.observe.metrics import Metrics
-from supervisor.ops.admin import CONTROL, build_admin_app, healthz, readyz
-from supervisor.ops.control import Control, configure_handle
-from supervisor.proxy.estimate import load_estimator
-from supervisor.proxy.router import Registry
-from supervisor.proxy.routes import GATE, METRICS, REGISTRY, UPSTREAM, Gate, add_routes
+from supervisor.ops.admin import build_admin_app, healthz, readyz
+from supervisor.ops.control import Control, configure
+from supervisor.proxy.routes import add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.compose import ComposeRuntime
 
@@ -63,13 +66,13 @@ def build_app(config: Config, runtime: Runtime | None = None,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             connector=aiohttp.TCPConnector(limit=0),
         )
-        handles = [ModelHandle(n, m, rt, session, metrics) for n, m in config.models.items()]
+        effects = Effects(rt, session, LoopClock())
+        handles = [ModelHandle(n, m, effects, metrics) for n, m in config.models.items()]
         for handle in handles:
-            handle.estimator = await asyncio.to_thread(load_estimator, handle.config)
-            configure_handle(handle)
+            await configure(handle)
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
-        control = Control(config, config_path, rt, session, metrics, app[REGISTRY], app[GATE],
+        control = Control(config, config_path, effects, metrics, app[REGISTRY], app[GATE],
                           vram)
         app[CONTROL] = control
         try:
@@ -82,7 +85,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
         control.start()
         admin = web.AppRunner(build_admin_app(control), access_log=None)
         await admin.setup()
-        await web.TCPSite(admin, *_host_port(config.admin.listen)).start()
+        await web.TCPSite(admin, *host_port(config.admin.listen)).start()
         app[ADMIN] = admin
         await gpu.start()
         log.info("supervising %d models on http://%s, admin on http://%s",
@@ -105,9 +108,20 @@ def build_app(config: Config, runtime: Runtime | None = None,
     return app
 
 
-def _host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard one: a service gets 1,024 by default,
+    which a burst of held requests uses up (each is a socket) before `docker compose` can
+    even be spawned. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    log.info("open files limit: soft %d (was %d), hard %d", after, soft, hard)
+    return soft, after
 
 
 async def start_server(config: Config, runtime: Runtime | None = None,
@@ -116,7 +130,7 @@ async def start_server(config: Config, runtime: Runtime | None = None,
     app = build_app(config, runtime, config_path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
+    site = web.TCPSite(runner, *host_port(config.listen), backlog=1024)
     await site.start()
     return runner
 

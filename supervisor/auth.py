@@ -15,7 +15,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError, ModelConfig
+from supervisor.config import (
+    AdminConfig,
+    ClientAuthConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    host_port,
+)
 
 BEARER = "bearer "
 
@@ -103,7 +110,7 @@ def is_loopback(host: str) -> bool:
 def admin_secrets(config: Config) -> Secrets:
     """The admin token, or none on loopback; refuse an open admin API on a network address."""
     token = admin_token(config.admin)
-    host = config.admin.listen.rpartition(":")[0].strip("[]")
+    host = host_port(config.admin.listen)[0]
     if token is None and not is_loopback(host):
         raise ConfigError([
             f"admin.listen: {config.admin.listen} is not a loopback address and no admin "

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from supervisor.app import start_server
+from supervisor.app import raise_open_files_limit, start_server
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.ops.admin_client import AdminClient, AdminError, status_table
 from supervisor.ops.checks import check
@@ -55,6 +55,7 @@ def _check_config(path: str) -> int:
 
 
 async def _serve(config: Config, path: str) -> None:
+    raise_open_files_limit()
     runner = await start_server(config, config_path=Path(path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

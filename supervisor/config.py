@@ -60,10 +60,16 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _check_listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+def host_port(listen: str) -> tuple[str, int]:
+    """('127.0.0.1', 8080) from '127.0.0.1:8080'; ('::1', 8080) from '[::1]:8080'."""
+    host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
+        raise ValueError(f"{listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _check_listen(value: str) -> str:
+    host_port(value)
     return value
 
 
@@ -247,13 +253,6 @@ class Config(BaseSettings):
                 raise ValueError(f"schedules.{name}.{problem}")
         return self
 
-    @property
-    def listen_host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def listen_port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
 
 def schedule_problem(config: Config, schedule: ScheduleConfig) -> str | None:

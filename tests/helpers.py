@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from supervisor.app import admin_url, start_server
+from supervisor.appkeys import REGISTRY
 from supervisor.config import Config, load_config
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.proxy.routes import REGISTRY
 
 EMPTY_IMAGE = "model-supervisor/empty:latest"
 

@@ -1,129 +1,122 @@
-"""The effects of a model's lifecycle that do I/O: start, stop, sleep and wake.
+"""The I/O a model's lifecycle asks for: start, stop, sleep and wake.
 
-Each runs as a task the handle creates, talks to the runtime or the server, and
-ends by feeding one event back to the handle's `_dispatch`: the handle decides,
-these only carry out. Kept apart from handle.py so that the decisions read on
-their own.
+Each effect takes what it needs, talks to the runtime or the server, and
+*returns* the event that ended it (with the error text for the operator); it
+never touches the handle. The handle runs it as a task, records the outcome
+and is the only one that feeds events to the lifecycle table.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+from dataclasses import dataclass
 
 import aiohttp
 
 from supervisor.config import ModelConfig
+from supervisor.errors import StartFailed
 from supervisor.lifecycle import sleep_mode
+from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.profiles import Profile
-from supervisor.lifecycle.readiness import StartFailed, await_ready
+from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
 from supervisor.lifecycle.table import Event
-from supervisor.observe.metrics import Metrics
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
-log = logging.getLogger("supervisor.lifecycle.table")
+log = logging.getLogger("supervisor.lifecycle")
 
 
-class RuntimeEffects:
-    """Mixed into ModelHandle, which owns these attributes and `_dispatch`."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an effect ended: the event for the table, the error for the operator, and
+    how long it took."""
 
-    name: str
-    config: ModelConfig
-    profile: Profile
-    metrics: Metrics
-    last_error: str | None
-    last_cold_start_seconds: float | None
-    upstream_headers: dict[str, str]
-    _runtime: Runtime
-    _http: aiohttp.ClientSession
-    _start_began: float
+    event: Event
+    error: str | None = None
+    seconds: float = 0.0
 
-    def _dispatch(
-        self, event: Event, error: StartFailed | None = None, reason: str = ""
-    ) -> None:
-        raise NotImplementedError
 
-    async def _start(self, *, compose_up: bool) -> None:
-        profile = self.profile
-        log.info("model=%s starting profile=%s service=%s", self.name, profile.name,
-                 profile.service)
+class Effects:
+    """The lifecycle's syscall table for one supervisor: a runtime, the HTTP session to the
+    servers and a clock, shared by every handle."""
+
+    def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, clock: Clock,
+                 probe: Probe | None = None) -> None:
+        self.runtime = runtime
+        self.http = http
+        self.clock = clock
+        self.probe = probe or http_probe(http)
+
+    async def start(self, name: str, config: ModelConfig, profile: Profile,
+                    headers: dict[str, str], *, compose_up: bool) -> Outcome:
+        """Bring the service up (or only await an adopted one) until it is healthy."""
+        began = self.clock.now()
+        log.info("model=%s starting profile=%s service=%s", name, profile.name, profile.service)
         try:
             if compose_up:
-                await self._runtime.start(profile.service)
-            await await_ready(
-                self._runtime,
-                profile.service,
-                self._http,
-                profile.health_url,
-                startup_timeout=self.config.startup_timeout,
-                interval=self.config.health_interval,
-            )
-            if not compose_up and self.config.sleep.enabled:
-                await self._wake_if_asleep(profile)  # adopted asleep: requests would hang
+                await self.runtime.start(profile.service)
+            await await_ready(self.runtime, profile.service, self.probe, profile.health_url,
+                              startup_timeout=config.startup_timeout,
+                              interval=config.health_interval, now=self.clock.now)
+            if not compose_up and config.sleep.enabled:
+                await self._wake_if_asleep(name, config, profile, headers)
         except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
-            self.last_error = str(exc)
-            log.error("model=%s start failed after %.2fs: %s", self.name, self._since(), exc)
-            if compose_up:
-                self.metrics.cold_start(self.name, profile.name, self._since(), ok=False)
-            self._dispatch(Event.START_FAILED,
-                           StartFailed(f"model {self.name!r} failed to start: {exc}"))
-            return
-        self.last_cold_start_seconds = self._since()
-        self.last_error = None
-        if compose_up:
-            self.metrics.cold_start(self.name, profile.name, self._since(), ok=True)
-        log.info("model=%s profile=%s ready in %.2fs", self.name, profile.name,
-                 self.last_cold_start_seconds)
-        self._dispatch(Event.STARTED)
+            seconds = self.clock.now() - began
+            log.error("model=%s start failed after %.2fs: %s", name, seconds, exc)
+            return Outcome(Event.START_FAILED, str(exc), seconds)
+        seconds = self.clock.now() - began
+        log.info("model=%s profile=%s ready in %.2fs", name, profile.name, seconds)
+        return Outcome(Event.STARTED, None, seconds)
 
-    async def _stop(self, reason: str, grace: float, aborted: asyncio.Task[None] | None) -> None:
-        if aborted is not None:  # a start, sleep or wake that was cancelled: let it unwind
-            await asyncio.gather(aborted, return_exceptions=True)
-        began = time.monotonic()
-        service = self.profile.service
+    async def stop(self, name: str, profile: Profile, grace: float, why: str) -> Outcome:
+        began = self.clock.now()
         log.info("model=%s stopping profile=%s service=%s %s",
-                 self.name, self.profile.name, service, reason)
+                 name, profile.name, profile.service, why)
+        error = None
         try:
-            await self._runtime.stop(service, grace)
+            await self.runtime.stop(profile.service, grace)
         except RuntimeFailure as exc:
-            self.last_error = str(exc)
-            log.error("model=%s stop failed: %s", self.name, exc)
-        log.info("model=%s stopped in %.2fs", self.name, time.monotonic() - began)
-        self._dispatch(Event.STOPPED)
+            error = str(exc)
+            log.error("model=%s stop failed: %s", name, exc)
+        seconds = self.clock.now() - began
+        log.info("model=%s stopped in %.2fs", name, seconds)
+        return Outcome(Event.STOPPED, error, seconds)
 
-    def _since(self) -> float:
-        return time.monotonic() - self._start_began
-
-    async def _sleep(self) -> None:
-        level = self.config.sleep.level
+    async def sleep(self, name: str, config: ModelConfig, profile: Profile,
+                    headers: dict[str, str]) -> Outcome:
+        level = config.sleep.level
         try:
-            await sleep_mode.sleep(self._http, self.profile.upstream, level,
-                                   self.upstream_headers, self.config.sleep.timeout)
+            await sleep_mode.sleep(self.http, profile.upstream, level, headers,
+                                   config.sleep.timeout)
         except sleep_mode.SleepFailed as exc:
-            self.last_error = str(exc)
-            log.error("model=%s sleep failed: %s", self.name, exc)
-            self._dispatch(Event.SLEEP_FAILED)
-            return
-        log.info("model=%s asleep (level %d)", self.name, level)
-        self._dispatch(Event.SLEPT)
+            log.error("model=%s sleep failed: %s", name, exc)
+            return Outcome(Event.SLEEP_FAILED, str(exc))
+        log.info("model=%s asleep (level %d)", name, level)
+        return Outcome(Event.SLEPT)
 
-    async def _wake(self) -> None:
-        began = time.monotonic()
+    async def wake(self, name: str, config: ModelConfig, profile: Profile,
+                   headers: dict[str, str]) -> Outcome:
+        began = self.clock.now()
         try:
-            await sleep_mode.wake_up(self._http, self.profile.upstream, self.upstream_headers,
-                                     self.config.sleep.timeout)
+            await sleep_mode.wake_up(self.http, profile.upstream, headers, config.sleep.timeout)
         except sleep_mode.SleepFailed as exc:
-            self.last_error = str(exc)
-            log.error("model=%s wake-up failed, restarting it: %s", self.name, exc)
-            self._dispatch(Event.WAKE_FAILED)
-            return
-        log.info("model=%s awake in %.2fs", self.name, time.monotonic() - began)
-        self._dispatch(Event.WOKE)
+            log.error("model=%s wake-up failed, restarting it: %s", name, exc)
+            return Outcome(Event.WAKE_FAILED, str(exc))
+        seconds = self.clock.now() - began
+        log.info("model=%s awake in %.2fs", name, seconds)
+        return Outcome(Event.WOKE, None, seconds)
 
-    async def _wake_if_asleep(self, profile: Profile) -> None:
-        timeout = self.config.sleep.timeout
-        if await sleep_mode.is_sleeping(self._http, profile.upstream, self.upstream_headers,
-                                        timeout):
-            log.info("model=%s adopted asleep; waking it", self.name)
-            await sleep_mode.wake_up(self._http, profile.upstream, self.upstream_headers, timeout)
+    async def _wake_if_asleep(self, name: str, config: ModelConfig, profile: Profile,
+                              headers: dict[str, str]) -> None:
+        timeout = config.sleep.timeout
+        if await sleep_mode.is_sleeping(self.http, profile.upstream, headers, timeout):
+            log.info("model=%s adopted asleep; waking it", name)
+            await sleep_mode.wake_up(self.http, profile.upstream, headers, timeout)
+
+    async def container_state(self, profile: Profile) -> str | None:
+        """'exited' or 'absent' when the profile's container is gone; None when it runs
+        or the runtime cannot tell."""
+        try:
+            status = await self.runtime.status(profile.service)
+        except RuntimeFailure:
+            return None
+        return None if status.running else status.state.value

@@ -1,9 +1,11 @@
 """One model's handle: it owns the lifecycle state, the active profile, the held
-requests, the in-flight count and the timers, and turns the pure lifecycle's
-effects into runtime calls.
+requests, the in-flight count and the timers, feeds events to the pure lifecycle
+table and runs the effects that come back as tasks.
 
 Everything here runs on the event loop and `_dispatch` never awaits, so the
-check-then-act sequences (is it ready? count it in flight) need no locks.
+check-then-act sequences (is it ready? count it in flight) need no locks. The
+effects (effects.py) do the I/O and return the event that ended them; only the
+handle dispatches.
 """
 
 from __future__ import annotations
@@ -11,81 +13,72 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
-from supervisor.lifecycle.effects import RuntimeEffects
-from supervisor.lifecycle.lease import (
-    Conflict,
-    Flight,
-    Held,
-    HoldRejected,
-    Lease,
-    stopped_error,
-)
+from supervisor.errors import Conflict, StartFailed
+from supervisor.lifecycle.clock import Timer
+from supervisor.lifecycle.effects import Effects, Outcome
+from supervisor.lifecycle.lease import Flight, Held, HoldRejected, Lease, stopped_error
 from supervisor.lifecycle.profiles import (
     Decision,
     Profile,
+    idle_timeout,
     profile_to_start,
     profiles_of,
     route_on_running,
     smallest_fitting,
 )
-from supervisor.lifecycle.readiness import StartFailed
 from supervisor.lifecycle.table import Effect, Event, Load, State, next_step
 from supervisor.observe.metrics import Metrics, ModelSnapshot
-from supervisor.proxy.estimate import Estimator
-from supervisor.runtime.base import Runtime, RuntimeFailure
 
-log = logging.getLogger("supervisor.lifecycle.table")
+if TYPE_CHECKING:
+    from supervisor.proxy.estimate import Estimator
+
+log = logging.getLogger("supervisor.lifecycle")
 
 DEFAULT_RETRY_AFTER = 10
+_DOWN = (State.STOPPED, State.FAILED)
+# What an effect that raised instead of returning is taken for.
+_CRASHED = {"start": Event.START_FAILED, "stop": Event.STOPPED, "sleep": Event.SLEEP_FAILED,
+            "wake": Event.WAKE_FAILED}
 
 
-class ModelHandle(RuntimeEffects):
-    def __init__(
-        self,
-        name: str,
-        config: ModelConfig,
-        runtime: Runtime,
-        http: aiohttp.ClientSession,
-        metrics: Metrics,
-    ) -> None:
+class ModelHandle:
+    def __init__(self, name: str, config: ModelConfig, effects: Effects,
+                 metrics: Metrics) -> None:
         self.name = name
         self.metrics = metrics
         self.config = config
         self.profiles = profiles_of(config)
         self.profile = next(p for p in self.profiles if p.default)  # the active (or last) one
-        self._runtime = runtime
-        self._http = http
+        self._effects = effects
+        self.clock = effects.clock
         self.state = State.STOPPED
         self.in_flight = 0
         self._held: list[Held] = []
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._swap_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: Timer | None = None
+        self._swap_timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._start_began = 0.0
         self._last_swap: float | None = None
-        self.idle_since = time.monotonic()
+        self.idle_since = self.clock.now()
         self.last_error: str | None = None
         self.last_cold_start_seconds: float | None = None
         self.last_request_at: float | None = None
-        self.swaps = 0
-        self.refusals = 0  # requests no profile can hold
-        self.estimator: Estimator | None = None  # set at start-up: loading a tokenizer is slow
+        self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
+        self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         # Operator toggles (admin API, schedules).
         self.pinned = False
         self.scheduled: set[str] = set()  # keep-warm windows open now: pinned while any is
         self.idle_timeout_override: float | None = None
-        self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         self._wanted = False  # an operator asked it to run: start again after a stop
         self._next_profile: str | None = None  # the profile an operator asked for
         self._pending: ModelConfig | None = None  # a reloaded definition, for the next start
         self._flights: list[Flight] = []
+        self._retiring = False
+        self.retired = asyncio.Event()  # set once a retiring model is down and unused
 
     @property
     def held(self) -> int:
@@ -108,16 +101,24 @@ class ModelHandle(RuntimeEffects):
         """The operator's override, else the (reloaded) config's for the running profile."""
         if self.idle_timeout_override is not None:
             return self.idle_timeout_override
-        config = self.config
-        if self.profile.default or config.long_idle_timeout is None:
-            return config.idle_timeout
-        return config.long_idle_timeout
+        return idle_timeout(self.config, self.profile)
 
     def larger_profile(self, than: Profile) -> Profile | None:
         """The next profile up, for a retry when the upstream says a request is too long."""
         if than.max_model_len is None:
             return None
         return smallest_fitting(self.profiles, than.max_model_len + 1)
+
+    def configure(self, estimator: Estimator | None, upstream_headers: dict[str, str]) -> None:
+        """What the proxy needs beside the config: the token estimator (slow to load, so
+        made off the loop) and the headers that carry the backend's own key."""
+        self.estimator = estimator
+        self.upstream_headers = upstream_headers
+
+    def restore(self, *, pinned: bool, idle_timeout: float | None) -> None:
+        """Toggles saved by an earlier run of the supervisor."""
+        self.pinned, self.idle_timeout_override = pinned, idle_timeout
+        self._rearm_idle()
 
     # -- requests ---------------------------------------------------------
 
@@ -131,7 +132,7 @@ class ModelHandle(RuntimeEffects):
             self._release(lease.flight)
 
     def snapshot(self) -> ModelSnapshot:
-        now = time.monotonic()
+        now = self.clock.now()
         running = self.state is not State.STOPPED
         return ModelSnapshot(
             model=self.name,
@@ -146,7 +147,7 @@ class ModelHandle(RuntimeEffects):
         )
 
     async def _acquire(self, tokens: int | None) -> Lease:
-        self.last_request_at = time.monotonic()
+        self.last_request_at = began = self.clock.now()
         flight = Flight(asyncio.current_task())
         if self.state is State.READY and self.profile.fits(tokens):
             self.in_flight += 1
@@ -154,31 +155,19 @@ class ModelHandle(RuntimeEffects):
             return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight)
         if len(self._held) >= self.config.max_held:
             raise HoldRejected(
-                503,
-                "model_overloaded",
                 f"model {self.name!r} is {self.state.value} and already holds "
                 f"{len(self._held)} requests (max_held); retry later",
-                self._retry_after(),
-            )
-        began = time.monotonic()
+                status=503, code="model_overloaded", retry_after=self._retry_after(),
+                model=self.name)
         held = Held(asyncio.get_running_loop().create_future(), tokens, flight)
+        held.expiry = self.clock.call_later(self.config.hold_timeout, self._expire, held)
         self._held.append(held)
         if self.state is State.READY:
             self._consider_swap()  # it does not fit the running profile
         else:
             self._dispatch(Event.DEMAND)
         try:
-            async with asyncio.timeout(self.config.hold_timeout):
-                await held.waiter
-        except TimeoutError:
-            self._abandon(held)
-            raise HoldRejected(
-                504,
-                "hold_timeout",
-                f"model {self.name!r} was not ready within hold_timeout "
-                f"({self.config.hold_timeout:.0f}s); it is {self.state.value}",
-                None,
-            ) from None
+            await held.waiter
         except asyncio.CancelledError:
             self._abandon(held)  # the client went away while held (or a force stop)
             if not flight.aborted:
@@ -187,12 +176,26 @@ class ModelHandle(RuntimeEffects):
             if current is not None:
                 current.uncancel()
             raise stopped_error(self.name) from None
-        return Lease(self.profile, cold_start=True, hold_seconds=time.monotonic() - began,
+        finally:
+            held.expiry.cancel()
+        return Lease(self.profile, cold_start=True, hold_seconds=self.clock.now() - began,
                      flight=flight)
+
+    def _expire(self, held: Held) -> None:
+        """hold_timeout passed while the request was still held."""
+        if held not in self._held or held.waiter.done():
+            return
+        self._held.remove(held)
+        held.waiter.set_exception(HoldRejected(
+            f"model {self.name!r} was not ready within hold_timeout "
+            f"({self.config.hold_timeout:.0f}s); it is {self.state.value}",
+            status=504, code="hold_timeout", model=self.name))
+        self._check_retired()
 
     def _abandon(self, held: Held) -> None:
         if held in self._held:
             self._held.remove(held)
+            self._check_retired()
         elif held.waiter.done() and not held.waiter.cancelled() and not held.waiter.exception():
             self._release(held.flight)  # it was released, and counted in flight, meanwhile
 
@@ -206,6 +209,7 @@ class ModelHandle(RuntimeEffects):
             self._arm_idle()
         elif self.state in (State.DRAINING, State.SLEEPING):
             self._dispatch(Event.DRAINED)
+        self._check_retired()
 
     def _retry_after(self) -> int:
         return math.ceil(self.last_cold_start_seconds or DEFAULT_RETRY_AFTER)
@@ -218,7 +222,7 @@ class ModelHandle(RuntimeEffects):
         needs = [h.tokens for h in self._held if not self.profile.fits(h.tokens)]
         if self.state is not State.READY or not needs:
             return
-        since = None if self._last_swap is None else time.monotonic() - self._last_swap
+        since = None if self._last_swap is None else self.clock.now() - self._last_swap
         tokens = max(t or 0 for t in needs)
         route = route_on_running(self.profiles, self.profile, tokens, since,
                                  self.config.min_residency)
@@ -227,11 +231,9 @@ class ModelHandle(RuntimeEffects):
         if route.decision is Decision.WAIT:
             log.info("model=%s swap to profile=%s waits %.0fs (min_residency)",
                      self.name, route.target.name, route.wait_seconds)
-            loop = asyncio.get_running_loop()
-            self._swap_timer = loop.call_later(route.wait_seconds, self._consider_swap)
+            self._swap_timer = self.clock.call_later(route.wait_seconds, self._consider_swap)
             return
-        self.swaps += 1
-        self._last_swap = time.monotonic()
+        self._last_swap = self.clock.now()
         self.metrics.swap(self.name, self.profile.name, route.target.name)
         log.info("model=%s swapping profile %s -> %s for a request of %d tokens; "
                  "draining %d in flight", self.name, self.profile.name, route.target.name,
@@ -240,25 +242,18 @@ class ModelHandle(RuntimeEffects):
 
     async def upstream_failed(self) -> None:
         """The upstream refused a connection: if its container died, forget it was ready."""
-        try:
-            status = await self._runtime.status(self.profile.service)
-        except RuntimeFailure:
-            return
-        if self.state is State.READY and not status.running:
-            self.last_error = f"container {status.state.value} while ready"
+        gone = await self._effects.container_state(self.profile)
+        if self.state is State.READY and gone is not None:
+            self.last_error = f"container {gone} while ready"
             self._dispatch(Event.EXITED)
 
     # -- operator toggles (admin API, schedules) ----------------------------
 
     def start(self, profile: str | None = None) -> None:
         """Run it (under `profile`): a running model on another profile is swapped."""
-        if profile is not None and profile != self.profile.name and self.state not in (
-                State.STOPPED, State.FAILED):
-            self._next_profile, self._wanted = profile, True
-            self._dispatch(Event.RESTART)
-            return
+        swap = profile is not None and profile != self.profile.name and self.state not in _DOWN
         self._next_profile, self._wanted = profile, True
-        self._dispatch(Event.START)
+        self._dispatch(Event.RESTART if swap else Event.START)
 
     def stop(self, *, force: bool = False) -> None:
         self._wanted, self._next_profile = False, None
@@ -296,11 +291,25 @@ class ModelHandle(RuntimeEffects):
     def reconfigure(self, config: ModelConfig) -> None:
         """A reloaded definition: at once when stopped, else at the next start; timeouts
         and limits apply at once either way."""
-        if self.state in (State.STOPPED, State.FAILED):
+        if self.state in _DOWN:
             self._apply_config(config)
         else:
             self.config = self._pending = config  # self.profiles: the running ones, until then
         self._rearm_idle()
+
+    def retire(self) -> None:
+        """Removed from the config: stop once nothing is in flight (held requests are
+        served first); `retired` is set when it is down and unused."""
+        self._retiring, self._wanted, self._next_profile = True, False, None
+        self._check_retired()
+
+    def _check_retired(self) -> None:
+        if not self._retiring or self.in_flight or self._held:
+            return
+        if self.state in _DOWN:
+            self.retired.set()
+        elif self.state in (State.READY, State.ASLEEP):
+            asyncio.get_running_loop().call_soon(self.stop)  # it served what was held
 
     def _rearm_idle(self) -> None:
         """Idle rules changed: apply them counting the time already spent idle."""
@@ -325,26 +334,27 @@ class ModelHandle(RuntimeEffects):
                      self.name, self.profile.name, before, step.state, event)
         for effect in step.effects:
             self._apply(effect, error, reason or event.value)
+        if before is not step.state:
+            self._check_retired()
 
     def _apply(self, effect: Effect, error: StartFailed | None, reason: str) -> None:
         if effect in (Effect.START, Effect.AWAIT_READY):
             if effect is Effect.START:
                 self._choose_profile()
             self._wanted = False
-            self._start_began = time.monotonic()
-            self._task = asyncio.create_task(self._start(compose_up=effect is Effect.START))
+            self._spawn("start", self._start(compose_up=effect is Effect.START))
         elif effect is Effect.STOP:
-            idle = time.monotonic() - self.idle_since
+            idle = self.clock.now() - self.idle_since
             why = {"idle": f"idle for {idle:.0f}s", "swap": "for a profile swap"}.get(
                 reason, f"on {reason}")
             grace = 0.0 if reason == Event.FORCE_STOP else self.config.stop_timeout
             prev = self._task if self._task is not asyncio.current_task() else None
-            self._task = asyncio.create_task(self._stop(why, grace, prev))
+            self._spawn("stop", self._stop(why, grace, prev))
         elif effect is Effect.RELEASE_HELD:
             self._release_fitting()
         elif effect is Effect.FAIL_HELD:
             for held in self._take_held(lambda h: True):
-                held.waiter.set_exception(error or StartFailed("start failed"))
+                held.waiter.set_exception(error or StartFailed("start failed", model=self.name))
         elif effect is Effect.ARM_IDLE:
             self._arm_idle()
         elif effect is Effect.ABORT:
@@ -356,10 +366,49 @@ class ModelHandle(RuntimeEffects):
                 if flight.task is not None:
                     flight.task.cancel()
         elif effect is Effect.SLEEP:
-            self._task = asyncio.create_task(self._sleep())
+            self._spawn("sleep", self._effects.sleep(
+                self.name, self.config, self.profile, self.upstream_headers))
         elif effect is Effect.WAKE:
             self._wanted = False
-            self._task = asyncio.create_task(self._wake())
+            self._spawn("wake", self._effects.wake(
+                self.name, self.config, self.profile, self.upstream_headers))
+
+    def _spawn(self, kind: str, work: Coroutine[Any, Any, Outcome]) -> None:
+        self._task = asyncio.create_task(self._run(kind, work))
+
+    async def _run(self, kind: str, work: Coroutine[Any, Any, Outcome]) -> None:
+        """Await an effect and dispatch how it ended; one that raises fails its step like a
+        runtime failure would, so no model is left in a state only a restart ends."""
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("model=%s %s task raised", self.name, kind)
+            outcome = Outcome(_CRASHED[kind], f"{kind} raised {exc!r}")
+        if outcome.error is not None:
+            self.last_error = outcome.error
+        error = None
+        if outcome.event is Event.START_FAILED:
+            error = StartFailed(f"model {self.name!r} failed to start: {outcome.error}",
+                                model=self.name)
+        self._dispatch(outcome.event, error)
+
+    async def _start(self, *, compose_up: bool) -> Outcome:
+        profile = self.profile
+        outcome = await self._effects.start(self.name, self.config, profile,
+                                            self.upstream_headers, compose_up=compose_up)
+        ok = outcome.event is Event.STARTED
+        if compose_up:
+            self.metrics.cold_start(self.name, profile.name, outcome.seconds, ok=ok)
+        if ok:
+            self.last_cold_start_seconds, self.last_error = outcome.seconds, None
+        return outcome
+
+    async def _stop(self, why: str, grace: float, aborted: asyncio.Task[None] | None) -> Outcome:
+        if aborted is not None:  # a start, sleep or wake that was cancelled: let it unwind
+            await asyncio.gather(aborted, return_exceptions=True)
+        return await self._effects.stop(self.name, self.profile, grace, why)
 
     def _choose_profile(self) -> None:
         """For a start: a reloaded definition applies now; an operator's profile choice,
@@ -397,10 +446,9 @@ class ModelHandle(RuntimeEffects):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if fresh:
-            self.idle_since = time.monotonic()
-        remaining = max(0.0, self.idle_timeout - (time.monotonic() - self.idle_since))
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(remaining, self._dispatch, Event.IDLE)
+            self.idle_since = self.clock.now()
+        remaining = max(0.0, self.idle_timeout - (self.clock.now() - self.idle_since))
+        self._idle_timer = self.clock.call_later(remaining, self._dispatch, Event.IDLE)
 
     # -- supervisor start and shutdown ------------------------------------
 
@@ -419,7 +467,8 @@ class ModelHandle(RuntimeEffects):
             if timer is not None:
                 timer.cancel()
         for held in self._take_held(lambda h: True):
-            held.waiter.set_exception(StartFailed("the supervisor is shutting down"))
+            held.waiter.set_exception(StartFailed("the supervisor is shutting down",
+                                                  model=self.name))
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -1,27 +1,18 @@
 """What a request holds while it waits for, or uses, a model: its lease, its place
-in the hold queue, and the errors a handle answers it with."""
+in the hold queue, and the refusals a handle answers it with."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
+from supervisor.errors import Refusal, StartFailed
+from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.profiles import Profile
-from supervisor.lifecycle.readiness import StartFailed
 
 
-class HoldRejected(Exception):
+class HoldRejected(Refusal):
     """A request that cannot be held: too many already wait, or it waited too long."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
-
-
-class Conflict(Exception):
-    """An operator's request that makes no sense in the model's state (HTTP 409)."""
 
 
 @dataclass(slots=True)
@@ -46,13 +37,14 @@ class Lease:
         return self.flight.aborted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Held:
     waiter: asyncio.Future[None]
     tokens: int | None
     flight: Flight
+    expiry: Timer | None = None  # hold_timeout
 
 
 def stopped_error(name: str) -> StartFailed:
     return StartFailed(f"model {name!r} was stopped by an operator (force); retry later",
-                       "model_stopped")
+                       code="model_stopped", model=name)

@@ -23,7 +23,6 @@ class Profile:
     upstream: str
     health_url: str
     max_model_len: int | None  # None: unknown, treated as able to hold anything
-    idle_timeout: float
     default: bool
 
     def fits(self, tokens: int | None) -> bool:
@@ -37,14 +36,19 @@ def profiles_of(model: ModelConfig) -> list[Profile]:
         upstream = p.upstream or model.upstream
         assert upstream is not None  # the config's validator guarantees one
         default = name == model.default_profile
-        idle = model.idle_timeout
-        if not default and model.long_idle_timeout is not None:
-            idle = model.long_idle_timeout
         health = p.health or model.health
         profiles.append(
-            Profile(name, p.service, upstream, upstream + health, p.max_model_len, idle, default)
+            Profile(name, p.service, upstream, upstream + health, p.max_model_len, default)
         )
     return sorted(profiles, key=lambda p: (p.max_model_len is None, p.max_model_len or 0))
+
+
+def idle_timeout(model: ModelConfig, profile: Profile) -> float:
+    """How long `profile` may sit idle: `long_idle_timeout` gives a larger profile's GPUs
+    back sooner."""
+    if profile.default or model.long_idle_timeout is None:
+        return model.idle_timeout
+    return model.long_idle_timeout
 
 
 def largest(profiles: list[Profile]) -> Profile:

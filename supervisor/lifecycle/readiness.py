@@ -9,48 +9,44 @@ keeping them until startup_timeout.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from supervisor.errors import StartFailed
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
 LOG_LINES = 20
-
-
-class StartFailed(Exception):
-    """The server did not become ready (or an operator stopped it); the message is shown
-    to held clients with `code`."""
-
-    def __init__(self, message: str, code: str = "model_start_failed") -> None:
-        super().__init__(message)
-        self.code = code
-
-
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
+Probe = Callable[[str], Awaitable[bool]]  # health URL -> answered 200
 
-async def probe(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(url, timeout=PROBE_TIMEOUT) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
+
+def http_probe(session: aiohttp.ClientSession) -> Probe:
+    async def probe(url: str) -> bool:
+        try:
+            async with session.get(url, timeout=PROBE_TIMEOUT) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return probe
 
 
 async def await_ready(
     runtime: Runtime,
     service: str,
-    session: aiohttp.ClientSession,
+    probe: Probe,
     health_url: str,
     *,
     startup_timeout: float,
     interval: float,
+    now: Callable[[], float],
 ) -> None:
     """Return once ready; raise StartFailed (with the log tail) when it cannot be."""
-    deadline = time.monotonic() + startup_timeout
+    deadline = now() + startup_timeout
     while True:
-        healthy = await probe(session, health_url)
+        healthy = await probe(health_url)
         try:
             status = await runtime.status(service)
         except RuntimeFailure as exc:
@@ -64,7 +60,7 @@ async def await_ready(
             )
         if healthy:
             return
-        if time.monotonic() >= deadline:
+        if now() >= deadline:
             tail = await _logs(runtime, service)
             raise StartFailed(
                 f"service {service!r} did not answer 200 on {health_url} within "

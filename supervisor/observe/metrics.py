@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisor.lifecycle.table import State
 from supervisor.observe.exposition import CONTENT_TYPE, render
 from supervisor.observe.gpu import GpuSample
 from supervisor.observe.histogram import LoopHistogram
 
-STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed", "sleeping",
-          "asleep", "waking")
+STATES = tuple(s.value for s in State)
 RefusalReason = Literal[
     "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed",
     "stopped",

@@ -13,18 +13,16 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from supervisor.appkeys import CONTROL, Handler
 from supervisor.config import ConfigError, ScheduleConfig
-from supervisor.errors import error_response
+from supervisor.errors import BadRequest, NotFound, error_response, openai_errors
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.lease import Conflict
 from supervisor.ops.control import Control
 from supervisor.ops.openapi import spec
-from supervisor.proxy.routes import Handler
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
-CONTROL: web.AppKey[Control] = web.AppKey("control", Control)
 PUBLIC = frozenset({"/healthz", "/readyz"})
 READY_TIMEOUT = 5.0
 MAX_IDLE_TIMEOUT = 30 * 86400
@@ -62,14 +60,6 @@ class ScheduleBody(_Body):
     profile: str | None = None
 
 
-class BadRequest(Exception):
-    pass
-
-
-class NotFound(Exception):
-    pass
-
-
 B = TypeVar("B", bound=_Body)
 
 
@@ -85,24 +75,17 @@ async def _body(request: web.Request, kind: type[B], *, required: bool = True) -
                                for e in exc.errors())
         else:
             detail = "the body is not JSON"
-        raise BadRequest(detail) from None
+        raise BadRequest(f"Invalid request: {detail}") from None
 
 
 @web.middleware
-async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     control = request.app[CONTROL]
     if request.path not in PUBLIC and control.admin_secrets and not control.admin_secrets.allows(
             request.headers.get("Authorization")):
         return error_response(401, "Unauthorized", "unauthorized",
                               headers={"WWW-Authenticate": "Bearer"})
-    try:
-        return await handler(request)
-    except BadRequest as exc:
-        return error_response(400, f"Invalid request: {exc}", "invalid_request")
-    except Conflict as exc:
-        return error_response(409, str(exc), "conflict")
-    except NotFound as exc:
-        return error_response(404, str(exc), "not_found")
+    return await handler(request)
 
 
 def _handle(request: web.Request) -> ModelHandle:
@@ -151,7 +134,8 @@ async def get_model(request: web.Request) -> web.Response:
 def _check_profile(handle: ModelHandle, profile: str | None) -> None:
     if profile is not None and profile not in {p.name for p in handle.profiles}:
         names = ", ".join(p.name for p in handle.profiles)
-        raise BadRequest(f"profile: {profile!r} is not a profile of {handle.name!r} ({names})")
+        raise BadRequest(f"Invalid request: profile: {profile!r} is not a profile of "
+                         f"{handle.name!r} ({names})")
 
 
 async def start(request: web.Request) -> web.Response:
@@ -219,11 +203,8 @@ async def reload(request: web.Request) -> web.Response:
         result = await request.app[CONTROL].reload()
     except ConfigError as exc:
         log.warning("config reload refused: %s", "; ".join(exc.problems))
-        response = error_response(400, "The config file is invalid; the old config stays "
-                                  "in force", "invalid_config")
-        body: dict[str, Any] = json.loads(response.body)  # type: ignore[arg-type]
-        body["error"]["problems"] = exc.problems
-        return web.json_response(body, status=400)
+        return error_response(400, "The config file is invalid; the old config stays in "
+                              "force", "invalid_config", extra={"problems": exc.problems})
     return web.json_response(result)
 
 
@@ -245,28 +226,16 @@ async def add_schedule(request: web.Request) -> web.Response:
     try:
         schedule = ScheduleConfig.model_validate(body.model_dump(exclude={"name"}))
     except ValidationError as exc:
-        raise BadRequest("; ".join(e["msg"].removeprefix("Value error, ")
-                                   for e in exc.errors())) from None
-    problem = control.schedule_problem(schedule)
-    if problem:
-        raise BadRequest(problem)
-    if control.keep_warm.origin.get(body.name) == "config":
-        raise Conflict(f"schedule {body.name!r} comes from the config file; edit it there")
-    control.keep_warm.set(body.name, schedule, "api")
-    await control.persist()
+        detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise BadRequest(f"Invalid request: {detail}") from None
+    await control.add_schedule(body.name, schedule)
     return web.json_response(_schedule(control, body.name), status=201)
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     name = request.match_info["schedule"]
-    origin = control.keep_warm.origin.get(name)
-    if origin is None:
-        raise NotFound(f"no schedule named {name!r}")
-    if origin == "config":
-        raise Conflict(f"schedule {name!r} comes from the config file; edit it there")
-    control.keep_warm.remove(name)
-    await control.persist()
+    await control.remove_schedule(name)
     return web.json_response({"deleted": name})
 
 
@@ -293,7 +262,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def build_admin_app(control: Control) -> web.Application:
-    app = web.Application(middlewares=[auth_and_errors], client_max_size=1 << 20)
+    app = web.Application(middlewares=[openai_errors, auth], client_max_size=1 << 20)
     app[CONTROL] = control
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -12,19 +12,17 @@ import subprocess
 from pathlib import Path
 
 from supervisor.config import Config
+from supervisor.runtime.compose import compose_command
 
 
 def _compose_services(config: Config) -> tuple[set[str], str | None]:
     compose = config.compose
     if not compose.file.is_file():
         return set(), f"compose.file: {compose.file} does not exist"
-    cmd = [*compose.command, "-f", str(compose.file)]
-    if compose.env_file is not None:
-        if not compose.env_file.is_file():
-            return set(), f"compose.env_file: {compose.env_file} does not exist"
-        cmd += ["--env-file", str(compose.env_file)]
+    if compose.env_file is not None and not compose.env_file.is_file():
+        return set(), f"compose.env_file: {compose.env_file} does not exist"
     # Every profile: model services usually sit in profiles so `up` alone starts none.
-    cmd += ["-p", compose.project, "--profile", "*", "config", "--format", "json"]
+    cmd = [*compose_command(compose), "--profile", "*", "config", "--format", "json"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

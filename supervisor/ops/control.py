@@ -14,40 +14,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
-from supervisor.config import Config, ConfigError, ModelConfig, ScheduleConfig, load_config
+from supervisor.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    ScheduleConfig,
+    load_config,
+    schedule_problem,
+)
+from supervisor.errors import BadRequest, Conflict, NotFound
+from supervisor.gate import Gate
+from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.table import State
+from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.schedule import KeepWarm
 from supervisor.ops.state_file import StateFile
 from supervisor.proxy.estimate import load_estimator
-from supervisor.proxy.router import Registry
-from supervisor.proxy.routes import Gate
-from supervisor.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
 
 VramOf = Callable[[str], int | None]
-RETIRE_POLL = 0.2
 
 
-def configure_handle(handle: ModelHandle) -> None:
-    """Secrets a handle sends to its backend (read from env or file, never logged)."""
+async def configure(handle: ModelHandle) -> None:
+    """Give a handle its estimator (a tokenizer loads slowly: off the loop) and the key it
+    sends to its backend (read from env or file, never logged)."""
+    estimator = await asyncio.to_thread(load_estimator, handle.config)
     key = upstream_key(handle.name, handle.config)
-    handle.upstream_headers = {"Authorization": f"Bearer {key}"} if key else {}
+    handle.configure(estimator, {"Authorization": f"Bearer {key}"} if key else {})
 
 
 class Control:
-    def __init__(self, config: Config, config_path: Path | None, runtime: Runtime,
-                 http: aiohttp.ClientSession, metrics: Metrics, registry: Registry,
-                 gate: Gate, vram: VramOf) -> None:
+    def __init__(self, config: Config, config_path: Path | None, effects: Effects,
+                 metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf) -> None:
         self.config = config
         self.config_path = config_path
-        self.runtime = runtime
-        self.http = http
+        self.effects = effects
+        self.runtime = effects.runtime
         self.metrics = metrics
         self.registry = registry
         self.gate = gate
@@ -68,10 +73,10 @@ class Control:
         for name, toggles in (saved.get("models") or {}).items():
             handle = self.find(name)
             if handle is not None and isinstance(toggles, dict):
-                handle.pinned = bool(toggles.get("pinned", False))
                 timeout = toggles.get("idle_timeout")
-                handle.idle_timeout_override = float(timeout) if isinstance(
-                    timeout, int | float) else None
+                handle.restore(pinned=bool(toggles.get("pinned", False)),
+                               idle_timeout=float(timeout) if isinstance(
+                                   timeout, int | float) else None)
         self.keep_warm.start()
         for name, schedule in self.config.schedules.items():
             self.keep_warm.set(name, schedule, "config")
@@ -133,12 +138,27 @@ class Control:
     # -- schedules ------------------------------------------------------------
 
     def schedule_problem(self, schedule: ScheduleConfig) -> str | None:
-        handle = self.find(schedule.model)
-        if handle is None:
-            return f"model: {schedule.model!r} is not a model"
-        if schedule.profile is not None and schedule.profile not in handle.config.profiles:
-            return f"profile: {schedule.profile!r} is not a profile of {schedule.model!r}"
-        return None
+        return schedule_problem(self.config, schedule)
+
+    async def add_schedule(self, name: str, schedule: ScheduleConfig) -> None:
+        """Add or replace a schedule of the API's; those from the config file are read-only."""
+        problem = self.schedule_problem(schedule)
+        if problem:
+            raise BadRequest(f"Invalid request: {problem}")
+        self._require_api_schedule(name)
+        self.keep_warm.set(name, schedule, "api")
+        await self.persist()
+
+    async def remove_schedule(self, name: str) -> None:
+        if name not in self.keep_warm.origin:
+            raise NotFound(f"no schedule named {name!r}")
+        self._require_api_schedule(name)
+        self.keep_warm.remove(name)
+        await self.persist()
+
+    def _require_api_schedule(self, name: str) -> None:
+        if self.keep_warm.origin.get(name) == "config":
+            raise Conflict(f"schedule {name!r} comes from the config file; edit it there")
 
     # -- reload ---------------------------------------------------------------
 
@@ -173,17 +193,14 @@ class Control:
                 "restart_required": restart}
 
     async def _add(self, name: str, model: ModelConfig) -> None:
-        handle = ModelHandle(name, model, self.runtime, self.http, self.metrics)
-        handle.estimator = await asyncio.to_thread(load_estimator, model)
-        configure_handle(handle)
+        handle = ModelHandle(name, model, self.effects, self.metrics)
+        await configure(handle)
         self.registry.add(handle)
 
     async def _change(self, name: str, model: ModelConfig) -> None:
         handle = self.registry.handles[name]
-        estimator = await asyncio.to_thread(load_estimator, model)
         handle.reconfigure(model)
-        handle.estimator = estimator
-        configure_handle(handle)
+        await configure(handle)
         self.registry.add(handle)  # its aliases may have changed
 
     def _reload_schedules(self, new: Config) -> None:
@@ -206,10 +223,8 @@ class Control:
 
     async def _stop_and_close(self, handle: ModelHandle) -> None:
         began = time.monotonic()
-        while not (handle.state in (State.STOPPED, State.FAILED) and not handle.in_flight):
-            if handle.state in (State.READY, State.ASLEEP):
-                handle.stop()  # held requests start it again: they are served, then it stops
-            await asyncio.sleep(RETIRE_POLL)
+        handle.retire()
+        await handle.retired.wait()
         await handle.close()
         log.info("model=%s removed by reload, stopped after %.1fs", handle.name,
                  time.monotonic() - began)

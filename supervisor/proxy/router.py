@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from aiohttp import web
 
+from supervisor.errors import BadRequest, Refusal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.profiles import largest, max_audio_seconds
+from supervisor.lifecycle.registry import Registry
 from supervisor.proxy.audio import HEAD_BYTES
 from supervisor.proxy.estimate import Need, describe
 from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part_head
@@ -28,14 +30,6 @@ SPOOL_MEMORY_BYTES = 1 << 20
 READ_CHUNK = 1 << 16
 INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
 FILE_HEAD_WINDOW = HEAD_BYTES + (256 << 10)  # where a form's file part and its header lie
-
-
-class RouteError(Exception):
-    def __init__(self, status: int, code: str, message: str, model: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.model = model  # "" until the request's model is known
 
 
 @dataclass(slots=True)
@@ -70,47 +64,13 @@ class Routed:
     need: Need | None  # None when the model has no context limits to route on
 
 
-class Registry:
-    """Model handles by name and alias."""
-
-    def __init__(self, handles: Iterable[ModelHandle]) -> None:
-        self.handles = {h.name: h for h in handles}
-        self._index()
-
-    def _index(self) -> None:
-        self._by_alias = {
-            alias: h for h in self.handles.values() for alias in [h.name, *h.config.aliases]
-        }
-
-    def add(self, handle: ModelHandle) -> None:
-        """Add (or re-index, after a reload) a model."""
-        self.handles[handle.name] = handle
-        self._index()
-
-    def remove(self, name: str) -> ModelHandle:
-        handle = self.handles.pop(name)
-        self._index()
-        return handle
-
-    def get(self, name: str) -> ModelHandle:
-        handle = self._by_alias.get(name)
-        if handle is None:
-            known = ", ".join(sorted(self.handles)) or "(none)"
-            raise RouteError(
-                404,
-                "model_not_found",
-                f"The model {name!r} does not exist. Known models: {known}",
-            )
-        return handle
-
-
 async def resolve(request: web.Request, registry: Registry) -> Routed:
-    """Find the model and estimate the need; raise RouteError for what cannot be served."""
+    """Find the model and estimate the need; raise a Refusal for what cannot be served."""
     boundary = boundary_of(request.headers.get("Content-Type", ""))
     if boundary is not None:
         routed = await _multipart(request, registry, boundary)
     else:
-        data = await request.read()
+        data = await _read(request)
         payload = _json_object(data)
         model = _model_of(payload)
         handle = registry.get(model)
@@ -128,28 +88,36 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
         routed = Routed(handle, Body(data=data), need)
     try:
         _refuse_what_fits_nowhere(routed)
-    except RouteError:
+    except Refusal:
         routed.body.close()
         raise
     return routed
 
 
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise Refusal(f"The request body is too large: {exc.text}", status=413,
+                      code="body_too_large") from None
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
     if not data:
-        raise RouteError(400, "missing_model", "The request has no body; send JSON with `model`")
+        raise BadRequest("The request has no body; send JSON with `model`", code="missing_model")
     try:
         payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RouteError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(payload, dict):
-        raise RouteError(400, "invalid_json", "The request body must be a JSON object")
+        raise BadRequest("The request body must be a JSON object", code="invalid_json")
     return payload
 
 
 def _model_of(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
-        raise RouteError(400, "missing_model", "The request body has no `model` string")
+        raise BadRequest("The request body has no `model` string", code="missing_model")
     return model
 
 
@@ -165,10 +133,10 @@ async def _multipart(request: web.Request, registry: Registry, boundary: str) ->
     if scanner.model is None:
         spool.close()
         reason = scanner.error or "it has no `model` field"
-        raise RouteError(400, "missing_model", f"Cannot read the multipart form: {reason}")
+        raise BadRequest(f"Cannot read the multipart form: {reason}", code="missing_model")
     try:
         handle = registry.get(scanner.model)
-    except RouteError:
+    except Refusal:
         spool.close()
         raise
     need = None
@@ -198,7 +166,6 @@ def _refuse_what_fits_nowhere(routed: Routed) -> None:
     biggest = largest(handle.profiles)
     if biggest.fits(need.tokens):
         return
-    handle.refusals += 1
     message = (
         f"This request needs {describe(need)}, more than model {handle.name!r} can hold: "
         f"its largest profile {biggest.name!r} has max_model_len {biggest.max_model_len}."
@@ -213,7 +180,7 @@ def _refuse_what_fits_nowhere(routed: Routed) -> None:
         )
     for note in need.notes:
         message += f" Note: {note}."
-    raise RouteError(400, "context_length_exceeded", message, handle.name)
+    raise BadRequest(message, code="context_length_exceeded", model=handle.name)
 
 
 def _clock(seconds: float) -> str:

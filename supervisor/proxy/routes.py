@@ -12,44 +12,24 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from supervisor.auth import Secrets
-from supervisor.errors import error_response
+from supervisor.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
+from supervisor.errors import Refusal, error_response, openai_errors
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.lease import HoldRejected, Lease
-from supervisor.lifecycle.readiness import StartFailed
+from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.table import State
-from supervisor.observe.metrics import Metrics, RefusalReason
-from supervisor.proxy.router import Body, Registry, RouteError, resolve
+from supervisor.observe.metrics import RefusalReason
+from supervisor.proxy.router import Body, resolve
 
 log = logging.getLogger(__name__)
 
 # vLLM's 400 when a prompt exceeds max_model_len: "This model's maximum context length is ..."
 CONTEXT_ERROR_TEXT = b"maximum context length"
 CONTEXT_ERROR_PEEK = 64 << 10
-
-REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
-UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-
-
-@dataclass(slots=True)
-class Gate:
-    """What the proxy checks before anything else: client keys and maintenance mode."""
-
-    client_keys: Secrets = field(default_factory=lambda: Secrets([]))
-    draining: bool = False
-    retry_after: float = 30.0
-
-
-GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -90,8 +70,8 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     try:
         handle = request.app[REGISTRY].get(request.match_info["model"])
-    except RouteError as exc:
-        return error_response(exc.status, str(exc), exc.code)
+    except Refusal as exc:
+        return exc.response()
     return web.json_response(_model_entry(handle))
 
 
@@ -113,12 +93,9 @@ _REASONS: dict[str, RefusalReason] = {
 }
 
 
-def _refuse(
-    request: web.Request, model: str, status: int, message: str, code: str,
-    retry_after: int | None = None,
-) -> web.Response:
-    request.app[METRICS].refusal(model, _REASONS.get(code, "bad_request"))
-    return error_response(status, message, code, retry_after=retry_after)
+def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
+    request.app[METRICS].refusal(refusal.model, _REASONS.get(refusal.code, "bad_request"))
+    return refusal.response()
 
 
 @web.middleware
@@ -141,11 +118,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                               "maintenance", retry_after=math.ceil(gate.retry_after))
     try:
         routed = await resolve(request, request.app[REGISTRY])
-    except RouteError as exc:
-        return _refuse(request, exc.model, exc.status, str(exc), exc.code)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _refuse(request, "", 413, f"The request body is too large: {exc.text}",
-                       "body_too_large")
+    except Refusal as exc:
+        return _refuse(request, exc)
     handle, body = routed.handle, routed.body
     tokens = routed.need.tokens if routed.need else None
     # Only a body held in memory can be sent twice.
@@ -159,10 +133,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 log.info("model=%s upstream refused the length on profile %s; retrying larger",
                          handle.name, handle.profile.name)
                 tokens, retry = again.tokens, False
-    except HoldRejected as exc:
-        return _refuse(request, handle.name, exc.status, str(exc), exc.code, exc.retry_after)
-    except StartFailed as exc:
-        return _refuse(request, handle.name, 503, str(exc), exc.code, 5)
+    except Refusal as exc:
+        exc.model = handle.name
+        return _refuse(request, exc)
     finally:
         body.close()
 
@@ -245,9 +218,10 @@ def _aborted(request: web.Request, handle: ModelHandle) -> web.Response:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-    return _refuse(request, handle.name, 503,
-                   f"model {handle.name!r} was stopped by an operator (force) while this "
-                   "request was in flight; retry later", "model_stopped", 5)
+    return _refuse(request, Refusal(
+        f"model {handle.name!r} was stopped by an operator (force) while this request was "
+        "in flight; retry later", status=503, code="model_stopped", retry_after=5,
+        model=handle.name))
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -255,7 +229,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, probes: dict[str, Handler]) -> None:
-    app.middlewares.append(client_auth)
+    app.middlewares.extend((openai_errors, client_auth))
     for path, probe in probes.items():
         app.router.add_get(path, probe)
     app.router.add_get("/metrics", app[METRICS].handler())

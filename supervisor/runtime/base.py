@@ -22,7 +22,6 @@ class ServiceState(StrEnum):
 class ServiceStatus:
     state: ServiceState
     exit_code: int | None = None
-    container_id: str | None = None
 
     @property
     def running(self) -> bool:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -21,6 +22,16 @@ log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+T = TypeVar("T")
+
+
+def compose_command(config: ComposeConfig) -> list[str]:
+    """`docker compose -f FILE [--env-file F] -p PROJECT`: the runtime and check-config
+    call Compose the same way."""
+    cmd = [*config.command, "-f", str(config.file)]
+    if config.env_file is not None:
+        cmd += ["--env-file", str(config.env_file)]
+    return [*cmd, "-p", config.project]
 
 
 class ComposeRuntime:
@@ -31,14 +42,8 @@ class ComposeRuntime:
     def _docker(self) -> Any:
         return docker.from_env()
 
-    def _base_command(self) -> list[str]:
-        cmd = [*self._config.command, "-f", str(self._config.file)]
-        if self._config.env_file is not None:
-            cmd += ["--env-file", str(self._config.env_file)]
-        return [*cmd, "-p", self._config.project]
-
     async def _compose(self, *args: str) -> str:
-        cmd = [*self._base_command(), *args]
+        cmd = [*compose_command(self._config), *args]
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,
@@ -70,24 +75,16 @@ class ComposeRuntime:
         filters: dict[str, Any] = {"label": labels}
         if running_only:
             filters["status"] = "running"
-        try:
-            return list(self._docker.containers.list(all=not running_only, filters=filters))
-        except docker.errors.DockerException as exc:
-            raise RuntimeFailure(f"Docker is not reachable: {exc}") from exc
+        return list(self._docker.containers.list(all=not running_only, filters=filters))
 
     def _status(self, service: str) -> ServiceStatus:
         containers = self._containers(service)
         if not containers:
             return ServiceStatus(ServiceState.ABSENT)
-        running = [c for c in containers if c.status == "running"]
-        container = running[0] if running else containers[0]
-        if running:
-            return ServiceStatus(ServiceState.RUNNING, container_id=container.id)
-        code = container.attrs.get("State", {}).get("ExitCode")
-        return ServiceStatus(ServiceState.EXITED, exit_code=code, container_id=container.id)
-
-    async def status(self, service: str) -> ServiceStatus:
-        return await asyncio.to_thread(self._status, service)
+        if any(c.status == "running" for c in containers):
+            return ServiceStatus(ServiceState.RUNNING)
+        code = containers[0].attrs.get("State", {}).get("ExitCode")
+        return ServiceStatus(ServiceState.EXITED, exit_code=code)
 
     def _logs_tail(self, service: str, lines: int) -> str:
         containers = self._containers(service)
@@ -96,20 +93,25 @@ class ComposeRuntime:
         raw: bytes = containers[0].logs(tail=lines, stdout=True, stderr=True)
         return raw.decode(errors="replace").rstrip()
 
-    async def logs_tail(self, service: str, lines: int) -> str:
-        return await asyncio.to_thread(self._logs_tail, service, lines)
-
     def _running_services(self) -> set[str]:
         return {c.labels.get(SERVICE_LABEL, "") for c in self._containers(running_only=True)}
 
-    async def running_services(self) -> set[str]:
-        return await asyncio.to_thread(self._running_services)
-
-    def _ping(self) -> None:
+    async def _sdk(self, call: Callable[..., T], *args: Any) -> T:
+        """A Docker SDK call, in a thread (it blocks); any of its errors, including the
+        connection errors of `requests`, become RuntimeFailure."""
         try:
-            self._docker.ping()
-        except docker.errors.DockerException as exc:
+            return await asyncio.to_thread(call, *args)
+        except (docker.errors.DockerException, OSError) as exc:
             raise RuntimeFailure(f"Docker is not reachable: {exc}") from exc
 
+    async def status(self, service: str) -> ServiceStatus:
+        return await self._sdk(self._status, service)
+
+    async def logs_tail(self, service: str, lines: int) -> str:
+        return await self._sdk(self._logs_tail, service, lines)
+
+    async def running_services(self) -> set[str]:
+        return await self._sdk(self._running_services)
+
     async def ping(self) -> None:
-        await asyncio.to_thread(self._ping)
+        await self._sdk(lambda: self._docker.ping())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor.config import ConfigError, load_config, parse_duration
+from supervisor.config import ConfigError, host_port, load_config, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_readme_example_loads_with_its_documented_values() -> None:
     assert model.hold_timeout == 1200 and model.max_held == 256
     assert model.aliases == ["step-audio-r1.1"]
     assert config.compose.file == REPO / "compose" / "models.yml"
-    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8080)
+    assert host_port(config.listen) == ("127.0.0.1", 8080)
 
 
 def test_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_environment_overrides_one_nested_key(tmp_path: Path, monkeypatch) -> No
     config = load_config(write(tmp_path, MINIMAL))
     assert config.models["chat"].idle_timeout == 300
     assert config.models["chat"].service == "chat-svc"  # the rest of the file still holds
-    assert config.listen_port == 9999
+    assert host_port(config.listen)[1] == 9999
 
 
 @pytest.mark.parametrize(

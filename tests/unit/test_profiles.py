@@ -7,6 +7,7 @@ import pytest
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.profiles import (
     Decision,
+    idle_timeout,
     max_audio_seconds,
     profile_to_start,
     profiles_of,
@@ -34,8 +35,9 @@ BY_NAME = {p.name: p for p in PROFILES}
 
 def test_profiles_are_ordered_smallest_first_with_their_idle_timeouts() -> None:
     assert [p.name for p in PROFILES] == ["64k", "96k", "long"]
-    assert BY_NAME["64k"].default and BY_NAME["64k"].idle_timeout == 600
-    assert BY_NAME["long"].idle_timeout == 300  # long_idle_timeout gives GPUs back sooner
+    assert BY_NAME["64k"].default and idle_timeout(STEP_AUDIO, BY_NAME["64k"]) == 600
+    # long_idle_timeout gives the GPUs back sooner
+    assert idle_timeout(STEP_AUDIO, BY_NAME["long"]) == 300
     assert BY_NAME["long"].health_url == "http://127.0.0.1:9001/health"
 
 
