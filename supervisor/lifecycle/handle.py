@@ -240,12 +240,14 @@ class ModelHandle:
                  tokens, self.in_flight)
         self._dispatch(Event.SWAP)
 
-    async def upstream_failed(self) -> None:
-        """The upstream refused a connection: if its container died, forget it was ready."""
+    async def upstream_failed(self) -> str | None:
+        """The upstream refused a connection: if its container died, forget it was ready.
+        Returns how it is gone ('exited', 'absent'), None when it still runs."""
         gone = await self._effects.container_state(self.profile)
         if self.state is State.READY and gone is not None:
             self.last_error = f"container {gone} while ready"
             self._dispatch(Event.EXITED)
+        return gone
 
     # -- operator toggles (admin API, schedules) ----------------------------
 

@@ -75,11 +75,14 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(_model_entry(handle))
 
 
-class _RetryLarger(Exception):
-    """The upstream said the request is too long for its profile; a larger one exists."""
+class _Again(Exception):
+    """Send the request once more: the upstream said it is too long for its profile and a
+    larger one exists (`tokens` is the larger need), or its container was found dead
+    before the request reached it (held through the restart)."""
 
-    def __init__(self, tokens: int) -> None:
+    def __init__(self, tokens: int | None, why: str) -> None:
         self.tokens = tokens
+        self.why = why
 
 
 # Refusals by the error code the client sees, for the metrics' bounded `reason` label.
@@ -122,16 +125,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _refuse(request, exc)
     handle, body = routed.handle, routed.body
     tokens = routed.need.tokens if routed.need else None
-    # Only a body held in memory can be sent twice.
-    retry = routed.need is not None and body.data is not None
+    # Only a body held in memory can be sent twice, and only once.
+    retry = body.data is not None
     try:
         while True:
             try:
                 async with handle.lease(tokens) as lease:
-                    return await _forward(request, handle, body, lease, began, retry=retry)
-            except _RetryLarger as again:
-                log.info("model=%s upstream refused the length on profile %s; retrying larger",
-                         handle.name, handle.profile.name)
+                    return await _forward(request, handle, body, lease, began, tokens,
+                                          retry=retry)
+            except _Again as again:
+                log.info("model=%s sending a request again: %s", handle.name, again.why)
                 tokens, retry = again.tokens, False
     except Refusal as exc:
         exc.model = handle.name
@@ -142,7 +145,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 async def _forward(
     request: web.Request, handle: ModelHandle, body: Body, lease: Lease, began: float,
-    *, retry: bool,
+    tokens: int | None, *, retry: bool,
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
     if lease.cold_start:
@@ -168,7 +171,9 @@ async def _forward(
     except aiohttp.ClientError as exc:
         if lease.aborted:
             return _aborted(request, handle)
-        await handle.upstream_failed()
+        dead = await handle.upstream_failed()
+        if dead and retry and isinstance(exc, aiohttp.ClientConnectorError):
+            raise _Again(tokens, f"its container was {dead}; starting it again") from None
         metrics.request(handle.name, 502, time.monotonic() - began, None,
                         cold_start=lease.cold_start)
         return error_response(
@@ -180,12 +185,15 @@ async def _forward(
         async with upstream:
             status = upstream.status
             first = b""
-            if retry and status == 400 and handle.larger_profile(lease.profile):
+            if retry and tokens is not None and status == 400 and handle.larger_profile(
+                    lease.profile):
                 while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
                     first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
                 if CONTEXT_ERROR_TEXT in first and lease.profile.max_model_len is not None:
                     status = 0  # not answered: retried on a larger profile
-                    raise _RetryLarger(lease.profile.max_model_len + 1)
+                    raise _Again(lease.profile.max_model_len + 1,
+                                 f"profile {lease.profile.name} refused the length; "
+                                 "retrying on a larger one")
             response = web.StreamResponse(status=status, reason=upstream.reason)
             response.headers.extend(_end_to_end(upstream.headers))
             response.headers["X-Supervisor-Profile"] = lease.profile.name
