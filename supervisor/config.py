@@ -126,6 +126,15 @@ class SleepConfig(_Strict):
     enabled: bool = False
     level: int = Field(1, ge=1, le=2)  # 1: weights to CPU RAM; 2: weights dropped
     timeout: Duration = 300.0  # for one /sleep or /wake_up call
+    # Tier 1 of the idle policy: asleep after this long without a request (idle_timeout,
+    # tier 2, still stops it). None: only an operator puts it to sleep.
+    after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _after_needs_enabled(self) -> SleepConfig:
+        if self.after is not None and not self.enabled:
+            raise ValueError("after: needs `enabled: true` (vLLM with VLLM_SERVER_DEV_MODE=1)")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -60,6 +60,7 @@ class ModelHandle:
         self.in_flight = 0
         self._held: list[Held] = []
         self._idle_timer: Timer | None = None
+        self._sleep_timer: Timer | None = None
         self._swap_timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_swap: float | None = None
@@ -358,7 +359,7 @@ class ModelHandle:
             for held in self._take_held(lambda h: True):
                 held.waiter.set_exception(error or StartFailed("start failed", model=self.name))
         elif effect is Effect.ARM_IDLE:
-            self._arm_idle()
+            self._arm_idle(fresh=reason != Event.SLEEP_FAILED)  # idle counts from a request
         elif effect is Effect.ABORT:
             if self._task is not None:
                 self._task.cancel()
@@ -444,13 +445,22 @@ class ModelHandle:
         return taken
 
     def _arm_idle(self, *, fresh: bool = True) -> None:
-        """Start the idle timer; `fresh` False keeps the time already spent idle."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        """Start the idle timers: sleep after `sleep.after` (tier 1, while ready) and stop
+        after `idle_timeout` (tier 2, asleep or not); `fresh` False keeps the time already
+        spent idle."""
+        for timer in (self._idle_timer, self._sleep_timer):
+            if timer is not None:
+                timer.cancel()
+        now = self.clock.now()
         if fresh:
-            self.idle_since = self.clock.now()
-        remaining = max(0.0, self.idle_timeout - (self.clock.now() - self.idle_since))
-        self._idle_timer = self.clock.call_later(remaining, self._dispatch, Event.IDLE)
+            self.idle_since = now
+        idle = now - self.idle_since
+        self._idle_timer = self.clock.call_later(max(0.0, self.idle_timeout - idle),
+                                                 self._dispatch, Event.IDLE)
+        after = self.config.sleep.after
+        if self.state is State.READY and self.config.sleep.enabled and after is not None:
+            self._sleep_timer = self.clock.call_later(max(0.0, after - idle),
+                                                      self._dispatch, Event.SLEEP_DUE)
 
     # -- supervisor start and shutdown ------------------------------------
 
@@ -465,7 +475,7 @@ class ModelHandle:
 
     async def close(self) -> None:
         """Forget timers and tasks; running services stay up to be adopted next time."""
-        for timer in (self._idle_timer, self._swap_timer):
+        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer):
             if timer is not None:
                 timer.cancel()
         for held in self._take_held(lambda h: True):

@@ -29,7 +29,8 @@ class Event(StrEnum):
     FOUND_RUNNING = "found_running"  # adopt: the service already runs at supervisor start
     STARTED = "started"  # health answered 200 and the container runs
     START_FAILED = "start_failed"  # container exited, or startup_timeout passed
-    IDLE = "idle"  # the idle timer fired
+    IDLE = "idle"  # the idle timer fired (tier 2: stop)
+    SLEEP_DUE = "sleep_due"  # the sleep timer fired (tier 1: sleep.after)
     STOPPED = "stopped"  # the runtime finished stopping the service
     EXITED = "exited"  # the container died on its own while ready
     SWAP = "swap"  # a held request needs a larger profile than the running one
@@ -92,7 +93,7 @@ class InvalidTransition(RuntimeError):
 
 # Events that may arrive late (a timer that fired just as a request came in) or
 # that are re-evaluated once the server is ready again; dropped instead of raising.
-_STALE = {Event.IDLE, Event.SWAP}
+_STALE = {Event.IDLE, Event.SLEEP_DUE, Event.SWAP}
 _DOWN = (State.STOPPED, State.FAILED)
 _UP_TASK = (State.STARTING, State.WAKING)  # a task runs that a stop must abort first
 
@@ -176,6 +177,10 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
             if load.busy or load.pinned:
                 return Step(state)
             return Step(State.STOPPING, (Effect.STOP,))
+        case State.READY, Event.SLEEP_DUE:
+            if load.busy or load.pinned:
+                return Step(state)
+            return Step(State.SLEEPING, (Effect.SLEEP,))
         case State.READY, Event.EXITED:
             # Held requests cannot exist while ready; the next demand starts afresh.
             return Step(State.FAILED)

@@ -46,6 +46,9 @@ EXPECTED: dict[tuple[State, Event], object] = {
     (S.ASLEEP, E.IDLE): lambda load: (
         Step(S.ASLEEP) if load.busy or load.pinned else Step(S.STOPPING, (F.STOP,))
     ),
+    (S.READY, E.SLEEP_DUE): lambda load: (
+        Step(S.READY) if load.busy or load.pinned else Step(S.SLEEPING, (F.SLEEP,))
+    ),
     (S.READY, E.EXITED): Step(S.FAILED),
     (S.STOPPING, E.STOPPED): lambda load: (
         Step(S.STARTING, (F.START,)) if load.held or load.wanted else Step(S.STOPPED)
@@ -73,9 +76,10 @@ EXPECTED: dict[tuple[State, Event], object] = {
     ),
     (S.ASLEEP, E.WAKE): Step(S.WAKING, (F.WAKE,)),
 }
-# A late idle timer, or a swap request outside READY (re-evaluated once ready), is harmless.
+# A late idle or sleep timer, or a swap request outside READY (re-evaluated once ready),
+# is harmless.
 for _state in State:
-    for _event in (E.IDLE, E.SWAP):
+    for _event in (E.IDLE, E.SLEEP_DUE, E.SWAP):
         EXPECTED.setdefault((_state, _event), Step(_state))
     # Operator events are never "impossible": they act, wait, or are refused (409).
     if _state in DOWN:
