@@ -332,7 +332,10 @@ class ModelHandle:
         if step.state is State.READY:
             self._wanted = False
         if before is not step.state:
-            self.metrics.transition(self.name, before.value, step.state.value)
+            self.metrics.transition(
+                self.name, before.value, step.state.value, event=event.value,
+                profile=self.profile.name,
+                error=self.last_error if step.state is State.FAILED else None)
             log.info("model=%s profile=%s %s -> %s on %s",
                      self.name, self.profile.name, before, step.state, event)
         for effect in step.effects:

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from supervisor.lifecycle.table import State
+from supervisor.observe.events import EventLog
 from supervisor.observe.exposition import CONTENT_TYPE, render
 from supervisor.observe.gpu import GpuSample
 from supervisor.observe.histogram import LoopHistogram
@@ -69,6 +70,7 @@ class Metrics:
 
     def __init__(self, snapshots: Snapshots = tuple, gpu: GpuReading | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.events = EventLog()  # the last lifecycle events, for the status page
         r = self.registry
         self._transitions = Counter(
             "supervisor_model_transitions", "Lifecycle state changes.",
@@ -99,8 +101,11 @@ class Metrics:
 
     # -- hooks --------------------------------------------------------------
 
-    def transition(self, model: str, from_state: str, to_state: str) -> None:
+    def transition(self, model: str, from_state: str, to_state: str, *, event: str = "",
+                   profile: str = "", error: str | None = None) -> None:
         self._transitions.labels(model, from_state, to_state).inc()
+        self.events.record(model, from_state, to_state, event=event, profile=profile,
+                           error=error)
 
     def swap(self, model: str, from_profile: str, to_profile: str) -> None:
         self._swaps.labels(model, from_profile, to_profile).inc()

@@ -1,0 +1,48 @@
+"""The last lifecycle events, in memory: a bounded ring that the status page and
+`GET /admin/events` read, and that live subscribers (Server-Sent Events) follow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Any
+
+SUBSCRIBER_BACKLOG = 256  # a subscriber that falls this far behind is dropped
+
+
+class EventLog:
+    def __init__(self, size: int = 500) -> None:
+        self._ring: deque[dict[str, Any]] = deque(maxlen=size)
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._seq = 0
+
+    def record(self, model: str, from_state: str, to_state: str, *, event: str,
+               profile: str, error: str | None = None) -> None:
+        self._seq += 1
+        entry = {"seq": self._seq, "time": time.time(), "model": model, "from": from_state,
+                 "to": to_state, "event": event, "profile": profile, "error": error}
+        self._ring.append(entry)
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(entry)
+            except asyncio.QueueFull:  # too slow: end its stream rather than grow
+                self._subscribers.discard(queue)
+                with suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+
+    def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
+        entries = list(self._ring)
+        return entries if limit is None else entries[-limit:]
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event from now on, until the caller stops or falls too far behind."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        try:
+            while (entry := await queue.get()) is not None:
+                yield entry
+        finally:
+            self._subscribers.discard(queue)
