@@ -8,6 +8,7 @@ and is the only one that feeds events to the lifecycle table.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -52,20 +53,38 @@ class Effects:
         began = self.clock.now()
         log.info("model=%s starting profile=%s service=%s", name, profile.name, profile.service)
         try:
-            if compose_up:
-                await self.runtime.start(profile.service)
+            if compose_up:  # an image pull or a stuck daemon counts against startup_timeout
+                try:
+                    async with asyncio.timeout(config.startup_timeout):
+                        await self.runtime.start(profile.service)
+                except TimeoutError:
+                    raise StartFailed(f"`up` of service {profile.service!r} did not finish "
+                                      f"within startup_timeout ({config.startup_timeout:.0f}s)"
+                                      ) from None
             await await_ready(self.runtime, profile.service, self.probe, profile.health_url,
                               startup_timeout=config.startup_timeout,
-                              interval=config.health_interval, now=self.clock.now)
+                              interval=config.health_interval, now=self.clock.now,
+                              began=began)
             if not compose_up and config.sleep.enabled:
                 await self._wake_if_asleep(name, config, profile, headers)
         except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
             seconds = self.clock.now() - began
             log.error("model=%s start failed after %.2fs: %s", name, seconds, exc)
+            await self._leave_nothing_running(name, profile, config.stop_timeout)
             return Outcome(Event.START_FAILED, str(exc), seconds)
         seconds = self.clock.now() - began
         log.info("model=%s profile=%s ready in %.2fs", name, profile.name, seconds)
         return Outcome(Event.STARTED, None, seconds)
+
+    async def _leave_nothing_running(self, name: str, profile: Profile, grace: float) -> None:
+        """A start that failed but left its container up (a server that never turned
+        healthy) would keep its GPUs with nothing to stop it: stop it now."""
+        if await self.container_state(profile) is None:
+            log.info("model=%s stopping the container of the failed start", name)
+            try:
+                await self.runtime.stop(profile.service, grace)
+            except RuntimeFailure as exc:
+                log.error("model=%s stop after a failed start failed: %s", name, exc)
 
     async def stop(self, name: str, profile: Profile, grace: float, why: str) -> Outcome:
         began = self.clock.now()

@@ -191,14 +191,21 @@ class ModelHandle:
             f"model {self.name!r} was not ready within hold_timeout "
             f"({self.config.hold_timeout:.0f}s); it is {self.state.value}",
             status=504, code="hold_timeout", model=self.name))
-        self._check_retired()
+        self._left_hold()
 
     def _abandon(self, held: Held) -> None:
         if held in self._held:
             self._held.remove(held)
-            self._check_retired()
+            self._left_hold()
         elif held.waiter.done() and not held.waiter.cancelled() and not held.waiter.exception():
             self._release(held.flight)  # it was released, and counted in flight, meanwhile
+
+    def _left_hold(self) -> None:
+        """A held request gave up: a ready model it kept busy (waiting for a swap) is idle
+        again."""
+        if self.state is State.READY and not (self.in_flight or self._held):
+            self._arm_idle()
+        self._check_retired()
 
     def _release(self, flight: Flight | None = None) -> None:
         if flight is not None and flight in self._flights:

@@ -42,9 +42,11 @@ async def await_ready(
     startup_timeout: float,
     interval: float,
     now: Callable[[], float],
+    began: float | None = None,
 ) -> None:
-    """Return once ready; raise StartFailed (with the log tail) when it cannot be."""
-    deadline = now() + startup_timeout
+    """Return once ready; raise StartFailed (with the log tail) when it cannot be.
+    `startup_timeout` counts from `began` (the start of `compose up`), else from now."""
+    deadline = (now() if began is None else began) + startup_timeout
     while True:
         healthy = await probe(health_url)
         try:

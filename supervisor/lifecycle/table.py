@@ -182,7 +182,10 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
                 return Step(state)
             return Step(State.SLEEPING, (Effect.SLEEP,))
         case State.READY, Event.EXITED:
-            # Held requests cannot exist while ready; the next demand starts afresh.
+            # Requests held for a swap, a pin or an operator's start bring it back at once;
+            # otherwise the next demand starts it afresh.
+            if load.held or load.pinned or load.wanted:
+                return Step(State.STARTING, (Effect.START,))
             return Step(State.FAILED)
         case State.READY, Event.SWAP:
             # New requests are held from now on; those in flight finish first.

@@ -49,7 +49,10 @@ EXPECTED: dict[tuple[State, Event], object] = {
     (S.READY, E.SLEEP_DUE): lambda load: (
         Step(S.READY) if load.busy or load.pinned else Step(S.SLEEPING, (F.SLEEP,))
     ),
-    (S.READY, E.EXITED): Step(S.FAILED),
+    (S.READY, E.EXITED): lambda load: (
+        Step(S.STARTING, (F.START,)) if load.held or load.pinned or load.wanted
+        else Step(S.FAILED)
+    ),
     (S.STOPPING, E.STOPPED): lambda load: (
         Step(S.STARTING, (F.START,)) if load.held or load.wanted else Step(S.STOPPED)
     ),
