@@ -153,6 +153,9 @@ class ModelConfig(_Strict):
     long_idle_timeout: Duration | None = None  # for every profile but the default one
     min_residency: Duration = 60.0  # no profile swap sooner than this after the last one
     stop_timeout: Duration = 30.0
+    # Failed starts are retried no sooner than 1 s, 2 s, 4 s ... after the last, up to this;
+    # meanwhile requests get 503 with Retry-After instead of hammering Docker.
+    restart_backoff_max: Duration = 300.0
     max_held: int = Field(256, ge=0)
     hold_timeout: Duration = 1200.0
     health_interval: Duration = 0.1

@@ -68,6 +68,9 @@ class ModelHandle:
         self.last_error: str | None = None
         self.last_cold_start_seconds: float | None = None
         self.last_request_at: float | None = None
+        self.start_failures = 0  # consecutive; a successful start resets it
+        self._retry_at: float | None = None  # no start before this (crash-loop backoff)
+        self._retry_timer: Timer | None = None
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         # Operator toggles (admin API, schedules).
@@ -145,7 +148,16 @@ class ModelHandle:
                 self.in_flight or self._held) else 0.0,
             seconds_since_last_request=(
                 None if self.last_request_at is None else now - self.last_request_at),
+            start_failures=self.start_failures,
+            retry_in_seconds=self.retry_in,
         )
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until a failed model may be started again (0 when it may now)."""
+        if self._retry_at is None or self.state is not State.FAILED:
+            return 0.0
+        return max(0.0, self._retry_at - self.clock.now())
 
     async def _acquire(self, tokens: int | None) -> Lease:
         self.last_request_at = began = self.clock.now()
@@ -154,6 +166,11 @@ class ModelHandle:
             self.in_flight += 1
             self._flights.append(flight)
             return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight)
+        if self.retry_in > 0:
+            raise StartFailed(
+                f"model {self.name!r} failed to start {self.start_failures} times in a row; "
+                f"the next try is in {self.retry_in:.0f}s. Last error: {self.last_error}",
+                retry_after=math.ceil(self.retry_in), model=self.name)
         if len(self._held) >= self.config.max_held:
             raise HoldRejected(
                 f"model {self.name!r} is {self.state.value} and already holds "
@@ -405,6 +422,7 @@ class ModelHandle:
         if outcome.event is Event.START_FAILED:
             error = StartFailed(f"model {self.name!r} failed to start: {outcome.error}",
                                 model=self.name)
+            self._back_off()
         self._dispatch(outcome.event, error)
 
     async def _start(self, *, compose_up: bool) -> Outcome:
@@ -416,7 +434,24 @@ class ModelHandle:
             self.metrics.cold_start(self.name, profile.name, outcome.seconds, ok=ok)
         if ok:
             self.last_cold_start_seconds, self.last_error = outcome.seconds, None
+            self.start_failures, self._retry_at = 0, None
         return outcome
+
+    def _back_off(self) -> None:
+        """After a failed start: no other before 1 s, 2 s, 4 s ... (restart_backoff_max);
+        a pinned model is tried again then on its own."""
+        self.start_failures += 1
+        delay = min(2.0 ** (self.start_failures - 1), self.config.restart_backoff_max)
+        self._retry_at = self.clock.now() + delay
+        log.warning("model=%s failed to start %d times in a row; next try in %.0fs",
+                    self.name, self.start_failures, delay)
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self._retry_timer = self.clock.call_later(delay, self._retry_if_pinned)
+
+    def _retry_if_pinned(self) -> None:
+        if self.state is State.FAILED and self.is_pinned:
+            self._dispatch(Event.DEMAND)
 
     async def _stop(self, why: str, grace: float, aborted: asyncio.Task[None] | None) -> Outcome:
         if aborted is not None:  # a start, sleep or wake that was cancelled: let it unwind
@@ -485,7 +520,7 @@ class ModelHandle:
 
     async def close(self) -> None:
         """Forget timers and tasks; running services stay up to be adopted next time."""
-        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer):
+        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer, self._retry_timer):
             if timer is not None:
                 timer.cancel()
         for held in self._take_held(lambda h: True):

@@ -53,6 +53,8 @@ class ModelSnapshot:
     held: int = 0
     idle_seconds: float = 0.0
     seconds_since_last_request: float | None = None  # None: never had one
+    start_failures: int = 0  # consecutive failed starts
+    retry_in_seconds: float = 0.0  # until the next start may be tried (crash-loop backoff)
 
 
 Snapshots = Callable[[], Iterable[ModelSnapshot]]
@@ -175,7 +177,7 @@ class LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = self._model_families()
-        state, profile, idle, since, in_flight, held = families
+        state, profile, idle, since, in_flight, held, failures, backoff = families
         for snap in self._snapshots():
             m = snap.model
             for s in dict.fromkeys((*STATES, snap.state)):
@@ -187,6 +189,8 @@ class LiveCollector(Collector):
                 since.add_metric([m], snap.seconds_since_last_request)
             in_flight.add_metric([m], snap.in_flight)
             held.add_metric([m], snap.held)
+            failures.add_metric([m], snap.start_failures)
+            backoff.add_metric([m], snap.retry_in_seconds)
         yield from families
         sample = self._gpu() if self._gpu is not None else None
         if sample is not None:
@@ -204,6 +208,8 @@ class LiveCollector(Collector):
             g("seconds_since_last_request", "Seconds since the last request arrived."),
             g("in_flight", "Requests being forwarded to the model."),
             g("held", "Requests waiting for the model to become ready."),
+            g("start_failures", "Consecutive failed starts (0 after a successful one)."),
+            g("restart_backoff_seconds", "Seconds until a failed model may be started again."),
         ]
 
     @staticmethod

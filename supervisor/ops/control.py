@@ -125,6 +125,8 @@ class Control:
             "vram_bytes": self.vram(handle.name),
             "sleep_supported": handle.config.sleep.enabled,
             "last_error": handle.last_error,
+            "start_failures": handle.start_failures,
+            "retry_in_seconds": round(handle.retry_in, 3),
         }
 
     # -- maintenance mode -----------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from supervisor.lifecycle.table import State
+
 Json = dict[str, Any]
 
 ERROR: Json = {
@@ -24,9 +26,7 @@ MODEL: Json = {
     "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
     "properties": {
         "name": {"type": "string"}, "aliases": {"type": "array", "items": {"type": "string"}},
-        "state": {"type": "string", "enum": ["stopped", "starting", "ready", "draining",
-                                             "stopping", "failed", "sleeping", "asleep",
-                                             "waking"]},
+        "state": {"type": "string", "enum": [s.value for s in State]},
         "profile": {"type": ["string", "null"]},
         "profiles": {"type": "array", "items": {"type": "string"}},
         "pinned": {"type": "boolean"}, "pinned_by_operator": {"type": "boolean"},
@@ -36,6 +36,7 @@ MODEL: Json = {
         "held": {"type": "integer"}, "last_cold_start_seconds": NULLABLE_NUMBER,
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
+        "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
     },
 }
 CRON: Json = {"type": "string", "minLength": 9, "maxLength": 100,

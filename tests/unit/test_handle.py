@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,7 +184,8 @@ async def test_start_that_never_gets_healthy_fails_after_startup_timeout(make) -
     assert handle.last_error is not None and "did not answer 200" in handle.last_error
     assert handle.held == 0
 
-    # The next request tries again.
+    # The next request tries again, once the first backoff (1 s) has passed.
+    clock.advance(1)
     again = rig.request()
     await until(lambda: len(runtime.starts) == 2, "a second start")
     assert handle.state is State.STARTING
@@ -547,11 +549,50 @@ async def test_start_task_that_raises_fails_the_model_and_the_next_request_retri
     assert crashes and "start task raised" in crashes[0].getMessage()
     assert isinstance(crashes[0].exc_info[1], ValueError)
 
+    rig.clock.advance(1)  # the crash-loop backoff after one failure
     lease = await rig.serve()
     assert lease.cold_start
     assert runtime.starts == ["chat", "chat"]
     assert handle.state is State.READY
     assert handle.last_error is None
+
+
+async def test_failed_starts_back_off_1_2_4_s_with_503_meanwhile_and_a_success_resets(
+    make,
+) -> None:
+    rig = make(SINGLE, ready=("chat",), restart_backoff_max="3s")
+    handle, runtime, clock = rig.handle, rig.runtime, rig.clock
+    runtime.start_errors.extend(RuntimeFailure(f"crash {n}") for n in range(3))
+    waits = []
+    for n in range(3):
+        assert isinstance(await refused(rig.request()), StartFailed)  # the start itself failed
+        assert handle.start_failures == n + 1
+        waits.append(handle.retry_in)
+        during = await refused(rig.request())  # no start while backing off: a clear 503
+        assert (during.status, during.code) == (503, "model_start_failed")
+        assert during.retry_after == math.ceil(waits[-1])
+        assert f"crash {n}" in during.message and f"{n + 1} times" in during.message
+        assert len(runtime.starts) == n + 1
+        clock.advance(waits[-1])
+    assert waits == [1.0, 2.0, 3.0]  # 1, 2, 4 capped at restart_backoff_max
+    lease = await rig.serve()  # the 4th start succeeds and serves
+    assert lease.cold_start and len(runtime.starts) == 4
+    assert (handle.start_failures, handle.retry_in) == (0, 0.0)
+
+
+async def test_pinned_model_that_failed_to_start_is_retried_after_its_backoff(make) -> None:
+    rig = make(SINGLE, ready=("chat",))
+    handle, runtime, clock = rig.handle, rig.runtime, rig.clock
+    runtime.start_errors.append(RuntimeFailure("no GPU yet"))
+    handle.set_pinned(True)
+    handle.start()
+    await until(lambda: handle.state is State.FAILED, "the failed start")
+    clock.advance(0.9)
+    await settle()
+    assert len(runtime.starts) == 1
+    clock.advance(0.1)
+    await until(lambda: handle.state is State.READY, "the retry")
+    assert len(runtime.starts) == 2
 
 
 async def test_stop_task_that_raises_still_leaves_the_model_startable(make, caplog) -> None:
