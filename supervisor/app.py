@@ -4,6 +4,7 @@ adoption of services that already run, and the admin API on its own listener.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import resource
@@ -21,6 +22,7 @@ from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.watcher import watch
 from supervisor.observe.gpu import GpuSampler
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.admin import build_admin_app, healthz, readyz
@@ -82,6 +84,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
             running = set()
         for handle in handles:
             handle.adopt(running)
+        watcher = asyncio.create_task(watch(effects, app[REGISTRY]))
         control.start()
         admin = web.AppRunner(build_admin_app(control), access_log=None)
         await admin.setup()
@@ -96,6 +99,8 @@ def build_app(config: Config, runtime: Runtime | None = None,
         gc.freeze()
         yield
         gc.unfreeze()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await gpu.stop()
         await admin.cleanup()
         await control.close()

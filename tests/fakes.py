@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -121,6 +121,9 @@ class FakeRuntime:
     start_gate: asyncio.Event | None = None  # set: starts wait until it is set
     stop_gate: asyncio.Event | None = None
     unreachable: bool = False  # ping fails
+    # Docker events: a service name for a container that exits, or a RuntimeFailure
+    # for a broken stream.
+    events: asyncio.Queue[str | RuntimeFailure] = field(default_factory=asyncio.Queue)
 
     def _service(self, service: str) -> _Service:
         return self.services.setdefault(service, _Service())
@@ -186,15 +189,24 @@ class FakeRuntime:
         return "\n".join(self.log_text.splitlines()[-lines:])
 
     async def running_services(self) -> set[str]:
+        await self.ping()
         return {name for name, s in self.services.items() if s.state is ServiceState.RUNNING}
 
     async def ping(self) -> None:
         if self.unreachable:
             raise RuntimeFailure("fake runtime unreachable")
 
+    async def exits(self) -> AsyncIterator[str]:
+        await self.ping()
+        while True:
+            item = await self.events.get()
+            if isinstance(item, RuntimeFailure):
+                raise item
+            yield item
+
     # -- the health probe (Effects(probe=...)) -----------------------------
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, limit: float = 2.0) -> bool:
         self.probes += 1
         return any(
             self._service(service).state is ServiceState.RUNNING and self._service(service).healthy

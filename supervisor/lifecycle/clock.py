@@ -29,3 +29,18 @@ class LoopClock:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         return asyncio.get_running_loop().call_later(delay, callback, *args)
+
+
+async def sleep(clock: Clock, seconds: float) -> None:
+    """asyncio.sleep on `clock`: a test's FakeClock decides when it ends."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    timer = clock.call_later(seconds, wake)
+    try:
+        await done
+    finally:
+        timer.cancel()

@@ -46,6 +46,7 @@ class Effects:
         self.http = http
         self.clock = clock
         self.probe = probe or http_probe(http)
+        self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:
@@ -130,6 +131,10 @@ class Effects:
         if await sleep_mode.is_sleeping(self.http, profile.upstream, headers, timeout):
             log.info("model=%s adopted asleep; waking it", name)
             await sleep_mode.wake_up(self.http, profile.upstream, headers, timeout)
+
+    async def alive(self, profile: Profile, limit: float) -> bool:
+        """Liveness: the health path answers 200 within `limit` seconds."""
+        return await self.probe(profile.health_url, limit)
 
     async def container_state(self, profile: Profile) -> str | None:
         """'exited' or 'absent' when the profile's container is gone; None when it runs

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
-from supervisor.errors import Conflict, StartFailed
+from supervisor.errors import Conflict, Refusal, StartFailed
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.lifecycle.lease import Flight, Held, HoldRejected, Lease, stopped_error
@@ -71,6 +71,9 @@ class ModelHandle:
         self.start_failures = 0  # consecutive; a successful start resets it
         self._retry_at: float | None = None  # no start before this (crash-loop backoff)
         self._retry_timer: Timer | None = None
+        self._liveness_timer: Timer | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
+        self._misses = 0  # liveness probes missed in a row
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         # Operator toggles (admin API, schedules).
@@ -166,6 +169,12 @@ class ModelHandle:
             self.in_flight += 1
             self._flights.append(flight)
             return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight)
+        down = self._effects.runtime_down
+        if down is not None and self.state in (State.STOPPED, State.FAILED):
+            raise Refusal(f"model {self.name!r} is {self.state.value} and cannot be started: "
+                          f"the container runtime is unreachable ({down}); retry later",
+                          status=503, code="runtime_unavailable", retry_after=5,
+                          model=self.name)
         if self.retry_in > 0:
             raise StartFailed(
                 f"model {self.name!r} failed to start {self.start_failures} times in a row; "
@@ -269,10 +278,56 @@ class ModelHandle:
         """The upstream refused a connection: if its container died, forget it was ready.
         Returns how it is gone ('exited', 'absent'), None when it still runs."""
         gone = await self._effects.container_state(self.profile)
-        if self.state is State.READY and gone is not None:
-            self.last_error = f"container {gone} while ready"
-            self._dispatch(Event.EXITED)
+        if gone is not None:
+            self.container_died(gone)
         return gone
+
+    def container_died(self, how: str = "exited") -> None:
+        """Its container is gone (Docker said so, or a connection found it): requests held
+        or pinned bring it back at once, the others at the next request."""
+        if self.state in (State.READY, State.ASLEEP):
+            self.last_error = f"container {how} while {self.state.value}"
+            log.warning("model=%s %s", self.name, self.last_error)
+            self._dispatch(Event.EXITED)
+
+    # -- liveness -----------------------------------------------------------
+
+    def _arm_liveness(self) -> None:
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
+        interval = self.config.liveness.interval
+        if interval > 0 and self.state in (State.READY, State.ASLEEP):
+            self._liveness_timer = self.clock.call_later(interval, self._probe_liveness)
+
+    def _probe_liveness(self) -> None:
+        """Probe every `interval` from the start of the last probe, so that a hang is
+        found within interval x failures (plus one timeout)."""
+        if self.state not in (State.READY, State.ASLEEP):
+            return
+        self._arm_liveness()
+        if self._liveness_task is None or self._liveness_task.done():
+            self._liveness_task = asyncio.create_task(self._check_liveness(self.profile))
+
+    async def _check_liveness(self, profile: Profile) -> None:
+        liveness = self.config.liveness
+        try:
+            alive = await self._effects.alive(profile, liveness.timeout)
+        except Exception:
+            log.exception("model=%s liveness probe raised", self.name)
+            alive = False
+        if self.state not in (State.READY, State.ASLEEP) or profile is not self.profile:
+            return
+        self._misses = 0 if alive else self._misses + 1
+        if alive:
+            return
+        log.warning("model=%s missed liveness probe %d of %d on %s", self.name, self._misses,
+                    liveness.failures, profile.health_url)
+        if self._misses >= liveness.failures:
+            self._misses = 0
+            self.last_error = (f"no answer on {profile.health_url} for {liveness.failures} "
+                               f"liveness probes in a row (timeout {liveness.timeout:g}s)")
+            self._wanted = self._wanted or self.is_pinned  # start again once it is down
+            self._dispatch(Event.UNHEALTHY)
 
     # -- operator toggles (admin API, schedules) ----------------------------
 
@@ -365,6 +420,10 @@ class ModelHandle:
         for effect in step.effects:
             self._apply(effect, error, reason or event.value)
         if before is not step.state:
+            if step.state in (State.READY, State.ASLEEP) and before not in (
+                    State.READY, State.ASLEEP, State.SLEEPING):
+                self._misses = 0
+                self._arm_liveness()
             self._check_retired()
 
     def _apply(self, effect: Effect, error: StartFailed | None, reason: str) -> None:
@@ -391,8 +450,9 @@ class ModelHandle:
             if self._task is not None:
                 self._task.cancel()
         elif effect is Effect.FAIL_IN_FLIGHT:
+            code = "upstream_died" if reason == Event.UNHEALTHY else "model_stopped"
             for flight in self._flights:
-                flight.aborted = True
+                flight.aborted = code
                 if flight.task is not None:
                     flight.task.cancel()
         elif effect is Effect.SLEEP:
@@ -520,12 +580,14 @@ class ModelHandle:
 
     async def close(self) -> None:
         """Forget timers and tasks; running services stay up to be adopted next time."""
-        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer, self._retry_timer):
+        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer, self._retry_timer,
+                      self._liveness_timer):
             if timer is not None:
                 timer.cancel()
         for held in self._take_held(lambda h: True):
             held.waiter.set_exception(StartFailed("the supervisor is shutting down",
                                                   model=self.name))
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._liveness_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -17,10 +17,11 @@ class HoldRejected(Refusal):
 
 @dataclass(slots=True)
 class Flight:
-    """A request counted in flight; a force stop cancels its task and marks it aborted."""
+    """A request counted in flight; a force stop or a dead server cancels its task and says
+    why in `aborted` (the error code its client gets)."""
 
     task: asyncio.Task[object] | None
-    aborted: bool = False
+    aborted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class Lease:
     flight: Flight
 
     @property
-    def aborted(self) -> bool:
+    def aborted(self) -> str | None:
         return self.flight.aborted
 
 

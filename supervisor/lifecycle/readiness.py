@@ -17,15 +17,15 @@ from supervisor.errors import StartFailed
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
 LOG_LINES = 20
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+PROBE_TIMEOUT_SECONDS = 2.0
 
-Probe = Callable[[str], Awaitable[bool]]  # health URL -> answered 200
+Probe = Callable[[str, float], Awaitable[bool]]  # (health URL, timeout) -> answered 200
 
 
 def http_probe(session: aiohttp.ClientSession) -> Probe:
-    async def probe(url: str) -> bool:
+    async def probe(url: str, limit: float = PROBE_TIMEOUT_SECONDS) -> bool:
         try:
-            async with session.get(url, timeout=PROBE_TIMEOUT) as resp:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
@@ -48,7 +48,7 @@ async def await_ready(
     `startup_timeout` counts from `began` (the start of `compose up`), else from now."""
     deadline = (now() if began is None else began) + startup_timeout
     while True:
-        healthy = await probe(health_url)
+        healthy = await probe(health_url, PROBE_TIMEOUT_SECONDS)
         try:
             status = await runtime.status(service)
         except RuntimeFailure as exc:

@@ -33,6 +33,7 @@ class Event(StrEnum):
     SLEEP_DUE = "sleep_due"  # the sleep timer fired (tier 1: sleep.after)
     STOPPED = "stopped"  # the runtime finished stopping the service
     EXITED = "exited"  # the container died on its own while ready
+    UNHEALTHY = "unhealthy"  # liveness: the server stopped answering its health check
     SWAP = "swap"  # a held request needs a larger profile than the running one
     DRAINED = "drained"  # the last request in flight finished (DRAINING, SLEEPING)
     # Operator events (admin API, schedules).
@@ -56,7 +57,7 @@ class Effect(StrEnum):
     FAIL_HELD = "fail_held"  # answer every held request with the start (or stop) error
     ARM_IDLE = "arm_idle"  # (re)start the idle timer
     ABORT = "abort"  # cancel the start, sleep or wake task under way
-    FAIL_IN_FLIGHT = "fail_in_flight"  # answer requests in flight with 503 (force stop)
+    FAIL_IN_FLIGHT = "fail_in_flight"  # cut requests in flight (force stop, dead server)
     SLEEP = "sleep"  # ask the server to sleep
     WAKE = "wake"  # ask the server to wake up
     REFUSE = "refuse"  # the operator's request makes no sense in this state: 409
@@ -93,7 +94,7 @@ class InvalidTransition(RuntimeError):
 
 # Events that may arrive late (a timer that fired just as a request came in) or
 # that are re-evaluated once the server is ready again; dropped instead of raising.
-_STALE = {Event.IDLE, Event.SLEEP_DUE, Event.SWAP}
+_STALE = {Event.IDLE, Event.SLEEP_DUE, Event.SWAP, Event.UNHEALTHY}
 _DOWN = (State.STOPPED, State.FAILED)
 _UP_TASK = (State.STARTING, State.WAKING)  # a task runs that a stop must abort first
 
@@ -181,7 +182,11 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
             if load.busy or load.pinned:
                 return Step(state)
             return Step(State.SLEEPING, (Effect.SLEEP,))
-        case State.READY, Event.EXITED:
+        case (State.READY | State.ASLEEP), Event.UNHEALTHY:
+            # A hung server answers nothing: cut what waits on it, stop it; held requests
+            # (or load.wanted) start it again once it is down.
+            return Step(State.STOPPING, (Effect.FAIL_IN_FLIGHT, Effect.STOP))
+        case (State.READY | State.ASLEEP), Event.EXITED:
             # Requests held for a swap, a pin or an operator's start bring it back at once;
             # otherwise the next demand starts it afresh.
             if load.held or load.pinned or load.wanted:

@@ -26,7 +26,7 @@ from supervisor.observe.histogram import LoopHistogram
 STATES = tuple(s.value for s in State)
 RefusalReason = Literal[
     "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed",
-    "stopped",
+    "stopped", "upstream_died", "runtime_unavailable",
 ]
 REFUSAL_REASONS: frozenset[str] = frozenset(get_args(RefusalReason))
 

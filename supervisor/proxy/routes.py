@@ -93,6 +93,8 @@ _REASONS: dict[str, RefusalReason] = {
     "hold_timeout": "hold_timeout",
     "model_start_failed": "start_failed",
     "model_stopped": "stopped",
+    "upstream_died": "upstream_died",
+    "runtime_unavailable": "runtime_unavailable",
 }
 
 
@@ -167,10 +169,10 @@ async def _forward(
     except asyncio.CancelledError:
         if not lease.aborted:
             raise
-        return _aborted(request, handle)
+        return _aborted(request, handle, lease)
     except aiohttp.ClientError as exc:
         if lease.aborted:
-            return _aborted(request, handle)
+            return _aborted(request, handle, lease)
         dead = await handle.upstream_failed()
         if dead and retry and isinstance(exc, aiohttp.ClientConnectorError):
             raise _Again(tokens, f"its container was {dead}; starting it again") from None
@@ -213,7 +215,7 @@ async def _forward(
         if not lease.aborted or response is not None:
             raise  # a stream already under way is cut: its connection closes
         status = 503
-        return _aborted(request, handle)
+        return _aborted(request, handle, lease)
     finally:
         if status:  # also when the client went away mid-stream
             ttfb = first_byte - began if first_byte else None
@@ -221,15 +223,21 @@ async def _forward(
                             cold_start=lease.cold_start)
 
 
-def _aborted(request: web.Request, handle: ModelHandle) -> web.Response:
-    """A force stop cancelled this request before its answer began."""
+def _aborted(request: web.Request, handle: ModelHandle, lease: Lease) -> web.Response:
+    """A force stop, or a server found dead, cancelled this request before its answer
+    began."""
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-    return _refuse(request, Refusal(
-        f"model {handle.name!r} was stopped by an operator (force) while this request was "
-        "in flight; retry later", status=503, code="model_stopped", retry_after=5,
-        model=handle.name))
+    if lease.aborted == "upstream_died":
+        refusal = Refusal(f"model {handle.name!r} stopped answering while this request was in "
+                          f"flight ({handle.last_error}); it is being restarted, retry later",
+                          status=502, code="upstream_died", retry_after=5, model=handle.name)
+    else:
+        refusal = Refusal(f"model {handle.name!r} was stopped by an operator (force) while "
+                          "this request was in flight; retry later", status=503,
+                          code="model_stopped", retry_after=5, model=handle.name)
+    return _refuse(request, refusal)
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ I/O and nothing else: no state, no timers, no decisions.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -51,3 +52,8 @@ class Runtime(Protocol):
 
     async def ping(self) -> None:
         """Raise RuntimeFailure when the runtime's daemon cannot be reached."""
+
+    def exits(self) -> AsyncIterator[str]:
+        """The services of this project whose container exits, as it happens (Docker
+        events); raises RuntimeFailure when the daemon's stream breaks."""
+        ...

@@ -6,8 +6,10 @@ and the Docker SDK inspects them by Compose's own labels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,3 +117,34 @@ class ComposeRuntime:
 
     async def ping(self) -> None:
         await self._sdk(lambda: self._docker.ping())
+
+    async def exits(self) -> AsyncIterator[str]:
+        filters = {"type": "container", "event": ["die"],
+                   "label": [f"{PROJECT_LABEL}={self._config.project}"]}
+        stream = await self._sdk(lambda: self._docker.events(decode=True, filters=filters))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
+
+        def put(item: str | Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def pump() -> None:  # the SDK's event stream blocks: its own thread, not the pool
+            try:
+                for event in stream:
+                    service = (event.get("Actor") or {}).get("Attributes", {}).get(SERVICE_LABEL)
+                    if service:
+                        put(service)
+                put(None)
+            except Exception as exc:
+                put(exc)
+
+        threading.Thread(target=pump, name="docker-events", daemon=True).start()
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise RuntimeFailure(f"the Docker event stream broke: {item}")
+                yield item
+            raise RuntimeFailure("the Docker event stream ended")
+        finally:
+            await asyncio.to_thread(stream.close)

@@ -3,6 +3,13 @@ Real Engine, real Compose, stand-in servers."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
 from supervisor.lifecycle.table import State
 
 from .conftest import chat, compose_project, starts, wait_for
@@ -53,3 +60,73 @@ async def test_deeply_nested_json_gets_400_in_the_openai_shape(supervisor_factor
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "invalid_json"
     assert sup.handle("chat-fast").state is State.STOPPED  # nothing started for it
+
+
+async def test_container_killed_while_idle_is_seen_by_docker_events_without_a_request(
+    supervisor_factory, project, http
+) -> None:
+    sup = await supervisor_factory({"chat-fast": {"liveness": {"interval": 0}}})
+    async with http.post(sup.url + "/v1/chat/completions", json=chat("chat-fast")) as r:
+        assert r.status == 200
+    compose_project(project).run("kill", "chat-fast")
+    handle = sup.handle("chat-fast")
+    await wait_for(lambda: handle.state is State.FAILED, 5, "the exit to be seen")
+    assert "exited" in (handle.last_error or "")
+
+
+async def test_hung_server_is_detected_restarted_and_held_requests_are_answered(
+    supervisor_factory, project, http
+) -> None:
+    interval, failures = 0.5, 3
+    sup = await supervisor_factory(
+        {"hangs": {"liveness": {"interval": interval, "timeout": 0.4, "failures": failures}}})
+    handle = sup.handle("hangs")
+    for _ in range(3):  # the stand-in answers three, then hangs
+        async with http.post(sup.url + "/v1/chat/completions", json=chat("hangs")) as r:
+            assert r.status == 200
+    hung_at = time.monotonic()
+    stuck = asyncio.create_task(http.post(sup.url + "/v1/chat/completions", json=chat("hangs")))
+    await wait_for(lambda: handle.state is not State.READY, interval * failures + 2,
+                   "the hang to be detected")
+    detected = time.monotonic() - hung_at
+    assert detected <= interval * failures + 1.0, detected
+    response = await stuck  # in flight on the hung server: a clean error, not a hang
+    assert response.status == 502
+    assert (await response.json())["error"]["code"] == "upstream_died"
+    async with http.post(sup.url + "/v1/chat/completions", json=chat("hangs")) as r:
+        assert r.status == 200  # held through the restart (a fresh stand-in answers again)
+    assert starts(project, "hangs") == 2
+
+
+@pytest.fixture
+def fresh_flaky() -> None:
+    """The stand-in `flaky` counts its failed starts in a host folder (see compose.yml)."""
+    state = Path("/tmp/model-supervisor-standin")
+    state.mkdir(exist_ok=True)
+    (state / "flaky.failed-starts").unlink(missing_ok=True)
+
+
+async def test_crash_loop_backs_off_with_503_and_retry_after_then_serves(
+    supervisor_factory, project, http, fresh_flaky
+) -> None:
+    sup = await supervisor_factory({"flaky": {}})
+    handle = sup.handle("flaky")
+    failed_at: list[float] = []
+    while True:
+        async with http.post(sup.url + "/v1/chat/completions", json=chat("flaky")) as r:
+            body = await r.json()
+        if r.status == 200:
+            break
+        assert r.status == 503, body
+        if "times in a row" in body["error"]["message"]:
+            retry_after = int(r.headers["Retry-After"])  # backing off: no start was tried
+            assert retry_after >= 1
+            await wait_for(lambda: handle.retry_in == 0, retry_after + 1, "the backoff")
+            continue
+        failed_at.append(time.monotonic())  # a start that failed
+        assert len(failed_at) <= 3, body
+    gaps = [b - a for a, b in itertools.pairwise(failed_at)]
+    print(f"failed starts: {len(failed_at)}, gaps between them: {[round(g, 2) for g in gaps]}")
+    assert len(failed_at) == 3
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0  # 1 s, then 2 s of backoff
+    assert handle.start_failures == 0 and starts(project, "flaky") == 4

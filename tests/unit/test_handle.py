@@ -708,3 +708,74 @@ async def test_start_that_timed_out_does_not_leave_its_container_running(make) -
     clock.advance(1000)
     await settle()
     assert not runtime.is_running("chat")
+
+
+# -- liveness: a server that hangs or dies while ready ------------------------
+
+
+async def test_hung_server_is_found_after_failures_probes_its_requests_cut_and_restarted(
+    make,
+) -> None:
+    rig = make(SINGLE, ready=("chat",), liveness={"interval": "1s", "timeout": "0.5s",
+                                                  "failures": 3})
+    handle, runtime, clock = rig.handle, rig.runtime, rig.clock
+    await rig.serve()
+    busy = rig.request(keep=True)
+    await until(lambda: busy.in_flight, "a request in flight")
+    runtime.ready("chat", healthy=False)  # it hangs: no more answers
+    for _ in range(2):
+        clock.advance(1)
+        await settle()
+        assert handle.state is State.READY  # one or two misses are not a verdict
+    clock.advance(1)
+    await until(lambda: handle.state is not State.READY, "the third miss")
+    await until(busy.task.done, "the cut request")
+    assert busy.task.cancelled() and busy.lease is not None
+    assert busy.lease.aborted == "upstream_died"
+    assert handle.last_error is not None and "3 liveness probes" in handle.last_error
+    held = rig.request()  # arrives while it goes down: held through the restart
+    await until(lambda: len(runtime.starts) == 2, "the restart")
+    assert runtime.stops and runtime.stops[-1][0] == "chat"
+    assert (await held.result()).cold_start
+    assert handle.state is State.READY
+
+
+async def test_hung_server_with_nothing_waiting_is_left_stopped_unless_pinned(make) -> None:
+    for pinned in (False, True):
+        rig = make(SINGLE, ready=("chat",), liveness={"interval": "1s", "failures": 2})
+        handle, runtime, clock = rig.handle, rig.runtime, rig.clock
+        await rig.serve()
+        handle.set_pinned(pinned)
+        runtime.ready("chat", healthy=False)
+        clock.advance(1)
+        await settle()
+        clock.advance(1)
+        want = State.READY if pinned else State.STOPPED
+        await until(lambda h=handle, r=runtime, w=want: bool(r.stops) and h.state is w,
+                    "the stop (and the restart when pinned)")
+        assert len(runtime.starts) == (2 if pinned else 1), pinned
+
+
+async def test_a_probe_that_answers_resets_the_count_of_misses(make) -> None:
+    rig = make(SINGLE, ready=("chat",), liveness={"interval": "1s", "failures": 2})
+    handle, runtime, clock = rig.handle, rig.runtime, rig.clock
+    await rig.serve()
+    for healthy in (False, True, False, True, False):
+        runtime.ready("chat", healthy=healthy)
+        clock.advance(1)
+        await settle()
+    assert handle.state is State.READY
+    assert runtime.stops == []
+
+
+async def test_container_seen_dead_by_docker_restarts_at_once_when_requests_are_held(
+    make,
+) -> None:
+    rig = make(CTX, ready=("short-ctx", "long-ctx"), min_residency="60s")
+    handle, runtime = rig.handle, rig.runtime
+    assert (await rig.serve(100)).profile.name == "short"
+    runtime.exit("short-ctx", 137)
+    handle.container_died()
+    assert handle.state is State.FAILED  # nothing held, not pinned: the next request starts it
+    assert (await rig.serve(100)).cold_start
+    assert runtime.starts == ["short-ctx", "short-ctx"]

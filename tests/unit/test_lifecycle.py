@@ -53,6 +53,12 @@ EXPECTED: dict[tuple[State, Event], object] = {
         Step(S.STARTING, (F.START,)) if load.held or load.pinned or load.wanted
         else Step(S.FAILED)
     ),
+    (S.ASLEEP, E.EXITED): lambda load: (
+        Step(S.STARTING, (F.START,)) if load.held or load.pinned or load.wanted
+        else Step(S.FAILED)
+    ),
+    (S.READY, E.UNHEALTHY): Step(S.STOPPING, (F.FAIL_IN_FLIGHT, F.STOP)),
+    (S.ASLEEP, E.UNHEALTHY): Step(S.STOPPING, (F.FAIL_IN_FLIGHT, F.STOP)),
     (S.STOPPING, E.STOPPED): lambda load: (
         Step(S.STARTING, (F.START,)) if load.held or load.wanted else Step(S.STOPPED)
     ),
@@ -82,7 +88,7 @@ EXPECTED: dict[tuple[State, Event], object] = {
 # A late idle or sleep timer, or a swap request outside READY (re-evaluated once ready),
 # is harmless.
 for _state in State:
-    for _event in (E.IDLE, E.SLEEP_DUE, E.SWAP):
+    for _event in (E.IDLE, E.SLEEP_DUE, E.SWAP, E.UNHEALTHY):
         EXPECTED.setdefault((_state, _event), Step(_state))
     # Operator events are never "impossible": they act, wait, or are refused (409).
     if _state in DOWN:
