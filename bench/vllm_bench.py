@@ -1,8 +1,11 @@
 """Real vLLM behind the supervisor: orchestration overhead and warm latency.
 
 - Cold start: the backend alone (`docker compose up`, poll /health every 10 ms, then one
-  chat completion) against one chat completion sent to the stopped model through the
-  supervisor. The difference is what the supervisor adds to a cold start.
+  chat completion) against one chat completion sent to the stopped model through a freshly
+  started supervisor. The difference is what the supervisor adds to a cold start. The
+  container is created before the first run, so that neither side pays for its creation,
+  and the two sides alternate in ABBA order (backend first, supervisor first, supervisor
+  first, backend first, ...), so that neither always runs on the caches the other warmed.
 - Warm: sequential one-token chat completions, direct and through the supervisor,
   interleaved, against the same running vLLM.
 
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,15 @@ def request(port: int, path: str, body: str | None = None, timeout: float = 600)
         return resp.status, elapsed, dict(resp.getheaders())
     finally:
         conn.close()
+
+
+BACKEND, SUPERVISOR = "backend", "supervisor"
+
+
+def abba(runs: int) -> list[tuple[str, str]]:
+    """The order of the two sides in each cold run: AB, BA, BA, AB, AB, BA, ..."""
+    ab = (BACKEND, SUPERVISOR)
+    return [ab if k % 4 in (0, 3) else ab[::-1] for k in range(runs)]
 
 
 class Bench:
@@ -107,32 +120,65 @@ class Bench:
         assert status == 200 and headers.get("X-Supervisor-Cold-Start") == "true", headers
         return elapsed
 
+    def cold(self, side: str) -> float:
+        """One cold start of `side`, from a stopped container; stopped again afterwards."""
+        if side == BACKEND:
+            seconds = self.backend_alone()
+        else:
+            self.start_supervisor()  # a fresh one: it knows the model as stopped
+            seconds = self.through_supervisor()
+            self.stop_supervisor()  # leaves the container running, for adoption
+        self.compose("stop", SERVICE)
+        return seconds
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cold-runs", type=int, default=2)
-    parser.add_argument("--warm-requests", type=int, default=40)
+
+def at_least(low: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return check
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cold-runs", type=at_least(1), default=4,
+                        help="cold starts of each side, in ABBA order (default 4; a multiple "
+                        "of 4 balances the order)")
+    parser.add_argument("--warm-requests", type=at_least(2), default=40)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "vllm.json")
-    args = parser.parse_args()
+    parser.add_argument("--plan", action="store_true",
+                        help="print the order of the cold runs and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    orders = abba(args.cold_runs)
+    if args.plan:
+        for k, order in enumerate(orders, 1):
+            print(f"cold {k}: {order[0]} first, then {order[1]}")
+        return 0
     if not ENV_FILE.is_file():
         print("run scripts/prepare-vllm.sh first", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp))
         try:
-            bench.start_supervisor()
+            bench.compose("create", SERVICE)  # neither side pays for the container's creation
             cold = []
-            for k in range(args.cold_runs):
-                alone = bench.backend_alone()
-                bench.compose("stop", SERVICE)
-                proxied = bench.through_supervisor()
-                cold.append({"backend_s": alone, "supervisor_s": proxied})
-                print(f"cold {k + 1}: backend {alone:.2f} s, through supervisor {proxied:.2f} s",
-                      flush=True)
-                if k + 1 < args.cold_runs:
-                    bench.stop_supervisor()  # forget the running container, stop it
-                    bench.compose("stop", SERVICE)
-                    bench.start_supervisor()
+            for k, order in enumerate(orders, 1):
+                run: dict[str, Any] = {"order": f"{order[0]} first"}
+                for side in order:
+                    run[f"{side}_s"] = bench.cold(side)
+                cold.append(run)
+                print(f"cold {k} ({run['order']}): backend {run['backend_s']:.2f} s, "
+                      f"through supervisor {run['supervisor_s']:.2f} s", flush=True)
+            bench.start_supervisor()
+            assert request(bench.port, "/v1/chat/completions", BODY)[0] == 200  # warm it up
             direct, proxied_warm = [], []
             for i in range(args.warm_requests):
                 for side in ((0, 1) if i % 2 else (1, 0)):
@@ -143,9 +189,15 @@ def main() -> int:
             bench.stop_supervisor()
             with contextlib.suppress(Exception):
                 bench.compose("--profile", "*", "down", "-t", "5")
-    overhead = statistics.median(c["supervisor_s"] - c["backend_s"] for c in cold)
+    backend = [c["backend_s"] for c in cold]
+    supervised = [c["supervisor_s"] for c in cold]
+    overhead = statistics.median(s - b for b, s in zip(backend, supervised, strict=True))
     result: dict[str, Any] = {
         "cold": cold,
+        "cold_backend_s": backend,
+        "cold_supervisor_s": supervised,
+        "cold_backend_median_s": statistics.median(backend),
+        "cold_supervisor_median_s": statistics.median(supervised),
         "cold_overhead_median_s": overhead,
         "warm_direct_p50_ms": statistics.median(direct),
         "warm_supervisor_p50_ms": statistics.median(proxied_warm),
@@ -153,13 +205,16 @@ def main() -> int:
         "warm_supervisor_p95_ms": statistics.quantiles(proxied_warm, n=20)[-1],
     }
     print("\nreal vLLM (CPU, SmolLM2-135M, smol-2k), one-token chat completions")
-    print(f"{'':24} {'direct':>10} {'supervisor':>11} {'added':>9}")
-    for c in cold:
-        print(f"{'cold start (s)':24} {c['backend_s']:10.2f} {c['supervisor_s']:11.2f} "
+    print(f"{'':30} {'direct':>10} {'supervisor':>11} {'added':>9}")
+    for k, c in enumerate(cold, 1):
+        label = f"cold {k}, {c['order']} (s)"
+        print(f"{label:30} {c['backend_s']:10.2f} {c['supervisor_s']:11.2f} "
               f"{c['supervisor_s'] - c['backend_s']:+9.2f}")
+    print(f"{'cold median (s)':30} {result['cold_backend_median_s']:10.2f} "
+          f"{result['cold_supervisor_median_s']:11.2f} {overhead:+9.2f}")
     for q in ("p50", "p95"):
         d, s = result[f"warm_direct_{q}_ms"], result[f"warm_supervisor_{q}_ms"]
-        print(f"{'warm ' + q + ' (ms)':24} {d:10.1f} {s:11.1f} {s - d:+9.1f}")
+        print(f"{'warm ' + q + ' (ms)':30} {d:10.1f} {s:11.1f} {s - d:+9.1f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")

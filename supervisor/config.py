@@ -15,7 +15,15 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -47,6 +55,48 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
+_UNIT_BYTES = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_bytes(value: object) -> int:
+    """Bytes from `24GiB`, `512MiB`, `3.1GB`, `1.5TB` or a bare number of bytes.
+
+    GB/MB are decimal and GiB/MiB binary, as nvidia-smi's MiB and a vendor's "GB"
+    differ by 7 %; a bare `24G` is refused rather than guessed.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 24GiB, 512MiB or 3.1GB")
+    if isinstance(value, int | float):
+        amount, unit = float(value), ""
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip().lower())
+        if match is None or match.group(2) not in _UNIT_BYTES:
+            raise ValueError(
+                f"invalid size {value!r}: use e.g. 24GiB, 512MiB, 3.1GB, 1.5TB or bytes"
+            )
+        amount, unit = float(match.group(1)), match.group(2)
+    else:
+        raise ValueError("expected a size such as 24GiB, 512MiB or 3.1GB")
+    if amount < 0:
+        raise ValueError(f"a size cannot be negative: {value!r}")
+    return round(amount * _UNIT_BYTES[unit])
+
+
+def _unique_gpus(value: list[int]) -> list[int]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"a GPU is named twice in {value}")
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+PositiveByteSize = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
+GpuIndices = Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_unique_gpus)]
 
 
 def _check_url(value: str) -> str:
@@ -118,6 +168,22 @@ class ProfileConfig(_Strict):
     max_model_len: int | None = Field(None, gt=0)
     upstream: UpstreamUrl | None = None  # default: the model's
     health: str | None = Field(None, pattern=r"^/")  # default: the model's
+    # GPU placement (see supervisor/gpus/needs.py). gpus: host GPU indices, overriding what
+    # the Compose service reserves ([]: uses no GPU); vram: memory needed on each of them.
+    gpus: GpuIndices | None = None  # default: the model's, else from the Compose service
+    vram: PositiveByteSize | None = None  # default: the model's, else estimated
+
+
+class WarmupConfig(_Strict):
+    """A request sent after every start and wake, before (or beside) the held ones: the
+    first user should not pay the server's warm-up (seed 002: 10.1 s, then 9.2, 8.3)."""
+
+    path: str = Field("/v1/chat/completions", pattern=r"^/")
+    # A JSON body; for /v1/audio/transcriptions `{audio_seconds: 1, model: ...}` sends a
+    # multipart form with a generated silent WAV of that length and the other fields.
+    body: dict[str, Any]
+    before_release: bool = True  # False: held requests go at once, the warm-up beside them
+    timeout: Duration = 120.0
 
 
 class SleepConfig(_Strict):
@@ -129,12 +195,24 @@ class SleepConfig(_Strict):
     # Tier 1 of the idle policy: asleep after this long without a request (idle_timeout,
     # tier 2, still stops it). None: only an operator puts it to sleep.
     after: Duration | None = None
+    # GPU memory a sleeping server keeps on each of its GPUs, for placement, until one
+    # has been measured. None: until measured, sleeping is assumed to free nothing.
+    vram: ByteSize | None = None
 
     @model_validator(mode="after")
     def _after_needs_enabled(self) -> SleepConfig:
         if self.after is not None and not self.enabled:
             raise ValueError("after: needs `enabled: true` (vLLM with VLLM_SERVER_DEV_MODE=1)")
         return self
+
+
+class LivenessConfig(_Strict):
+    """While a model is ready or asleep its health path is probed: a server that stops
+    answering (hung, not exited) is restarted instead of swallowing requests."""
+
+    interval: Duration = 10.0  # 0: no liveness probes
+    timeout: Duration = 5.0
+    failures: int = Field(3, ge=1)  # misses in a row that make it dead
 
 
 class ModelConfig(_Strict):
@@ -156,6 +234,8 @@ class ModelConfig(_Strict):
     # Failed starts are retried no sooner than 1 s, 2 s, 4 s ... after the last, up to this;
     # meanwhile requests get 503 with Retry-After instead of hammering Docker.
     restart_backoff_max: Duration = 300.0
+    liveness: LivenessConfig = LivenessConfig.model_validate({})
+    warmup: WarmupConfig | None = None
     max_held: int = Field(256, ge=0)
     hold_timeout: Duration = 1200.0
     health_interval: Duration = 0.1
@@ -165,6 +245,8 @@ class ModelConfig(_Strict):
     reserved_tokens: int = Field(0, ge=0)
     default_output_tokens: int = Field(256, ge=0)
     sleep: SleepConfig = SleepConfig.model_validate({})
+    gpus: GpuIndices | None = None  # for every profile that names none
+    vram: PositiveByteSize | None = None  # for every profile that names none
     # The key the backend expects (vLLM --api-key), sent as `Authorization: Bearer`.
     upstream_key_env: str | None = None  # the name of an environment variable
     upstream_key_file: Path | None = None
@@ -235,6 +317,9 @@ class Config(BaseSettings):
     # Runtime toggles (pin, idle timeout, schedules added through the admin API).
     # Default: <config name>.state.json next to the config file; none: memory only.
     state_file: Path | None = None
+    # GPU inventory: total memory per GPU index; declares GPUs NVML cannot see (a CPU-only
+    # test) or overrides what it reports. With neither, placement is off.
+    gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
 
     @classmethod
     def settings_customise_sources(

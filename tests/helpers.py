@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.app import admin_url, start_server
 from supervisor.appkeys import REGISTRY
@@ -124,3 +126,37 @@ async def wait_for(predicate: Callable[[], Any], within: float, what: str) -> No
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def scrape(session: aiohttp.ClientSession, sup: Supervisor) -> str:
+    """GET /metrics on the supervisor's proxy port, as Prometheus scrapes it."""
+    async with session.get(sup.url + "/metrics") as r:
+        assert r.status == 200, await r.text()
+        return await r.text()
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of the series `name{labels}` (exactly these labels) in a Prometheus text
+    exposition. A series that is not exported fails the test: it is not read as 0."""
+    others = []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name != name:
+                continue
+            if sample.labels == labels:
+                return float(sample.value)
+            others.append(sample.labels)
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pytest.fail(f"series {name}{{{wanted}}} is not exported; series of that name: "
+                f"{others or 'none'}")
+
+
+async def model_status(
+    session: aiohttp.ClientSession, sup: Supervisor, name: str, token: str | None = None
+) -> dict[str, Any]:
+    """GET /admin/models/{name}: state, profile, in-flight, held, ..."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.get(f"{sup.admin}/admin/models/{name}", headers=headers) as r:
+        assert r.status == 200, await r.text()
+        status: dict[str, Any] = await r.json()
+        return status

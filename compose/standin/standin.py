@@ -55,11 +55,21 @@ class Config:
         self.startup_delay = float(os.environ.get("STANDIN_STARTUP_DELAY", "0") or 0)
         self.exit_code = _env_int("STANDIN_EXIT_CODE")
         self.max_model_len = _env_int("STANDIN_MAX_MODEL_LEN")
+        # Tokens a chat template wraps around each message (SmolLM2's "<|im_start|>user\n"
+        # ... "<|im_end|>\n" is ~6), counted like vLLM counts the templated prompt.
+        self.message_tokens = _env_int("STANDIN_MESSAGE_TOKENS") or 0
         # Seconds to keep serving after SIGTERM, like a server finishing its requests.
         self.term_delay = float(os.environ.get("STANDIN_TERM_DELAY", "0") or 0)
         # vLLM's sleep mode endpoints (VLLM_SERVER_DEV_MODE=1): /sleep, /wake_up, /is_sleeping.
         self.dev_mode = os.environ.get("STANDIN_DEV_MODE", "") == "1"
         self.wake_delay = float(os.environ.get("STANDIN_WAKE_DELAY", "0") or 0)
+        # Faults: hang (accept, never answer, health included) after N /v1 requests; exit
+        # on its own S seconds after it listens; fail the first K starts (counted in a file
+        # under STANDIN_STATE_DIR, which outlives the container).
+        self.hang_after = _env_int("STANDIN_HANG_AFTER")
+        self.exit_after = float(os.environ.get("STANDIN_EXIT_AFTER", "0") or 0)
+        self.fail_starts = _env_int("STANDIN_FAIL_STARTS") or 0
+        self.state_dir = os.environ.get("STANDIN_STATE_DIR", "")
 
 
 CONFIG: Config  # set in main(); handlers read it
@@ -75,9 +85,11 @@ def _words(value: Any) -> int:
 
 
 def _prompt_tokens(path: str, req: dict[str, Any]) -> int:
+    """One token per word, plus the chat template's tokens around each message."""
     if path == "/v1/chat/completions":
         msgs = req.get("messages") or []
-        return sum(_words(m.get("content")) for m in msgs if isinstance(m, dict))
+        return sum(CONFIG.message_tokens + _words(m.get("content"))
+                   for m in msgs if isinstance(m, dict))
     return _words(req.get("prompt"))
 
 
@@ -178,10 +190,18 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/standin/stats":
             self._read_body()
             with STATS_LOCK:
-                return self._json(200, {"requests": dict(STATS)})
+                return self._json(200, {"requests": dict(STATS), "order": ORDER[-1000:]})
+        if HUNG.is_set():
+            HUNG_FOREVER.wait()  # a wedged server: the connection stays open, unanswered
         if path != "/health":
             with STATS_LOCK:  # tests prove what did (not) reach the server
                 STATS[f"{method} {path}"] += 1
+                warmup = self.headers.get("X-Supervisor-Warmup") == "true"
+                ORDER.append(f"{'warmup' if warmup else 'request'} {method} {path}")
+                served = sum(n for k, n in STATS.items() if " /v1/" in k)
+            if CONFIG.hang_after is not None and served >= CONFIG.hang_after:
+                print("standin: hanging from now on", flush=True)
+                HUNG.set()
         if CONFIG.dev_mode and path in ("/sleep", "/wake_up", "/is_sleeping"):
             self._read_body()
             return self._sleep_mode(method, path)
@@ -255,6 +275,9 @@ class Handler(BaseHTTPRequestHandler):
             want = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
             total = prompt + want
             if total > CONFIG.max_model_len:
+                # Tests read this line to prove which server refused (vLLM answers the 400).
+                print(f"standin: refused {total} tokens, more than max_model_len "
+                      f"{CONFIG.max_model_len}", flush=True)
                 msg = (
                     f"This model's maximum context length is {CONFIG.max_model_len} tokens. "
                     f"However, you requested {total} tokens ({prompt} in the messages, "
@@ -437,7 +460,10 @@ class Handler(BaseHTTPRequestHandler):
 START_TIME = time.time()
 STATS: collections.Counter[str] = collections.Counter()
 STATS_LOCK = threading.Lock()
+ORDER: list[str] = []  # what reached the server, in order (warm-ups marked)
 SLEEPING = threading.Event()
+HUNG = threading.Event()
+HUNG_FOREVER = threading.Event()  # never set
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -462,6 +488,11 @@ def _fail_loading(code: int) -> None:
     sys.exit(code)
 
 
+def _die(after: float) -> None:
+    print(f"standin: exiting on its own after {after}s", flush=True)
+    os._exit(1)
+
+
 def main() -> None:
     global CONFIG
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -471,6 +502,15 @@ def main() -> None:
         time.sleep(CONFIG.startup_delay)  # vLLM only opens its port once the model is loaded
     if CONFIG.exit_code is not None:
         _fail_loading(CONFIG.exit_code)
+    if CONFIG.fail_starts and CONFIG.state_dir:
+        counter = os.path.join(CONFIG.state_dir, f"{CONFIG.model}.failed-starts")
+        failed = int(open(counter).read()) if os.path.exists(counter) else 0  # noqa: SIM115
+        if failed < CONFIG.fail_starts:
+            with open(counter, "w") as out:
+                out.write(str(failed + 1))
+            _fail_loading(70)
+    if CONFIG.exit_after > 0:
+        threading.Timer(CONFIG.exit_after, _die, (CONFIG.exit_after,)).start()
     ThreadingHTTPServer.request_queue_size = 1024  # the default backlog of 5 drops connections
     server = ThreadingHTTPServer((CONFIG.host, CONFIG.port), Handler)
     server.daemon_threads = True  # in-flight requests must not delay exit

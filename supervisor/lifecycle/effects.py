@@ -16,7 +16,7 @@ import aiohttp
 
 from supervisor.config import ModelConfig
 from supervisor.errors import StartFailed
-from supervisor.lifecycle import sleep_mode
+from supervisor.lifecycle import sleep_mode, warmup
 from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.profiles import Profile
 from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
@@ -131,6 +131,22 @@ class Effects:
         if await sleep_mode.is_sleeping(self.http, profile.upstream, headers, timeout):
             log.info("model=%s adopted asleep; waking it", name)
             await sleep_mode.wake_up(self.http, profile.upstream, headers, timeout)
+
+    async def warm_up(self, name: str, config: ModelConfig, profile: Profile,
+                      headers: dict[str, str]) -> Outcome:
+        """Send the warm-up request; its failure is for the log and the metrics only."""
+        assert config.warmup is not None
+        began = self.clock.now()
+        try:
+            await warmup.send(self.http, profile.upstream, config.warmup,
+                              config.served_model_name or name, headers)
+        except Exception as exc:  # a warm-up never fails the start
+            seconds = self.clock.now() - began
+            log.warning("model=%s warm-up failed after %.2fs: %r", name, seconds, exc)
+            return Outcome(Event.STARTED, f"warm-up failed: {exc!r}", seconds)
+        seconds = self.clock.now() - began
+        log.info("model=%s warmed up in %.2fs", name, seconds)
+        return Outcome(Event.STARTED, None, seconds)
 
     async def alive(self, profile: Profile, limit: float) -> bool:
         """Liveness: the health path answers 200 within `limit` seconds."""

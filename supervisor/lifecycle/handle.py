@@ -73,6 +73,8 @@ class ModelHandle:
         self._retry_timer: Timer | None = None
         self._liveness_timer: Timer | None = None
         self._liveness_task: asyncio.Task[None] | None = None
+        self._warmup_task: asyncio.Task[None] | None = None
+        self._first_pending = False  # the next lease is the first after a start or wake
         self._misses = 0  # liveness probes missed in a row
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
@@ -168,7 +170,8 @@ class ModelHandle:
         if self.state is State.READY and self.profile.fits(tokens):
             self.in_flight += 1
             self._flights.append(flight)
-            return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight)
+            return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight,
+                         first=self._take_first())
         down = self._effects.runtime_down
         if down is not None and self.state in (State.STOPPED, State.FAILED):
             raise Refusal(f"model {self.name!r} is {self.state.value} and cannot be started: "
@@ -206,7 +209,13 @@ class ModelHandle:
         finally:
             held.expiry.cancel()
         return Lease(self.profile, cold_start=True, hold_seconds=self.clock.now() - began,
-                     flight=flight)
+                     flight=flight, first=self._take_first())
+
+    def _take_first(self) -> bool:
+        """True for the first request forwarded after a start or a wake (its latency is the
+        server's cold one, kept apart from the warm ones in the metrics)."""
+        first, self._first_pending = self._first_pending, False
+        return first
 
     def _expire(self, held: Held) -> None:
         """hold_timeout passed while the request was still held."""
@@ -410,6 +419,8 @@ class ModelHandle:
         self.state = step.state
         if step.state is State.READY:
             self._wanted = False
+            if before in (State.STARTING, State.WAKING):
+                self._first_pending = True
         if before is not step.state:
             self.metrics.transition(
                 self.name, before.value, step.state.value, event=event.value,
@@ -460,8 +471,7 @@ class ModelHandle:
                 self.name, self.config, self.profile, self.upstream_headers))
         elif effect is Effect.WAKE:
             self._wanted = False
-            self._spawn("wake", self._effects.wake(
-                self.name, self.config, self.profile, self.upstream_headers))
+            self._spawn("wake", self._wake())
 
     def _spawn(self, kind: str, work: Coroutine[Any, Any, Outcome]) -> None:
         self._task = asyncio.create_task(self._run(kind, work))
@@ -495,7 +505,37 @@ class ModelHandle:
         if ok:
             self.last_cold_start_seconds, self.last_error = outcome.seconds, None
             self.start_failures, self._retry_at = 0, None
+            await self._warm_up_after_ready()
         return outcome
+
+    async def _wake(self) -> Outcome:
+        outcome = await self._effects.wake(self.name, self.config, self.profile,
+                                           self.upstream_headers)
+        if outcome.event is Event.WOKE:
+            await self._warm_up_after_ready()
+        return outcome
+
+    async def _warm_up_after_ready(self) -> None:
+        """Before the held requests are released (they wait: the task is still the start's
+        or the wake's), or beside them once they are."""
+        warmup = self.config.warmup
+        if warmup is None:
+            return
+        if warmup.before_release:
+            await self._warm_up(self.profile)
+        else:
+            asyncio.get_running_loop().call_soon(self._warm_up_beside)
+
+    def _warm_up_beside(self) -> None:
+        if self.state is State.READY:
+            self._warmup_task = asyncio.create_task(self._warm_up(self.profile))
+
+    async def _warm_up(self, profile: Profile) -> None:
+        outcome = await self._effects.warm_up(self.name, self.config, profile,
+                                              self.upstream_headers)
+        self.metrics.warmup(self.name, profile.name, outcome.seconds, ok=outcome.error is None)
+        if outcome.error is not None:
+            self.last_error = outcome.error
 
     def _back_off(self) -> None:
         """After a failed start: no other before 1 s, 2 s, 4 s ... (restart_backoff_max);
@@ -587,7 +627,7 @@ class ModelHandle:
         for held in self._take_held(lambda h: True):
             held.waiter.set_exception(StartFailed("the supervisor is shutting down",
                                                   model=self.name))
-        for task in (self._task, self._liveness_task):
+        for task in (self._task, self._liveness_task, self._warmup_task):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

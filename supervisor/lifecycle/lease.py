@@ -32,6 +32,7 @@ class Lease:
     cold_start: bool
     hold_seconds: float
     flight: Flight
+    first: bool = False  # the first request the server answers after a start or wake
 
     @property
     def aborted(self) -> str | None:

@@ -95,6 +95,14 @@ class Metrics:
         self._hold = LoopHistogram(
             "supervisor_request_hold_seconds", "Time a request waited for its model to start.",
             ["model"], HOLD_BUCKETS, r)
+        self._upstream = LoopHistogram(
+            "supervisor_request_upstream_seconds",
+            "Request to end of response, hold excluded: the server's own time. phase=first for "
+            "the first request after a start or wake (cold caches), warm for the others.",
+            ["model", "phase"], LATENCY_BUCKETS, r)
+        self._warmups = LoopHistogram(
+            "supervisor_model_warmup_seconds", "The warm-up request after a start or wake.",
+            ["model", "profile", "outcome"], LATENCY_BUCKETS, r)
         self._refusals = Counter(
             "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
             ["model", "reason"], registry=r)
@@ -116,14 +124,19 @@ class Metrics:
         self._cold_starts.observe((model, profile, "ok" if ok else "failed"), seconds)
 
     def request(
-        self, model: str, status: int, seconds: float, ttfb: float | None, *, cold_start: bool
+        self, model: str, status: int, seconds: float, ttfb: float | None, *, cold_start: bool,
+        hold: float = 0.0, first: bool = False,
     ) -> None:
         """A forwarded request ended; `ttfb` None when no byte came back."""
         cold = "true" if cold_start else "false"
         self._requests.labels(model, code_class(status)).inc()
         self._duration.observe((model, cold), seconds)
+        self._upstream.observe((model, "first" if first else "warm"), max(0.0, seconds - hold))
         if ttfb is not None:
             self._ttfb.observe((model, cold), ttfb)
+
+    def warmup(self, model: str, profile: str, seconds: float, *, ok: bool) -> None:
+        self._warmups.observe((model, profile, "ok" if ok else "failed"), seconds)
 
     def hold(self, model: str, seconds: float) -> None:
         self._hold.observe((model,), seconds)

@@ -220,7 +220,8 @@ async def _forward(
         if status:  # also when the client went away mid-stream
             ttfb = first_byte - began if first_byte else None
             metrics.request(handle.name, status, time.monotonic() - began, ttfb,
-                            cold_start=lease.cold_start)
+                            cold_start=lease.cold_start, hold=lease.hold_seconds,
+                            first=lease.first)
 
 
 def _aborted(request: web.Request, handle: ModelHandle, lease: Lease) -> web.Response:

@@ -22,7 +22,7 @@ PROSE = (
 TEXTS = {
     "english prose": PROSE * 10,
     "markdown documentation": (REPO / "README.md").read_text(),
-    "python source": (REPO / "supervisor" / "handle.py").read_text(),
+    "python source": (REPO / "supervisor" / "lifecycle" / "handle.py").read_text(),
     "a chat turn": "Can you summarise the meeting notes below in three bullet points?\n" * 20,
 }
 

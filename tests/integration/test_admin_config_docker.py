@@ -90,6 +90,24 @@ async def test_invalid_reload_is_refused_and_the_old_config_stays(
     assert (await admin(http, sup, "GET", "/admin/models/broken"))[0] == 404
 
 
+async def test_reload_lists_what_only_a_restart_applies(tmp_path, project, from_file, http):
+    path = write_config(tmp_path / "s.yaml", project, {"chat-fast": {}})
+    sup = await from_file(path)
+    (tmp_path / "compose.env").write_text("UNUSED=1\n")
+    compose = {"file": str(COMPOSE_FILE), "project": project, "env_file": "compose.env"}
+    write_config(path, project, {"chat-fast": {}}, listen="127.0.0.1:1", compose=compose,
+                 admin={"listen": "127.0.0.1:1"})
+    status, body = await admin(http, sup, "POST", "/admin/reload")
+    assert status == 200, body
+    assert body["restart_required"] == ["listen", "compose", "admin"]
+    assert (body["added"], body["removed"], body["changed"]) == ([], [], [])
+    # Until that restart, both APIs stay where they listen and the model starts as before.
+    assert (await admin(http, sup, "GET", "/admin/models/chat-fast"))[0] == 200
+    async with http.post(sup.url + "/v1/chat/completions", json=chat("chat-fast")) as r:
+        assert r.status == 200
+    assert container_running(project, "chat-fast")
+
+
 async def test_reload_adds_and_removes_models(tmp_path, project, from_file, http) -> None:
     path = write_config(tmp_path / "s.yaml", project, {"chat-fast": {}})
     sup = await from_file(path)

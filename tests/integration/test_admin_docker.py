@@ -4,11 +4,12 @@ the containers and through the proxy."""
 from __future__ import annotations
 
 import asyncio
-import time
+import hmac
 
 import pytest
 
 from supervisor.lifecycle.table import State
+from tests.helpers import metric_value, scrape
 
 from .conftest import chat, container_running, starts, wait_for
 
@@ -50,6 +51,34 @@ async def test_token_is_required_and_no_hint_is_given(supervisor_factory, http, 
     assert TOKEN not in caplog.text
 
 
+async def test_the_admin_token_is_compared_in_constant_time(
+    supervisor_factory, http, monkeypatch
+) -> None:
+    """hmac.compare_digest decides, over fixed-length digests: a plain `==` (which returns
+    at the first differing byte) or a comparison of the raw tokens fails this test."""
+    sup = await supervisor_factory({"chat-fast": {}})
+    real = hmac.compare_digest
+    compared: list[tuple[int, int]] = []
+    verdict: list[bool] = []  # empty: the real comparison; else the answer forced
+
+    def spy(a, b) -> bool:
+        compared.append((len(a), len(b)))
+        return verdict[0] if verdict else real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    wrong_short = {"Authorization": "Bearer x"}
+    wrong_long = {"Authorization": "Bearer " + TOKEN * 10}
+    assert (await admin(http, sup, "GET", "/admin/models"))[0] == 200
+    assert (await admin(http, sup, "GET", "/admin/models", headers=wrong_short))[0] == 401
+    assert (await admin(http, sup, "GET", "/admin/models", headers=wrong_long))[0] == 401
+    assert len(compared) >= 3
+    assert set(compared) == {(32, 32)}  # SHA-256 digests: the token's length does not show
+    verdict.append(True)  # compare_digest says "equal": a wrong token is let in...
+    assert (await admin(http, sup, "GET", "/admin/models", headers=wrong_short))[0] == 200
+    verdict[0] = False  # ...and says "different": the right one is refused
+    assert (await admin(http, sup, "GET", "/admin/models"))[0] == 401
+
+
 async def test_model_status_fields(supervisor_factory, http) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     assert (await post_chat(http, sup, "chat-fast"))[0] == 200
@@ -59,7 +88,9 @@ async def test_model_status_fields(supervisor_factory, http) -> None:
     assert model["pinned"] is False and model["idle_timeout"] == 600
     assert model["in_flight"] == 0 and model["held"] == 0
     assert model["last_cold_start_seconds"] > 0 and model["last_error"] is None
-    assert model["vram_bytes"] is None  # no NVML here
+    # The stand-ins use no GPU: no VRAM where NVML reads a GPU, unknown where it cannot.
+    gpu = await scrape(http, sup)
+    assert model["vram_bytes"] == (0 if metric_value(gpu, "supervisor_gpu_available") else None)
     assert (await admin(http, sup, "GET", "/admin/models/nope"))[0] == 404
 
 
@@ -116,14 +147,14 @@ async def test_stop_drains_a_stream_in_flight(supervisor_factory, project, http)
 async def test_force_stop_fails_in_flight_with_a_clear_503(supervisor_factory, http) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     assert (await post_chat(http, sup, "chat-fast"))[0] == 200
-    slow = asyncio.create_task(post_chat(http, sup, "chat-fast", delay=20))
+    # The stand-in would answer after 120 s; the forced stop answers it at once.
+    slow = asyncio.create_task(post_chat(http, sup, "chat-fast", delay=120))
     handle = sup.handle("chat-fast")
     await wait_for(lambda: handle.in_flight == 1, 5, "the slow request in flight")
-    began = time.monotonic()
     status, _ = await admin(http, sup, "POST", "/admin/models/chat-fast/stop", {"force": True})
     assert status == 202
-    status, _, body = await slow
-    assert time.monotonic() - began < 5
+    # Docker gets its time; the stand-in's 120 s never pass.
+    status, _, body = await asyncio.wait_for(slow, 60)
     assert status == 503 and body["error"]["code"] == "model_stopped"
     assert "stopped by an operator" in body["error"]["message"]
     await wait_for(lambda: handle.state is State.STOPPED, 15, "the forced stop")

@@ -130,3 +130,46 @@ async def test_crash_loop_backs_off_with_503_and_retry_after_then_serves(
     assert len(failed_at) == 3
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0  # 1 s, then 2 s of backoff
     assert handle.start_failures == 0 and starts(project, "flaky") == 4
+
+
+async def _order(http, port: int) -> list[str]:
+    async with http.get(f"http://127.0.0.1:{port}/standin/stats") as r:
+        return list((await r.json())["order"])
+
+
+WARMUP = {"path": "/v1/chat/completions",
+          "body": {"messages": [{"role": "user", "content": "warm up"}], "max_tokens": 1}}
+
+
+async def test_warmup_reaches_the_server_before_any_held_request(
+    supervisor_factory, http
+) -> None:
+    sup = await supervisor_factory({"chat-slow": {"warmup": WARMUP}})
+    held = [asyncio.create_task(http.post(sup.url + "/v1/chat/completions",
+                                          json=chat("chat-slow"))) for _ in range(5)]
+    for response in await asyncio.gather(*held):
+        assert response.status == 200
+        response.release()
+    order = await _order(http, 19102)
+    assert order[0] == "warmup POST /v1/chat/completions", order
+    assert order[1:] == ["request POST /v1/chat/completions"] * 5
+    async with http.get(sup.url + "/metrics") as r:
+        text = await r.text()
+    assert 'supervisor_model_warmup_seconds_count{model="chat-slow",profile="default",' \
+           'outcome="ok"} 1' in text
+    assert 'supervisor_request_upstream_seconds_count{model="chat-slow",phase="first"} 1' in text
+    assert 'supervisor_request_upstream_seconds_count{model="chat-slow",phase="warm"} 4' in text
+
+
+async def test_warmup_beside_the_held_requests_and_a_failed_one_does_not_fail_the_start(
+    supervisor_factory, http
+) -> None:
+    warmup = {**WARMUP, "path": "/v1/no-such-endpoint", "before_release": False}
+    sup = await supervisor_factory({"chat-fast": {"warmup": warmup}})
+    async with http.post(sup.url + "/v1/chat/completions", json=chat("chat-fast")) as r:
+        assert r.status == 200
+    handle = sup.handle("chat-fast")
+    await wait_for(lambda: "warm-up failed" in (handle.last_error or ""), 5, "the warm-up")
+    assert handle.state is State.READY
+    async with http.get(sup.url + "/metrics") as r:
+        assert 'outcome="failed"} 1' in await r.text()

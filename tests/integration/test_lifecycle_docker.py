@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import openai
 import pytest
 
 from supervisor.lifecycle.table import State
+from tests.helpers import model_status
 
 from .conftest import chat, container_running, starts, wait_for
 
@@ -52,15 +52,16 @@ async def test_container_that_exits_while_starting_fails_held_requests_with_its_
     supervisor_factory, http
 ) -> None:
     sup = await supervisor_factory({"crashy": {"startup_timeout": "5m"}})
-    began = time.monotonic()
-    async with http.post(sup.url + "/v1/chat/completions", json=chat("crashy")) as r:
+    # It crashes 0.3 s after `docker compose up`: the exit is seen, not the 5 min timeout.
+    # Docker gets a minute for its part (a busy machine can take seconds to create a container).
+    async with asyncio.timeout(60), http.post(sup.url + "/v1/chat/completions",
+                                              json=chat("crashy")) as r:
         body = await r.json()
         assert r.status == 503
-    assert time.monotonic() - began < 2.0  # it crashes 0.3 s in: no wait for startup_timeout
     assert body["error"]["code"] == "model_start_failed"
-    assert "exited with code 3" in body["error"]["message"]
+    assert "exited with code 3 while starting" in body["error"]["message"]
     assert "RuntimeError: stand-in failed to load weights" in body["error"]["message"]
-    assert sup.handle("crashy").state is State.FAILED
+    assert (await model_status(http, sup, "crashy"))["state"] == "failed"
 
 
 async def test_hold_timeout_answers_504(supervisor_factory, http) -> None:

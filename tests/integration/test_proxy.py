@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
 import openai
 import pytest
+
+import supervisor.app
 
 from .conftest import chat, container_running
 
@@ -157,6 +160,35 @@ async def test_bad_bodies_get_400_in_openai_shape(supervisor_factory, http, body
     assert error["code"] == code
     assert error["type"] == "invalid_request_error"
     assert error["message"]
+
+
+async def test_a_json_body_over_the_size_limit_gets_413_and_starts_nothing(
+    supervisor_factory, project, http, monkeypatch
+) -> None:
+    # The real limit is 512 MiB (JSON with base64 audio); 1 MiB keeps the test quick.
+    limit = 1 << 20
+    monkeypatch.setattr(supervisor.app, "MAX_BODY_BYTES", limit)
+    sup = await supervisor_factory({"chat-fast": {}})
+
+    def body(size: int) -> bytes:
+        """A valid chat request of exactly `size` bytes (the stand-in ignores `pad`)."""
+        empty = json.dumps(chat("chat-fast", pad="")).encode()
+        return json.dumps(chat("chat-fast", pad="x" * (size - len(empty)))).encode()
+
+    headers = {"Content-Type": "application/json"}
+    async with http.post(sup.url + "/v1/chat/completions", data=body(limit + 1),
+                         headers=headers) as r:
+        assert r.status == 413
+        error = (await r.json())["error"]
+    assert error["code"] == "body_too_large"
+    assert error["type"] == "invalid_request_error"
+    assert "too large" in error["message"]
+    assert not container_running(project, "chat-fast")
+    # The limit itself is allowed.
+    async with http.post(sup.url + "/v1/chat/completions", data=body(limit),
+                         headers=headers) as r:
+        assert r.status == 200
+        assert (await r.json())["choices"][0]["message"]["content"] == "stand-in reply"
 
 
 async def test_multipart_without_model_is_400(supervisor_factory, http) -> None:

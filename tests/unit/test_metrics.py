@@ -1,24 +1,34 @@
-"""The exposition of `Metrics`, parsed back with prometheus_client's own parser."""
+"""The exposition of `Metrics` as GET /metrics serves it (`exposition.render`), parsed
+back with prometheus_client's own text parser."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from supervisor.observe.exposition import CONTENT_TYPE, render
 from supervisor.observe.gpu import Device, GpuSample, ModelMemory
 from supervisor.observe.metrics import STATES, Metrics, ModelSnapshot
+from tests.helpers import metric_value
 
 GIB = 1 << 30
 
 
+def exposition(registry: CollectorRegistry) -> str:
+    return render(registry).decode()
+
+
 def samples(metrics: Metrics) -> list[Sample]:
-    text = generate_latest(metrics.registry).decode()
+    text = exposition(metrics.registry)
     return [s for f in text_string_to_metric_families(text) for s in f.samples]
 
 
@@ -156,7 +166,7 @@ GPU_SERIES = {
 def test_gpu_absent() -> None:
     m = Metrics(gpu=lambda: GpuSample(False, reason="NVML: NVML Shared Library Not Found"))
     assert values(m, "supervisor_gpu_available") == {key(): 0.0}
-    text = generate_latest(m.registry).decode()
+    text = exposition(m.registry)
     assert not GPU_SERIES & names(m)
     assert not any(name in text for name in GPU_SERIES)  # not even HELP/TYPE lines
 
@@ -194,10 +204,133 @@ async def test_handler_serves_exposition() -> None:
         response = await client.get("/metrics")
         assert response.status == 200
         assert response.content_type == "text/plain"
+        assert response.headers["Content-Type"] == CONTENT_TYPE
         text = await response.text()
+        assert text == exposition(m.registry)
         assert 'supervisor_model_state{model="chat",state="ready"} 1.0' in text
         # Prometheus prefers OpenMetrics but takes the text format, which is all we write.
         openmetrics = await client.get(
             "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         assert openmetrics.content_type == "text/plain"
         assert await openmetrics.text() == text
+
+
+# -- the writer itself: escaping, special values, round trips ---------------------------
+
+AWKWARD = [
+    'say "hi"',
+    "C:\\models\\new",  # backslashes, one before an "n"
+    "two\nlines",
+    '\\"',  # a backslash, then a quote
+    "trailing\\",
+    "ünïcødé ✓",
+    "",
+    "{braces}, commas=and equals",
+]
+SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -1.5, 1e-9, 1e21, 2.0**53 + 2, 0.1]
+
+
+def as_key(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return sample.name, tuple(sorted(sample.labels.items()))
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def round_trip(registry: CollectorRegistry) -> None:
+    """Every sample the registry holds (less `_created`) comes back from the parser."""
+    expected = {as_key(s): s.value for f in registry.collect() for s in f.samples
+                if not s.name.endswith("_created")}
+    parsed = {as_key(s): s.value for f in text_string_to_metric_families(exposition(registry))
+              for s in f.samples}
+    assert parsed.keys() == expected.keys()
+    for k, v in expected.items():
+        assert same(parsed[k], v), (k, parsed[k], v)
+
+
+def test_label_values_with_quotes_backslashes_and_newlines_round_trip() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("t_gauge", "g", ["model", "profile"], registry=registry)
+    counter = Counter("t_events", "c", ["model"], registry=registry)
+    for i, value in enumerate(AWKWARD):
+        gauge.labels(value, AWKWARD[-1 - i]).set(i)
+        counter.labels(value).inc(i + 1)
+    round_trip(registry)
+    text = exposition(registry)
+    assert 't_gauge{model="say \\"hi\\"",' in text
+    assert 'model="two\\nlines"' in text and "two\nlines" not in text  # one line a sample
+    assert 't_events_total{model="\\\\\\""} 4.0' in text  # \\ then \"
+
+
+@pytest.mark.parametrize("value", SPECIAL, ids=repr)
+def test_special_values_round_trip(value: float) -> None:
+    registry = CollectorRegistry()
+    Gauge("t_value", "v", registry=registry).set(value)
+    Gauge("t_labelled", "v", ["model"], registry=registry).labels('a"b').set(value)
+    round_trip(registry)
+    text = exposition(registry)
+    if math.isnan(value):
+        assert "t_value NaN\n" in text
+    elif math.isinf(value):
+        assert f"t_value {'+' if value > 0 else '-'}Inf\n" in text
+
+
+def test_histograms_round_trip_with_their_inf_bucket_and_no_created_series() -> None:
+    registry = CollectorRegistry()
+    hist = Histogram("t_seconds", "h", ["model"], buckets=(0.5, 1.0), registry=registry)
+    hist.labels('q"uote').observe(0.2)
+    hist.labels('q"uote').observe(7.0)
+    round_trip(registry)
+    families = list(text_string_to_metric_families(exposition(registry)))
+    assert [(f.name, f.type) for f in families] == [("t_seconds", "histogram")]
+    buckets = {s.labels["le"]: s.value for s in families[0].samples
+               if s.name == "t_seconds_bucket"}
+    assert buckets == {"0.5": 1.0, "1.0": 1.0, "+Inf": 2.0}
+    assert "_created" not in exposition(registry)
+
+
+def test_help_text_is_escaped_and_types_are_declared() -> None:
+    registry = CollectorRegistry()
+    doc = 'Seconds in C:\\temp\nsecond line, with "quotes"'
+    Gauge("t_doc", doc, registry=registry).set(1)
+    Counter("t_count", "counted", registry=registry).inc()
+
+    class Untyped(Collector):
+        def collect(self) -> Iterable[Metric]:
+            metric = Metric("t_other", "an untyped family", "unknown")
+            metric.add_sample("t_other", {}, 3.0)
+            yield metric
+
+    registry.register(Untyped())
+    text = exposition(registry)
+    assert "# TYPE t_count_total counter\n" in text
+    assert "# TYPE t_other untyped\n" in text
+    assert text.count("\n") == len(text.splitlines())  # the newline in the help is escaped
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["t_doc"].documentation == doc
+    assert (parsed["t_doc"].type, parsed["t_count"].type, parsed["t_other"].type) == (
+        "gauge", "counter", "unknown")
+    round_trip(registry)
+
+
+def test_every_series_of_a_busy_registry_round_trips() -> None:
+    m = Metrics(lambda: [*SNAPSHOTS, ModelSnapshot('we"ird\\name', "ready", "p\n1")],
+                lambda: SAMPLE)
+    m.cold_start("chat", "32k", math.inf, ok=True)
+    m.request("chat", 200, 1.0, 0.5, cold_start=False)
+    m.hold("chat", 1.0)
+    m.swap("a", "b", "c")
+    m.refusal("", "unknown_model")
+    round_trip(m.registry)
+
+
+def test_metric_value_fails_on_a_series_that_is_not_exported() -> None:
+    m = Metrics()
+    m.refusal("chat", "overflow")
+    text = exposition(m.registry)
+    assert metric_value(text, "supervisor_refusals_total", model="chat", reason="overflow") == 1
+    with pytest.raises(pytest.fail.Exception, match="not exported"):
+        metric_value(text, "supervisor_refusals_total", model="chat", reason="hold_timeout")
+    with pytest.raises(pytest.fail.Exception, match="not exported"):
+        metric_value(text, "supervisor_refusals_total", model="chat")  # a label short
