@@ -226,3 +226,40 @@ async def test_what_the_estimate_fits_in_2k_but_vllm_refuses_is_retried_on_8k(
         assert vllm_project.running("smol-8k") and not vllm_project.running("smol-2k")
     finally:
         await sup.stop()
+
+
+async def test_two_idle_tiers_and_a_warmup_on_the_real_vllm_sleep_mode(
+    vllm_project: ComposeProject, http: aiohttp.ClientSession
+) -> None:
+    """Tier 1 puts the idle vLLM to sleep through its own /sleep, a request wakes it
+    (/wake_up, then the warm-up) and is answered; tier 2 stops it, counted from the last
+    request. On the CPU build sleep pauses the engine without freeing memory."""
+    warmup = {"body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
+    sup = await start_supervisor(vllm_project, models(
+        idle_timeout="25s", sleep={"enabled": True, "after": "3s"}, warmup=warmup))
+    try:
+        handle = sup.handle("smollm2")
+        async with http.post(sup.url + "/v1/chat/completions", json=chat()) as r:
+            assert r.status == 200, await r.text()
+        upstream = handle.profile.upstream
+        await wait_for(lambda: handle.state is State.ASLEEP, 60, "tier 1: asleep")
+        async with http.get(upstream + "/is_sleeping") as r:
+            assert (await r.json())["is_sleeping"] is True  # vLLM's own word
+        began = time.monotonic()
+        async with http.post(sup.url + "/v1/chat/completions", json=chat()) as r:
+            assert r.status == 200, await r.text()
+            woken_in = float(r.headers["X-Supervisor-Hold-Seconds"])
+        last_request = time.monotonic()
+        print(f"woken and answered in {last_request - began:.2f} s "
+              f"(held {woken_in:.2f} s, warm-up included)")
+        async with http.get(upstream + "/is_sleeping") as r:
+            assert (await r.json())["is_sleeping"] is False
+        text = await scrape(http, sup)
+        assert metric_value(text, "supervisor_model_warmup_seconds_count", model="smollm2",
+                            profile=handle.profile.name, outcome="ok") >= 1
+        await wait_for(lambda: handle.state is State.ASLEEP, 60, "asleep again")
+        await wait_for(lambda: handle.state is State.STOPPED, 90, "tier 2: stopped")
+        assert time.monotonic() - last_request >= 25
+        assert not vllm_project.running(handle.profile.service)
+    finally:
+        await sup.stop()
