@@ -9,6 +9,7 @@ load, context-length errors, streaming, and large multipart uploads.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import json
@@ -70,6 +71,16 @@ class Config:
         self.exit_after = float(os.environ.get("STANDIN_EXIT_AFTER", "0") or 0)
         self.fail_starts = _env_int("STANDIN_FAIL_STARTS") or 0
         self.state_dir = os.environ.get("STANDIN_STATE_DIR", "")
+        # A shared GPU played by a ledger file (gpu_ledger.py): take memory at start, exit
+        # with vLLM's error when too little is free, give it back on exit. Off when unset.
+        self.gpu_ledger = os.environ.get("STANDIN_GPU_LEDGER", "")
+        ids = os.environ.get("STANDIN_GPU_IDS", "0")
+        self.gpu_ids = [int(i) for i in ids.split(",") if i.strip()]
+        self.vram_bytes = _env_int("STANDIN_VRAM_BYTES")  # per GPU; else the utilization
+        util = os.environ.get("STANDIN_GPU_MEMORY_UTILIZATION", "").strip()
+        self.gpu_utilization = float(util) if util else None  # vLLM's default 0.9
+        self.sleep_vram = _env_int("STANDIN_SLEEP_VRAM_BYTES")  # kept while asleep
+        self.ledger_stale = float(os.environ.get("STANDIN_LEDGER_STALE", "10") or 10)
 
 
 CONFIG: Config  # set in main(); handlers read it
@@ -233,11 +244,19 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/is_sleeping":
             return self._json(200, {"is_sleeping": SLEEPING.is_set()})
         if method == "POST" and path == "/sleep":
+            if LEDGER.token and CONFIG.sleep_vram is not None:
+                _ledger().resize(CONFIG.gpu_ledger, LEDGER.token,
+                                 dict.fromkeys(LEDGER.full, CONFIG.sleep_vram))
             SLEEPING.set()
             print("standin: asleep", flush=True)
             return self._send(200, b"", "text/plain")
         if method == "POST" and path == "/wake_up":
             time.sleep(CONFIG.wake_delay)  # reloading weights takes a while
+            if LEDGER.token and CONFIG.sleep_vram is not None:
+                oom = _ledger().resize(CONFIG.gpu_ledger, LEDGER.token, LEDGER.full)
+                if oom:
+                    print(f"standin: {oom}", flush=True)
+                    return self._json(500, {"error": oom})
             SLEEPING.clear()
             print("standin: awake", flush=True)
             return self._send(200, b"", "text/plain")
@@ -470,7 +489,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """PID 1 in a container ignores SIGTERM unless handled; exit so `compose stop` is quick."""
     if CONFIG.term_delay > 0:
         print(f"standin: SIGTERM, exiting in {CONFIG.term_delay}s", flush=True)
-        threading.Timer(CONFIG.term_delay, os._exit, (0,)).start()
+        threading.Timer(CONFIG.term_delay, _exit_now, (0,)).start()
         return
     raise SystemExit(0)
 
@@ -490,7 +509,68 @@ def _fail_loading(code: int) -> None:
 
 def _die(after: float) -> None:
     print(f"standin: exiting on its own after {after}s", flush=True)
-    os._exit(1)
+    _exit_now(1)
+
+
+class _Ledger:
+    token = ""  # set once memory is taken from the ledger
+    full: dict[int, int] = {}  # noqa: RUF012 - what it holds awake, per GPU
+
+
+LEDGER = _Ledger()
+
+
+def _ledger() -> Any:
+    """gpu_ledger.py beside this file (imported late: only with STANDIN_GPU_LEDGER)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import gpu_ledger
+
+    return gpu_ledger
+
+
+def _release_gpu_memory() -> None:
+    if LEDGER.token:
+        _ledger().release(CONFIG.gpu_ledger, LEDGER.token)
+        LEDGER.token = ""
+
+
+def _exit_now(code: int) -> None:
+    """os._exit skips atexit: give the memory back first, as the driver would."""
+    _release_gpu_memory()
+    os._exit(code)
+
+
+def _take_gpu_memory() -> None:
+    """vLLM checks free memory on each GPU when its workers start, before loading."""
+    ledger = _ledger()
+    token = ledger.new_token()
+    error = ledger.take(CONFIG.gpu_ledger, token, CONFIG.gpu_ids, model=CONFIG.model,
+                        utilization=CONFIG.gpu_utilization, vram=CONFIG.vram_bytes,
+                        stale=CONFIG.ledger_stale)
+    if error:
+        lines = [
+            "ERROR [core.py] EngineCore failed to start.",
+            "Traceback (most recent call last):",
+            '  File "/standin/gpu_ledger.py", line 1, in request_memory',
+            error,
+            "RuntimeError: Engine core initialization failed. See root cause above.",
+        ]
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        sys.exit(1)
+    LEDGER.token, LEDGER.full = token, ledger.holding(CONFIG.gpu_ledger, token)
+    atexit.register(_release_gpu_memory)
+    print(f"standin: holds {LEDGER.full} bytes per GPU of {CONFIG.gpu_ledger}", flush=True)
+
+    def beat() -> None:
+        while LEDGER.token:
+            time.sleep(min(ledger.HEARTBEAT, CONFIG.ledger_stale / 3))
+            if LEDGER.token and not ledger.heartbeat(CONFIG.gpu_ledger, LEDGER.token):
+                print("standin: my ledger entries are gone (reset, or reaped)", flush=True)
+
+    threading.Thread(target=beat, name="ledger-heartbeat", daemon=True).start()
 
 
 def main() -> None:
@@ -498,6 +578,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     CONFIG = Config()
     print(f"standin: starting model={CONFIG.model} pid={os.getpid()}", flush=True)
+    if CONFIG.gpu_ledger:
+        _take_gpu_memory()
     if CONFIG.startup_delay > 0:
         time.sleep(CONFIG.startup_delay)  # vLLM only opens its port once the model is loaded
     if CONFIG.exit_code is not None:

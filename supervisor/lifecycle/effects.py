@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from supervisor.config import ModelConfig
-from supervisor.errors import StartFailed
+from supervisor.errors import Refusal, StartFailed
 from supervisor.lifecycle import sleep_mode, warmup
+from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.profiles import Profile
 from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
@@ -34,6 +35,7 @@ class Outcome:
     event: Event
     error: str | None = None
     seconds: float = 0.0
+    refusal: Refusal | None = None  # what held requests get instead of a start failure
 
 
 class Effects:
@@ -47,6 +49,7 @@ class Effects:
         self.clock = clock
         self.probe = probe or http_probe(http)
         self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
+        self.gpus = GpuBudget(None, clock)  # placement off until app.py gives it GPUs
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:

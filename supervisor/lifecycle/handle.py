@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
 from supervisor.errors import Conflict, Refusal, StartFailed
+from supervisor.lifecycle.budget import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.lifecycle.lease import Flight, Held, HoldRejected, Lease, stopped_error
@@ -75,6 +76,8 @@ class ModelHandle:
         self._liveness_task: asyncio.Task[None] | None = None
         self._warmup_task: asyncio.Task[None] | None = None
         self._first_pending = False  # the next lease is the first after a start or wake
+        self._ready_since = 0.0  # when its last start became ready (min_residency)
+        self._evicted: tuple[str, ...] = ()  # what its last start evicted (for the header)
         self._misses = 0  # liveness probes missed in a row
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
@@ -209,7 +212,7 @@ class ModelHandle:
         finally:
             held.expiry.cancel()
         return Lease(self.profile, cold_start=True, hold_seconds=self.clock.now() - began,
-                     flight=flight, first=self._take_first())
+                     flight=flight, first=self._take_first(), evicted=self._evicted)
 
     def _take_first(self) -> bool:
         """True for the first request forwarded after a start or a wake (its latency is the
@@ -240,6 +243,7 @@ class ModelHandle:
         again."""
         if self.state is State.READY and not (self.in_flight or self._held):
             self._arm_idle()
+        self._effects.gpus.changed()
         self._check_retired()
 
     def _release(self, flight: Flight | None = None) -> None:
@@ -250,6 +254,7 @@ class ModelHandle:
             return
         if self.state is State.READY:
             self._arm_idle()
+            self._effects.gpus.changed()  # idle now: evictable for a model that waits
         elif self.state in (State.DRAINING, State.SLEEPING):
             self._dispatch(Event.DRAINED)
         self._check_retired()
@@ -290,6 +295,22 @@ class ModelHandle:
         if gone is not None:
             self.container_died(gone)
         return gone
+
+    def resident_for(self) -> float:
+        """Seconds since its running profile became ready (0 while not running)."""
+        if self.state in (State.STOPPED, State.FAILED, State.STARTING):
+            return 0.0
+        return self.clock.now() - self._ready_since
+
+    def evict(self, sleep: bool, why: str) -> None:
+        """The GPU budget needs its memory: put it to sleep, or stop it (gracefully: the
+        planner picks idle models only, and a request that came meanwhile still ends)."""
+        log.info("model=%s evicted %s", self.name, why)
+        self.metrics.eviction(self.name, "sleep" if sleep else "stop")
+        if sleep and self.state is State.READY:
+            self._dispatch(Event.SLEEP)
+        else:
+            self._dispatch(Event.STOP)
 
     def container_died(self, how: str = "exited") -> None:
         """Its container is gone (Docker said so, or a connection found it): requests held
@@ -409,7 +430,7 @@ class ModelHandle:
 
     # -- lifecycle driver -------------------------------------------------
 
-    def _dispatch(self, event: Event, error: StartFailed | None = None,
+    def _dispatch(self, event: Event, error: Refusal | None = None,
                   reason: str = "") -> None:
         before = self.state
         load = Load(self.in_flight, len(self._held), self.is_pinned, self._wanted)
@@ -431,13 +452,16 @@ class ModelHandle:
         for effect in step.effects:
             self._apply(effect, error, reason or event.value)
         if before is not step.state:
+            if step.state is State.READY and before is State.STARTING:
+                self._ready_since = self.clock.now()
+            self._effects.gpus.changed()
             if step.state in (State.READY, State.ASLEEP) and before not in (
                     State.READY, State.ASLEEP, State.SLEEPING):
                 self._misses = 0
                 self._arm_liveness()
             self._check_retired()
 
-    def _apply(self, effect: Effect, error: StartFailed | None, reason: str) -> None:
+    def _apply(self, effect: Effect, error: Refusal | None, reason: str) -> None:
         if effect in (Effect.START, Effect.AWAIT_READY):
             if effect is Effect.START:
                 self._choose_profile()
@@ -488,15 +512,27 @@ class ModelHandle:
             outcome = Outcome(_CRASHED[kind], f"{kind} raised {exc!r}")
         if outcome.error is not None:
             self.last_error = outcome.error
-        error = None
-        if outcome.event is Event.START_FAILED:
+        error: Refusal | None = outcome.refusal
+        if outcome.event is Event.START_FAILED and error is None:
             error = StartFailed(f"model {self.name!r} failed to start: {outcome.error}",
                                 model=self.name)
             self._back_off()
         self._dispatch(outcome.event, error)
 
+    async def _admit(self) -> Outcome | None:
+        """GPU placement before a start or wake: wait until the profile fits (evicting idle
+        models for it); an Outcome when it never can."""
+        try:
+            self._evicted = await self._effects.gpus.admit(self, self.profile)
+        except InsufficientGpuMemory as exc:
+            log.error("model=%s cannot start: %s", self.name, exc)
+            return Outcome(Event.START_FAILED, str(exc), refusal=exc)
+        return None
+
     async def _start(self, *, compose_up: bool) -> Outcome:
         profile = self.profile
+        if compose_up and (refused := await self._admit()) is not None:
+            return refused
         outcome = await self._effects.start(self.name, self.config, profile,
                                             self.upstream_headers, compose_up=compose_up)
         ok = outcome.event is Event.STARTED
@@ -509,6 +545,8 @@ class ModelHandle:
         return outcome
 
     async def _wake(self) -> Outcome:
+        if (refused := await self._admit()) is not None:
+            return Outcome(Event.WAKE_FAILED, refused.error)
         outcome = await self._effects.wake(self.name, self.config, self.profile,
                                            self.upstream_headers)
         if outcome.event is Event.WOKE:

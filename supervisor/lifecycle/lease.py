@@ -33,6 +33,7 @@ class Lease:
     hold_seconds: float
     flight: Flight
     first: bool = False  # the first request the server answers after a start or wake
+    evicted: tuple[str, ...] = ()  # models stopped (or put to sleep) to make room for it
 
     @property
     def aborted(self) -> str | None:

@@ -42,6 +42,9 @@ class Device:
     memory_total_bytes: int
     utilization_ratio: float | None = None  # None: not supported by this GPU
     power_watts: float | None = None
+    # Held by the driver (NVML v2 `reserved`; 0 when unknown): no process can get it, and
+    # CUDA's (so vLLM's) total is memory_total_bytes minus this.
+    memory_reserved_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,7 @@ def read_devices(nvml: Any) -> tuple[tuple[Device, ...], tuple[GpuProcess, ...]]
             memory_total_bytes=int(memory.total),
             utilization_ratio=None if util is None else util.gpu / 100.0,
             power_watts=None if power_mw is None else power_mw / 1000.0,
+            memory_reserved_bytes=int(getattr(memory, "reserved", 0) or 0),
         ))
         running = _optional(nvml, nvml.nvmlDeviceGetComputeRunningProcesses, handle) or ()
         for p in running:

@@ -8,8 +8,8 @@ never from requests.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from aiohttp import hdrs, web
@@ -55,6 +55,7 @@ class ModelSnapshot:
     seconds_since_last_request: float | None = None  # None: never had one
     start_failures: int = 0  # consecutive failed starts
     retry_in_seconds: float = 0.0  # until the next start may be tried (crash-loop backoff)
+    gpu_reserved: Mapping[int, int] = field(default_factory=dict)  # bytes per GPU it holds
 
 
 Snapshots = Callable[[], Iterable[ModelSnapshot]]
@@ -103,6 +104,12 @@ class Metrics:
         self._warmups = LoopHistogram(
             "supervisor_model_warmup_seconds", "The warm-up request after a start or wake.",
             ["model", "profile", "outcome"], LATENCY_BUCKETS, r)
+        self._evictions = Counter(
+            "supervisor_evictions", "Models stopped or put to sleep to make room on a GPU.",
+            ["model", "reason"], registry=r)
+        self._gpu_wait = LoopHistogram(
+            "supervisor_gpu_wait_seconds", "Time a start or wake waited for GPU memory.",
+            ["model"], HOLD_BUCKETS, r)
         self._refusals = Counter(
             "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
             ["model", "reason"], registry=r)
@@ -119,6 +126,12 @@ class Metrics:
 
     def swap(self, model: str, from_profile: str, to_profile: str) -> None:
         self._swaps.labels(model, from_profile, to_profile).inc()
+
+    def eviction(self, model: str, reason: str) -> None:
+        self._evictions.labels(model, reason).inc()
+
+    def gpu_wait(self, model: str, seconds: float) -> None:
+        self._gpu_wait.observe((model,), seconds)
 
     def cold_start(self, model: str, profile: str, seconds: float, *, ok: bool) -> None:
         self._cold_starts.observe((model, profile, "ok" if ok else "failed"), seconds)
@@ -190,7 +203,7 @@ class LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = self._model_families()
-        state, profile, idle, since, in_flight, held, failures, backoff = families
+        state, profile, idle, since, in_flight, held, failures, backoff, reserved = families
         for snap in self._snapshots():
             m = snap.model
             for s in dict.fromkeys((*STATES, snap.state)):
@@ -204,6 +217,8 @@ class LiveCollector(Collector):
             held.add_metric([m], snap.held)
             failures.add_metric([m], snap.start_failures)
             backoff.add_metric([m], snap.retry_in_seconds)
+            for gpu, size in sorted(snap.gpu_reserved.items()):
+                reserved.add_metric([str(gpu), m], size)
         yield from families
         sample = self._gpu() if self._gpu is not None else None
         if sample is not None:
@@ -223,6 +238,9 @@ class LiveCollector(Collector):
             g("held", "Requests waiting for the model to become ready."),
             g("start_failures", "Consecutive failed starts (0 after a successful one)."),
             g("restart_backoff_seconds", "Seconds until a failed model may be started again."),
+            GaugeMetricFamily("supervisor_gpu_reserved_bytes",
+                              "GPU memory the placement counts as a model's (its need, or its "
+                              "asleep size), per GPU.", labels=["gpu", "model"]),
         ]
 
     @staticmethod

@@ -2,34 +2,24 @@
 
 Beyond the schema, it asks the real `docker compose config` to parse the
 Compose file (so interpolation, profiles and extends are judged by Compose
-itself) and checks that each model's service exists there.
+itself) and checks that each model's service exists there. With GPU placement in
+use (GPUs from NVML or the config's `gpus:`), it also names each profile whose GPUs
+cannot be determined and each one that can never fit on them.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
+from typing import Any
 
-from supervisor.config import Config
-from supervisor.runtime.compose import compose_command
-
-
-def _compose_services(config: Config) -> tuple[set[str], str | None]:
-    compose = config.compose
-    if not compose.file.is_file():
-        return set(), f"compose.file: {compose.file} does not exist"
-    if compose.env_file is not None and not compose.env_file.is_file():
-        return set(), f"compose.env_file: {compose.env_file} does not exist"
-    # Every profile: model services usually sit in profiles so `up` alone starts none.
-    cmd = [*compose_command(compose), "--profile", "*", "config", "--format", "json"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return set(), f"compose.file: cannot run `docker compose config`: {exc}"
-    if done.returncode != 0:
-        return set(), f"compose.file: docker compose cannot parse it: {done.stderr.strip()}"
-    return set(json.loads(done.stdout).get("services", {})), None
+from supervisor.config import Config, ModelConfig
+from supervisor.gpus.inventory import Inventory, read_inventory
+from supervisor.gpus.measured import SECTION, Measured
+from supervisor.gpus.needs import resolve_need
+from supervisor.gpus.services import read_services
+from supervisor.lifecycle.placement import never_fits
+from supervisor.ops.state_file import StateFile
 
 
 def context_limit(model_dir: Path) -> tuple[int, str] | None:
@@ -58,10 +48,41 @@ def context_limit(model_dir: Path) -> tuple[int, str] | None:
     return positions, f"max_position_embeddings {positions}"
 
 
-def check(config: Config) -> list[str]:
-    """Problems as 'key.path: reason' lines; empty when the config is usable."""
-    services, problem = _compose_services(config)
+def _gpu_problems(name: str, model: ModelConfig, pname: str, service: dict[str, Any],
+                  inventory: Inventory, measured: Measured) -> list[str]:
+    """A profile whose GPUs cannot be determined, or whose need exceeds them."""
+    profile = model.profiles[pname]
+    key = f"models.{name}" + ("" if model.service else f".profiles.{pname}")
+    need = resolve_need(name, model, pname, service, inventory, measured.peak(name, pname))
+    if need.gpus is None:
+        return [f"{key}.gpus: cannot determine the GPUs of service {profile.service!r}: "
+                f"{need.gpus_origin}; name them with `gpus: [0, 1]` (`gpus: []`: none)"]
+    refused = never_fits(name, need.per_gpu, inventory.totals)
+    if refused is None:
+        return []
+    # The key that set what does not fit: the GPU list, or the size.
+    field = "gpus" if refused.need is None else "vram"
+    own, inherited = getattr(profile, field), getattr(model, field)
+    if own is not None:
+        where = f"{key}.{field}"
+    elif inherited is not None:
+        where = f"models.{name}.{field}"
+    else:
+        where = f"{key}.service"
+    return [f"{where}: can never fit: {refused.reason} "
+            f"(GPUs from {need.gpus_origin}; size from {need.detail})"]
+
+
+def check(config: Config, nvml: Any = None) -> list[str]:
+    """Problems as 'key.path: reason' lines; empty when the config is usable.
+
+    `nvml`: the pynvml module (a fake in tests); NVML's GPUs and the config's `gpus:`
+    make the inventory, and GPU checks run only when it is not empty.
+    """
+    services, problem = read_services(config.compose)
     problems = [problem] if problem else []
+    inventory = read_inventory(config.gpus, nvml)
+    measured = Measured.from_json(StateFile(config.state_file).load().get(SECTION))
     for name, model in config.models.items():
         limit = context_limit(model.model_dir) if model.model_dir else None
         for pname, profile in model.profiles.items():
@@ -77,4 +98,7 @@ def check(config: Config) -> list[str]:
                     f"exceeds what the model supports: {limit[1]} = {limit[0]} "
                     f"(from {model.model_dir}/config.json)"
                 )
+            if inventory.enabled and not problem and profile.service in services:
+                problems += _gpu_problems(name, model, pname, services[profile.service],
+                                          inventory, measured)
     return problems

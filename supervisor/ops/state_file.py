@@ -42,11 +42,21 @@ class StateFile:
         return data
 
     async def save(self, data: dict[str, Any]) -> None:
+        """Write the top-level sections in `data`; sections of other owners already in the
+        file (the toggles of ops/control.py, the GPU `measured` peaks) are kept."""
         if self.path is None:
             return
-        text = json.dumps({"version": VERSION, **data}, indent=2, sort_keys=True) + "\n"
         async with self._lock:  # the last save wins, never interleaved
-            await asyncio.to_thread(write_atomically, self.path, text)
+            await asyncio.to_thread(self._merge_and_write, self.path, data)
+
+    async def save_section(self, name: str, value: Any) -> None:
+        """Replace one top-level section, keeping the rest of the file."""
+        await self.save({name: value})
+
+    def _merge_and_write(self, path: Path, data: dict[str, Any]) -> None:
+        kept = {k: v for k, v in self.load().items() if k not in data and k != "version"}
+        text = json.dumps({**kept, **data, "version": VERSION}, indent=2, sort_keys=True)
+        write_atomically(path, text + "\n")
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,177 @@
+"""GPU memory as one budget across models: every start and wake is admitted here first.
+
+The decision is the pure planner's (`placement.plan`); this object only gathers its
+input from the handles, carries out its evictions through them (a stop, or a sleep),
+and keeps the waiting starts waiting until an occupant changes. Handles tell it when
+they change (`changed`); it plans again only while some start waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from supervisor.config import Config
+from supervisor.errors import Refusal
+from supervisor.gpus.resolver import GpuNeeds
+from supervisor.gpus.units import gib
+from supervisor.lifecycle.clock import Clock
+from supervisor.lifecycle.placement import Action, Demand, Kind, Occupant, foreign_memory, plan
+from supervisor.lifecycle.profiles import Profile
+from supervisor.lifecycle.table import State
+
+if TYPE_CHECKING:
+    from supervisor.lifecycle.handle import ModelHandle
+
+log = logging.getLogger("supervisor.placement")
+
+_DOWN = (State.STOPPED, State.FAILED)
+ForeignUse = Callable[[], dict[int, int] | None]  # bytes used per GPU (NVML), if known
+
+
+class InsufficientGpuMemory(Refusal):
+    status, code, retry_after = 503, "insufficient_gpu_memory", None
+
+
+@dataclass(slots=True)
+class _Waiter:
+    handle: ModelHandle
+    profile: Profile
+    since: float
+    done: asyncio.Future[tuple[str, ...]]
+    evicted: list[str] = field(default_factory=list)
+    said: str = ""  # the last WAIT reason logged
+
+
+class GpuBudget:
+    def __init__(self, needs: GpuNeeds | None, clock: Clock, *,
+                 handles: Callable[[], Iterable[ModelHandle]] = tuple,
+                 device_used: ForeignUse = lambda: None) -> None:
+        self.needs = needs
+        self.clock = clock
+        self.handles = handles
+        self.device_used = device_used
+        self._waiting: dict[str, _Waiter] = {}
+        self._evicting: set[str] = set()  # ordered out, not yet down
+        self._scheduled = False
+
+    async def reload(self, config: Config) -> None:
+        """A reloaded config: needs are resolved again (the measured sizes are kept)."""
+        if self.needs is not None:
+            self.needs, problems = await GpuNeeds.load(config, self.needs.measured)
+            for problem in problems:
+                log.warning("GPU placement: %s", problem)
+            self.changed()
+
+    @property
+    def enabled(self) -> bool:
+        return self.needs is not None and self.needs.enabled
+
+    def _knows(self, handle: ModelHandle) -> bool:
+        """Its model and profile are in the config the needs were resolved from."""
+        models = self.needs.config.models if self.needs is not None else {}
+        return handle.name in models and handle.profile.name in models[handle.name].profiles
+
+    def placed(self, handle: ModelHandle, profile: Profile) -> bool:
+        return self.needs is not None and self.enabled and self._knows(handle) and (
+            self.needs.need(handle.name, profile.name).placed)
+
+    async def admit(self, handle: ModelHandle, profile: Profile) -> tuple[str, ...]:
+        """Return once `profile` fits on its GPUs (after any evictions: their names);
+        raise InsufficientGpuMemory when it never can."""
+        if self.needs is None or not self.placed(handle, profile):
+            return ()
+        never = self.needs.never_fits(handle.name, profile.name)
+        if never is not None:
+            raise InsufficientGpuMemory(never, model=handle.name)
+        waiter = _Waiter(handle, profile, self.clock.now(),
+                         asyncio.get_running_loop().create_future())
+        self._waiting[handle.name] = waiter
+        began = self.clock.now()
+        try:
+            self._replan()
+            evicted = await waiter.done
+        finally:
+            self._waiting.pop(handle.name, None)
+            handle.metrics.gpu_wait(handle.name, self.clock.now() - began)
+            self.changed()  # what it did not take may serve the next one
+        return evicted
+
+    def changed(self) -> None:
+        """A handle's state or load changed: plan again soon if anyone waits."""
+        if self._waiting and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._replan)
+
+    def reservations(self) -> dict[str, dict[int, int]]:
+        """Bytes per GPU that each model holds now (whole GPUs at their total)."""
+        if self.needs is None or not self.enabled:
+            return {}
+        totals = self.needs.totals
+        held: dict[str, dict[int, int]] = {}
+        for h in self.handles():
+            if h.state in _DOWN or h.name in self._waiting or not self._knows(h):
+                continue
+            per_gpu = self.needs.holds(h.name, h.profile.name, h.state)
+            held[h.name] = {g: totals.get(g, 0) if b is None else b for g, b in per_gpu.items()}
+        return held
+
+    def _occupant(self, h: ModelHandle) -> Occupant:
+        assert self.needs is not None
+        state = h.state
+        if h.name in self._waiting:  # waiting to wake: what it holds is its asleep size
+            state = State.ASLEEP
+        asleep = self.needs.asleep(h.name, h.profile.name) if h.config.sleep.enabled else None
+        return Occupant(
+            model=h.name, profile=h.profile.name,
+            gpus=self.needs.holds(h.name, h.profile.name, state), state=state,
+            in_flight=h.in_flight, held=h.held, pinned=h.is_pinned,
+            past_min_residency=h.resident_for() >= h.config.min_residency,
+            last_used=h.last_request_at or 0.0, asleep_gpus=asleep)
+
+    def _replan(self) -> None:
+        self._scheduled = False
+        if not self._waiting or self.needs is None:
+            return
+        occupants = []
+        for h in self.handles():
+            waking = h.name in self._waiting and h.state is State.WAKING
+            if h.state in _DOWN or (h.name in self._waiting and not waking) or not (
+                    self._knows(h)):
+                continue
+            if h.name in self._evicting and h.state in _DOWN:
+                continue
+            occupants.append(self._occupant(h))
+        self._evicting &= {o.model for o in occupants}
+        demands = [Demand(w.handle.name, w.profile.name,
+                          self.needs.need(w.handle.name, w.profile.name).per_gpu, w.since)
+                   for w in self._waiting.values()]
+        used = self.device_used()
+        foreign = None if used is None else foreign_memory(
+            used, [o.gpus for o in occupants], self.needs.totals)
+        by_name = {h.name: h for h in self.handles()}
+        for decision in plan(self.needs.totals, occupants, demands, foreign):
+            waiter = self._waiting[decision.model]
+            if decision.kind is Kind.START:
+                if not waiter.done.done():
+                    waiter.done.set_result(tuple(waiter.evicted))
+            elif decision.kind is Kind.REFUSE:
+                if not waiter.done.done():
+                    waiter.done.set_exception(
+                        InsufficientGpuMemory(decision.reason, model=decision.model))
+            elif decision.kind is Kind.EVICT:
+                for eviction in decision.evictions:
+                    if eviction.model in self._evicting:
+                        continue
+                    self._evicting.add(eviction.model)
+                    waiter.evicted.append(eviction.model)
+                    frees = ", ".join(f"gpu {g}: {gib(b)}" for g, b in eviction.frees.items())
+                    why = (f"to make room for {decision.model} ({frees} freed; "
+                           f"{eviction.reason})")
+                    by_name[eviction.model].evict(eviction.action is Action.SLEEP, why)
+            elif decision.reason != waiter.said:
+                waiter.said = decision.reason
+                log.info("model=%s waits for GPU memory: %s", decision.model, decision.reason)
