@@ -202,6 +202,8 @@ async def _forward(
             if lease.cold_start:
                 response.headers["X-Supervisor-Cold-Start"] = "true"
                 response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
+            if lease.evicted:
+                response.headers["X-Supervisor-Evicted"] = ", ".join(lease.evicted)
             await response.prepare(request)
             if first:
                 await response.write(first)
