@@ -23,6 +23,7 @@ from supervisor.lifecycle.budget import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.lifecycle.lease import Flight, Held, HoldRejected, Lease, stopped_error
+from supervisor.lifecycle.liveness import Liveness
 from supervisor.lifecycle.profiles import (
     Decision,
     Profile,
@@ -72,13 +73,11 @@ class ModelHandle:
         self.start_failures = 0  # consecutive; a successful start resets it
         self._retry_at: float | None = None  # no start before this (crash-loop backoff)
         self._retry_timer: Timer | None = None
-        self._liveness_timer: Timer | None = None
-        self._liveness_task: asyncio.Task[None] | None = None
+        self._liveness = Liveness(name, effects, self.clock, self._watching, self._unresponsive)
         self._warmup_task: asyncio.Task[None] | None = None
         self._first_pending = False  # the next lease is the first after a start or wake
         self._ready_since = 0.0  # when its last start became ready (min_residency)
         self._evicted: tuple[str, ...] = ()  # what its last start evicted (for the header)
-        self._misses = 0  # liveness probes missed in a row
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         # Operator toggles (admin API, schedules).
@@ -320,44 +319,15 @@ class ModelHandle:
             log.warning("model=%s %s", self.name, self.last_error)
             self._dispatch(Event.EXITED)
 
-    # -- liveness -----------------------------------------------------------
+    def _unresponsive(self, reason: str) -> None:
+        """Liveness gave up on it: cut what waits on it and stop it; it starts again once
+        down when requests are held, it is pinned or an operator wants it."""
+        self.last_error = reason
+        self._wanted = self._wanted or self.is_pinned
+        self._dispatch(Event.UNHEALTHY)
 
-    def _arm_liveness(self) -> None:
-        if self._liveness_timer is not None:
-            self._liveness_timer.cancel()
-        interval = self.config.liveness.interval
-        if interval > 0 and self.state in (State.READY, State.ASLEEP):
-            self._liveness_timer = self.clock.call_later(interval, self._probe_liveness)
-
-    def _probe_liveness(self) -> None:
-        """Probe every `interval` from the start of the last probe, so that a hang is
-        found within interval x failures (plus one timeout)."""
-        if self.state not in (State.READY, State.ASLEEP):
-            return
-        self._arm_liveness()
-        if self._liveness_task is None or self._liveness_task.done():
-            self._liveness_task = asyncio.create_task(self._check_liveness(self.profile))
-
-    async def _check_liveness(self, profile: Profile) -> None:
-        liveness = self.config.liveness
-        try:
-            alive = await self._effects.alive(profile, liveness.timeout)
-        except Exception:
-            log.exception("model=%s liveness probe raised", self.name)
-            alive = False
-        if self.state not in (State.READY, State.ASLEEP) or profile is not self.profile:
-            return
-        self._misses = 0 if alive else self._misses + 1
-        if alive:
-            return
-        log.warning("model=%s missed liveness probe %d of %d on %s", self.name, self._misses,
-                    liveness.failures, profile.health_url)
-        if self._misses >= liveness.failures:
-            self._misses = 0
-            self.last_error = (f"no answer on {profile.health_url} for {liveness.failures} "
-                               f"liveness probes in a row (timeout {liveness.timeout:g}s)")
-            self._wanted = self._wanted or self.is_pinned  # start again once it is down
-            self._dispatch(Event.UNHEALTHY)
+    def _watching(self, profile: Profile) -> bool:
+        return self.state in (State.READY, State.ASLEEP) and profile is self.profile
 
     # -- operator toggles (admin API, schedules) ----------------------------
 
@@ -457,8 +427,7 @@ class ModelHandle:
             self._effects.gpus.changed()
             if step.state in (State.READY, State.ASLEEP) and before not in (
                     State.READY, State.ASLEEP, State.SLEEPING):
-                self._misses = 0
-                self._arm_liveness()
+                self._liveness.watch(self.profile, self.config.liveness)
             self._check_retired()
 
     def _apply(self, effect: Effect, error: Refusal | None, reason: str) -> None:
@@ -658,14 +627,14 @@ class ModelHandle:
 
     async def close(self) -> None:
         """Forget timers and tasks; running services stay up to be adopted next time."""
-        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer, self._retry_timer,
-                      self._liveness_timer):
+        for timer in (self._idle_timer, self._sleep_timer, self._swap_timer, self._retry_timer):
             if timer is not None:
                 timer.cancel()
         for held in self._take_held(lambda h: True):
             held.waiter.set_exception(StartFailed("the supervisor is shutting down",
                                                   model=self.name))
-        for task in (self._task, self._liveness_task, self._warmup_task):
+        await self._liveness.close()
+        for task in (self._task, self._warmup_task):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
