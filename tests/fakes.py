@@ -121,6 +121,7 @@ class FakeRuntime:
     start_gate: asyncio.Event | None = None  # set: starts wait until it is set
     stop_gate: asyncio.Event | None = None
     unreachable: bool = False  # ping fails
+    frozen: bool = False  # ping never answers (a stopped, not dead, daemon)
     # Docker events: a service name for a container that exits, or a RuntimeFailure
     # for a broken stream.
     events: asyncio.Queue[str | RuntimeFailure] = field(default_factory=asyncio.Queue)
@@ -193,6 +194,8 @@ class FakeRuntime:
         return {name for name, s in self.services.items() if s.state is ServiceState.RUNNING}
 
     async def ping(self) -> None:
+        if self.frozen:
+            await asyncio.Event().wait()
         if self.unreachable:
             raise RuntimeFailure("fake runtime unreachable")
 

@@ -18,8 +18,16 @@ from supervisor.config import Config
 from supervisor.errors import Refusal
 from supervisor.gpus.resolver import GpuNeeds
 from supervisor.gpus.units import gib
-from supervisor.lifecycle.clock import Clock
-from supervisor.lifecycle.placement import Action, Demand, Kind, Occupant, foreign_memory, plan
+from supervisor.lifecycle.clock import Clock, Timer
+from supervisor.lifecycle.placement import (
+    Action,
+    Decision,
+    Demand,
+    Kind,
+    Occupant,
+    foreign_memory,
+    plan,
+)
 from supervisor.lifecycle.profiles import Profile
 from supervisor.lifecycle.table import State
 
@@ -57,6 +65,7 @@ class GpuBudget:
         self._waiting: dict[str, _Waiter] = {}
         self._evicting: set[str] = set()  # ordered out, not yet down
         self._scheduled = False
+        self._residency: Timer | None = None  # plans again when an occupant's ends
 
     async def reload(self, config: Config) -> None:
         """A reloaded config: needs are resolved again (the measured sizes are kept)."""
@@ -99,6 +108,9 @@ class GpuBudget:
             handle.metrics.gpu_wait(handle.name, self.clock.now() - began)
             self.changed()  # what it did not take may serve the next one
         return evicted
+
+    def waiting(self, model: str) -> bool:
+        return model in self._waiting
 
     def changed(self) -> None:
         """A handle's state or load changed: plan again soon if anyone waits."""
@@ -153,7 +165,10 @@ class GpuBudget:
         foreign = None if used is None else foreign_memory(
             used, [o.gpus for o in occupants], self.needs.totals)
         by_name = {h.name: h for h in self.handles()}
-        for decision in plan(self.needs.totals, occupants, demands, foreign):
+        decisions = plan(self.needs.totals, occupants, demands, foreign)
+        self._wake_at_residency_end(decisions, [by_name[o.model] for o in occupants
+                                                if not o.past_min_residency])
+        for decision in decisions:
             waiter = self._waiting[decision.model]
             if decision.kind is Kind.START:
                 if not waiter.done.done():
@@ -175,3 +190,15 @@ class GpuBudget:
             elif decision.reason != waiter.said:
                 waiter.said = decision.reason
                 log.info("model=%s waits for GPU memory: %s", decision.model, decision.reason)
+
+    def _wake_at_residency_end(self, decisions: list[Decision],
+                               resident: list[ModelHandle]) -> None:
+        """A start that waits may be waiting for an occupant's min_residency: plan again
+        when the first one ends (nothing else would change then)."""
+        if self._residency is not None:
+            self._residency.cancel()
+            self._residency = None
+        if not resident or not any(d.kind is Kind.WAIT for d in decisions):
+            return
+        remaining = min(h.config.min_residency - h.resident_for() for h in resident)
+        self._residency = self.clock.call_later(max(0.0, remaining), self.changed)

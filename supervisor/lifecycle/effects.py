@@ -49,6 +49,7 @@ class Effects:
         self.clock = clock
         self.probe = probe or http_probe(http)
         self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
+        self.runtime_back = asyncio.Event()  # set: the watcher should look again at once
         self.gpus = GpuBudget(None, clock)  # placement off until app.py gives it GPUs
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,

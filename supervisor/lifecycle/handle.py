@@ -78,6 +78,7 @@ class ModelHandle:
         self._first_pending = False  # the next lease is the first after a start or wake
         self._ready_since = 0.0  # when its last start became ready (min_residency)
         self._evicted: tuple[str, ...] = ()  # what its last start evicted (for the header)
+        self._up = False  # its service was brought up (or adopted) since the last stop
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
         # Operator toggles (admin API, schedules).
@@ -176,6 +177,7 @@ class ModelHandle:
                          first=self._take_first())
         down = self._effects.runtime_down
         if down is not None and self.state in (State.STOPPED, State.FAILED):
+            self._effects.runtime_back.set()  # maybe it is back: have the watcher look now
             raise Refusal(f"model {self.name!r} is {self.state.value} and cannot be started: "
                           f"the container runtime is unreachable ({down}); retry later",
                           status=503, code="runtime_unavailable", retry_after=5,
@@ -239,9 +241,13 @@ class ModelHandle:
 
     def _left_hold(self) -> None:
         """A held request gave up: a ready model it kept busy (waiting for a swap) is idle
-        again."""
+        again; a start still waiting for GPU memory is wanted by nobody now."""
         if self.state is State.READY and not (self.in_flight or self._held):
             self._arm_idle()
+        if (self.state is State.STARTING and not self._held and not self._wanted
+                and not self.is_pinned and self._effects.gpus.waiting(self.name)):
+            log.info("model=%s no request waits for it any more: not starting", self.name)
+            self._dispatch(Event.STOP)
         self._effects.gpus.changed()
         self._check_retired()
 
@@ -365,6 +371,7 @@ class ModelHandle:
         else:
             self.scheduled.discard(schedule)
         self._rearm_idle()
+        self._effects.gpus.changed()  # unpinned: evictable for a start that waits
 
     def set_idle_timeout(self, seconds: float | None) -> None:
         self.idle_timeout_override = seconds
@@ -502,6 +509,7 @@ class ModelHandle:
         profile = self.profile
         if compose_up and (refused := await self._admit()) is not None:
             return refused
+        self._up = True
         outcome = await self._effects.start(self.name, self.config, profile,
                                             self.upstream_headers, compose_up=compose_up)
         ok = outcome.event is Event.STARTED
@@ -563,7 +571,11 @@ class ModelHandle:
     async def _stop(self, why: str, grace: float, aborted: asyncio.Task[None] | None) -> Outcome:
         if aborted is not None:  # a start, sleep or wake that was cancelled: let it unwind
             await asyncio.gather(aborted, return_exceptions=True)
-        return await self._effects.stop(self.name, self.profile, grace, why)
+        if not self._up:  # a start cancelled while it waited for GPU memory: nothing runs
+            return Outcome(Event.STOPPED)
+        outcome = await self._effects.stop(self.name, self.profile, grace, why)
+        self._up = False
+        return outcome
 
     def _choose_profile(self) -> None:
         """For a start: a reloaded definition applies now; an operator's profile choice,

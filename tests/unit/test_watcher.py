@@ -70,3 +70,22 @@ async def test_resync_adopts_what_runs_and_forgets_what_is_gone(rig) -> None:
     clock.advance(5)
     await until(lambda: handle.state is State.READY, "adopted")
     assert runtime.starts == []
+
+
+async def test_a_frozen_daemon_is_noticed_by_the_heartbeat(rig, monkeypatch) -> None:
+    from supervisor.lifecycle import watcher
+
+    monkeypatch.setattr(watcher, "HEARTBEAT_SECONDS", 0.05)  # the ping's own time limit
+    handle, runtime, clock = rig
+    await until(lambda: bool(clock.timers), "the heartbeat's timer")
+    runtime.frozen = True  # its event stream stays open, silent
+    clock.advance(5)  # the next heartbeat
+    for _ in range(100):
+        if handle._effects.runtime_down is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert handle._effects.runtime_down is not None
+    assert "does not answer" in handle._effects.runtime_down
+    with pytest.raises(Refusal) as refused:
+        await Client(handle, keep=False).result()
+    assert refused.value.code == "runtime_unavailable"
