@@ -8,6 +8,9 @@
   first, backend first, ...), so that neither always runs on the caches the other warmed.
 - Warm: sequential one-token chat completions, direct and through the supervisor,
   interleaved, against the same running vLLM.
+- Wake: the idle tier 1 instead of a cold start: the supervisor puts vLLM to sleep (its
+  own /sleep), then one chat completion is timed through the supervisor (the wake-up is
+  inside it), beside the cold start it replaces.
 
 Needs scripts/prepare-vllm.sh to have run. Prints a table, writes bench/results/vllm.json.
 """
@@ -67,6 +70,7 @@ class Bench:
     def __init__(self, workdir: Path) -> None:
         self.project = f"msbench-vllm-{uuid.uuid4().hex[:6]}"
         self.port = 18480
+        self.admin = 18481
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -78,8 +82,10 @@ class Bench:
         config = {
             "listen": f"127.0.0.1:{self.port}",
             "compose": {"file": str(COMPOSE), "project": self.project, "env_file": str(ENV_FILE)},
+            "admin": {"listen": f"127.0.0.1:{self.admin}"},
             "models": {"smollm2": {"service": SERVICE, "upstream": f"http://127.0.0.1:{PORT}",
-                                   "idle_timeout": "1h", "startup_timeout": "10m"}},
+                                   "idle_timeout": "1h", "startup_timeout": "10m",
+                                   "sleep": {"enabled": True}}},
         }
         path = self.workdir / "config.yaml"
         path.write_text(json.dumps(config))
@@ -120,6 +126,27 @@ class Bench:
         assert status == 200 and headers.get("X-Supervisor-Cold-Start") == "true", headers
         return elapsed
 
+    def wake(self) -> float:
+        """Seconds of one chat completion sent while vLLM sleeps (through the supervisor)."""
+        status, _, _ = request(self.admin, "/admin/models/smollm2/sleep", "{}")
+        assert status == 202, status
+        deadline = time.monotonic() + 120
+        while json.loads(self._admin_get("/admin/models/smollm2"))["state"] != "asleep":
+            if time.monotonic() > deadline:
+                raise RuntimeError("vLLM did not fall asleep within 2 min")
+            time.sleep(0.05)
+        status, elapsed, headers = request(self.port, "/v1/chat/completions", BODY)
+        assert status == 200 and headers.get("X-Supervisor-Cold-Start") == "true", headers
+        return elapsed
+
+    def _admin_get(self, path: str) -> bytes:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=10)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read()
+        finally:
+            conn.close()
+
     def cold(self, side: str) -> float:
         """One cold start of `side`, from a stopped container; stopped again afterwards."""
         if side == BACKEND:
@@ -149,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cold starts of each side, in ABBA order (default 4; a multiple "
                         "of 4 balances the order)")
     parser.add_argument("--warm-requests", type=at_least(2), default=40)
+    parser.add_argument("--wake-runs", type=at_least(1), default=3)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "vllm.json")
     parser.add_argument("--plan", action="store_true",
                         help="print the order of the cold runs and exit")
@@ -185,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     port = PORT if side == 0 else bench.port
                     elapsed = request(port, "/v1/chat/completions", BODY)[1] * 1e3
                     (direct if side == 0 else proxied_warm).append(elapsed)
+            wakes = [bench.wake() for _ in range(args.wake_runs)]
         finally:
             bench.stop_supervisor()
             with contextlib.suppress(Exception):
@@ -203,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "warm_supervisor_p50_ms": statistics.median(proxied_warm),
         "warm_direct_p95_ms": statistics.quantiles(direct, n=20)[-1],
         "warm_supervisor_p95_ms": statistics.quantiles(proxied_warm, n=20)[-1],
+        "wake_s": wakes,
+        "wake_median_s": statistics.median(wakes),
     }
     print("\nreal vLLM (CPU, SmolLM2-135M, smol-2k), one-token chat completions")
     print(f"{'':30} {'direct':>10} {'supervisor':>11} {'added':>9}")
@@ -215,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     for q in ("p50", "p95"):
         d, s = result[f"warm_direct_{q}_ms"], result[f"warm_supervisor_{q}_ms"]
         print(f"{'warm ' + q + ' (ms)':30} {d:10.1f} {s:11.1f} {s - d:+9.1f}")
+    print(f"{'asleep -> answered, median (s)':30} {'':>10} {result['wake_median_s']:11.2f} "
+          f"(a cold start through the supervisor: {result['cold_supervisor_median_s']:.2f})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")
