@@ -146,6 +146,41 @@ def vram_per_gpu() -> Json:
     return p
 
 
+def placement() -> list[Json]:
+    """GPU placement (a `gpus:` key, or NVML): what each model reserves, its evictions and
+    how long starts waited for memory."""
+    gpu, win = 'gpu=~"$gpu"', "[$__rate_interval]"
+    reserved = timeseries("GPU memory reserved by placement", [
+        target(f"sum by (gpu, model) (supervisor_gpu_reserved_bytes{{{gpu},{MODEL}}})",
+               "GPU {{gpu}}: {{model}}"),
+        target(f"max by (gpu) (supervisor_gpu_memory_total_bytes{{{gpu}}})",
+               "GPU {{gpu}} total (NVML)"),
+    ], stack=True, unit="bytes",
+        description="What the budget counts as each model's (its need, or its asleep size) "
+                    "per GPU: a start waits, or evicts idle models, until its need fits "
+                    "beside these. The inventory is the config's `gpus:` key, else NVML.")
+    reserved["fieldConfig"]["overrides"] = [{
+        "matcher": {"id": "byRegexp", "options": ".* total \\(NVML\\)"},
+        "properties": [
+            {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+            {"id": "custom.fillOpacity", "value": 0},
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        ],
+    }]
+    return [
+        reserved,
+        timeseries("Evictions", [target(
+            f"sum by (model, reason) (increase(supervisor_evictions_total{{{MODEL}}}{win}))",
+            "{{model}} ({{reason}})")], bars=True, w=6,
+            description="Idle models stopped (or put to sleep) to make room for another "
+                        "model's start; the response that waited carries "
+                        "X-Supervisor-Evicted."),
+        timeseries("Wait for GPU memory", quantiles(
+            "supervisor_gpu_wait_seconds", "le, model", (0.5, 0.95)), unit="s", w=6,
+            description="Time a start or wake waited for GPU memory (evictions included)."),
+    ]
+
+
 def rows() -> Iterator[tuple[str, list[Json]]]:
     win = "[$__rate_interval]"
     yield "Models", [
@@ -192,6 +227,7 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
     ]
     yield "GPU", [
         vram_per_gpu(),
+        *placement(),
         timeseries("GPU utilization", [target(
             'max by (gpu) (supervisor_gpu_utilization_ratio{gpu=~"$gpu"})', "GPU {{gpu}}")],
             unit="percentunit"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine to run the supervisor and its tests: Docker Engine (started if
-# it is not running), the Compose v2 plugin, the project's venv, and the local empty
-# image the stand-in model servers run from. Idempotent: a second run takes seconds.
+# it is not running), the Compose v2 plugin, the project's venv, the local empty image
+# the stand-in model servers run from, and the Debian packages the tests use.
+# Idempotent: a second run takes seconds.
 # Sourced by scripts/test.sh and scripts/demo.sh; also runnable alone.
 set -euo pipefail
 
@@ -33,8 +34,16 @@ ensure_engine() {
 
 ensure_debian_packages() {
   # prometheus: the metrics tests scrape the supervisor with a real one.
+  # chromium: the status page's tests drive it (Playwright, no browser download).
+  # mmdebstrap: scripts/base-image.sh makes the base the supervisor's image is built from.
   local missing=()
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  # nginx: a reverse proxy in front of the supervisor in the tests (loading progress) and
+  # the floor in the proxy benchmark; wrk: the benchmark's load generator.
+  command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
   if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

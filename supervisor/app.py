@@ -9,6 +9,7 @@ import gc
 import logging
 import resource
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -18,15 +19,20 @@ from supervisor.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.auth import admin_secrets, client_keys
 from supervisor.config import Config, host_port
 from supervisor.gate import Gate
+from supervisor.gpus.wiring import feed_measured, load_budget
+from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
 from supervisor.lifecycle.watcher import watch
+from supervisor.limits import LimitedSite, connection_limit
 from supervisor.observe.gpu import GpuSampler
-from supervisor.observe.metrics import Metrics
+from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import Control, configure
+from supervisor.ops.state_file import StateFile
+from supervisor.proxy.budget import BODY_BUDGET, BodyBudget
 from supervisor.proxy.routes import add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.compose import ComposeRuntime
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 512 << 20  # JSON bodies with base64 audio; multipart uploads stream past this
 ADMIN: web.AppKey[web.AppRunner] = web.AppKey("admin", web.AppRunner)
+BUDGET: web.AppKey[GpuBudget] = web.AppKey("budget", GpuBudget)
 
 
 def build_app(config: Config, runtime: Runtime | None = None,
@@ -48,12 +55,15 @@ def build_app(config: Config, runtime: Runtime | None = None,
         for pname, p in model.profiles.items()
     }
     gpu = GpuSampler(profile_of.get, project=config.compose.project)
-    metrics = Metrics(
-        snapshots=lambda: [h.snapshot() for h in app[REGISTRY].handles.values()],
-        gpu=lambda: gpu.sample,
-    )
+    def snapshots() -> list[ModelSnapshot]:
+        handles = app[REGISTRY].handles.values()
+        reserved = app[BUDGET].reservations() if BUDGET in app else {}
+        return [replace(h.snapshot(), gpu_reserved=reserved.get(h.name, {})) for h in handles]
+
+    metrics = Metrics(snapshots=snapshots, gpu=lambda: gpu.sample)
     app[METRICS] = metrics
     app[GATE] = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
+    app[BODY_BUDGET] = BodyBudget(config.max_body_memory)
 
     def vram(model: str) -> int | None:
         sample = gpu.sample
@@ -70,6 +80,13 @@ def build_app(config: Config, runtime: Runtime | None = None,
         )
         effects = Effects(rt, session, LoopClock())
         handles = [ModelHandle(n, m, effects, metrics) for n, m in config.models.items()]
+
+        def all_handles() -> list[ModelHandle]:
+            return list(app[REGISTRY].handles.values())
+
+        state = StateFile(config.state_file)
+        effects.gpus = app[BUDGET] = await load_budget(config, effects.clock, state, gpu,
+                                                       all_handles)
         for handle in handles:
             await configure(handle)
         app[UPSTREAM] = session
@@ -85,10 +102,14 @@ def build_app(config: Config, runtime: Runtime | None = None,
         for handle in handles:
             handle.adopt(running)
         watcher = asyncio.create_task(watch(effects, app[REGISTRY]))
+        feed = asyncio.create_task(feed_measured(effects.gpus, gpu, state, all_handles))
         control.start()
         admin = web.AppRunner(build_admin_app(control), access_log=None)
         await admin.setup()
-        await web.TCPSite(admin, *host_port(config.admin.listen)).start()
+        # Not limited (the operator's way in), but it accepts like the proxy does: a
+        # moment without descriptors does not stop it for good.
+        await LimitedSite(admin, *host_port(config.admin.listen), limit=None,
+                          label="admin").start()
         app[ADMIN] = admin
         await gpu.start()
         log.info("supervising %d models on http://%s, admin on http://%s",
@@ -99,8 +120,9 @@ def build_app(config: Config, runtime: Runtime | None = None,
         gc.freeze()
         yield
         gc.unfreeze()
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        for task in (watcher, feed):
+            task.cancel()
+        await asyncio.gather(watcher, feed, return_exceptions=True)
         await gpu.stop()
         await admin.cleanup()
         await control.close()
@@ -131,11 +153,14 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 async def start_server(config: Config, runtime: Runtime | None = None,
                        config_path: Path | None = None) -> web.AppRunner:
-    """Start listening; a client that disconnects cancels its handler (and so leaves the hold)."""
+    """Start listening; a client that disconnects cancels its handler (and so leaves the hold).
+    Past the connection limit (limits.py) new clients get 503 before any request handling."""
     app = build_app(config, runtime, config_path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, *host_port(config.listen), backlog=1024)
+    limit = connection_limit(config.max_connections, config.fd_reserve)
+    site = LimitedSite(runner, *host_port(config.listen), limit=limit, label="proxy",
+                       backlog=1024)
     await site.start()
     return runner
 

@@ -1,4 +1,4 @@
-"""`model-supervisor serve | check-config`, and the admin commands: status, start,
+"""`model-supervisor serve | check-config | schema`, and the admin commands: status, start,
 stop, pin, unpin, sleep, wake, drain, undrain, reload."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from supervisor.app import raise_open_files_limit, start_server
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.ops import config_schema
 from supervisor.ops.admin_client import AdminClient, AdminError, status_table
 from supervisor.ops.checks import check
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", required=True)
     check_cmd = sub.add_parser("check-config", help="validate a config without starting anything")
     check_cmd.add_argument("config")
+    sub.add_parser("schema", help="print the config's JSON Schema (model-supervisor.schema.json)")
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", "-c", help="the supervisor's config (admin.listen, token)")
     admin.add_argument("--admin", help="admin API URL (default: $SUPERVISOR_ADMIN_URL, "
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "schema":
+        sys.stdout.write(config_schema.render())
+        return 0
     if args.command != "serve":
         return _admin(args)
     config = _load(args.config)

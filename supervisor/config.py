@@ -236,6 +236,11 @@ class ModelConfig(_Strict):
     restart_backoff_max: Duration = 300.0
     liveness: LivenessConfig = LivenessConfig.model_validate({})
     warmup: WarmupConfig | None = None
+    # A held `"stream": true` request gets 200 + text/event-stream after this long, then an
+    # SSE comment every `loading_progress_every` until the model's own stream follows.
+    loading_progress: bool = False
+    loading_progress_after: Duration = 2.0
+    loading_progress_every: Duration = 5.0
     max_held: int = Field(256, ge=0)
     hold_timeout: Duration = 1200.0
     health_interval: Duration = 0.1
@@ -320,6 +325,15 @@ class Config(BaseSettings):
     # GPU inventory: total memory per GPU index; declares GPUs NVML cannot see (a CPU-only
     # test) or overrides what it reports. With neither, placement is off.
     gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
+    # Request bodies held in memory at once (JSON bodies up to 1 MiB; larger ones go to
+    # TMPDIR and hold 2 MiB each). Past it, new bodies wait, then get 503 (proxy/budget.py).
+    max_body_memory: Annotated[ByteSize, Field(ge=16 << 20)] = 1 << 30
+    # Open client connections on the proxy listener; past it a new client gets 503 at once
+    # instead of taking the last file descriptor. None: (soft open-files limit - fd_reserve)
+    # / 2, as each request holds two (client and model server). The reserve keeps the admin
+    # API, health checks and `docker compose` running.
+    max_connections: int | None = Field(None, ge=1)
+    fd_reserve: int = Field(128, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from typing import Any
 
 SUBSCRIBER_BACKLOG = 256  # a subscriber that falls this far behind is dropped
@@ -26,12 +25,11 @@ class EventLog:
                  "to": to_state, "event": event, "profile": profile, "error": error}
         self._ring.append(entry)
         for queue in list(self._subscribers):
-            try:
+            if queue.qsize() < SUBSCRIBER_BACKLOG:
                 queue.put_nowait(entry)
-            except asyncio.QueueFull:  # too slow: end its stream rather than grow
+            else:  # too slow: end its stream (the last slot is kept for the end mark)
                 self._subscribers.discard(queue)
-                with suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
+                queue.put_nowait(None)
 
     def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
         entries = list(self._ring)
@@ -39,7 +37,7 @@ class EventLog:
 
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         """Every event from now on, until the caller stops or falls too far behind."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BACKLOG + 1)
         self._subscribers.add(queue)
         try:
             while (entry := await queue.get()) is not None:

@@ -1,6 +1,7 @@
 """The admin API: aiohttp routes on their own listener (127.0.0.1:8081 by default),
 behind a bearer token. Routes parse and format only; the work is in Control and
 the model handles. The OpenAPI document (supervisor/openapi.py) lists them all.
+`/` is the status page (status_page.py): public, as it is where the token is typed.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -17,13 +19,16 @@ from supervisor.appkeys import CONTROL, Handler
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.errors import BadRequest, NotFound, error_response, openai_errors
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.ops import event_stream
 from supervisor.ops.control import Control
-from supervisor.ops.openapi import spec
+from supervisor.ops.gpus import gpu_view
+from supervisor.ops.openapi import MAX_EVENTS, spec
+from supervisor.ops.status_page import status_page
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
-PUBLIC = frozenset({"/healthz", "/readyz"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/"})  # "/": the status page asks for the token
 READY_TIMEOUT = 5.0
 MAX_IDLE_TIMEOUT = 30 * 86400
 
@@ -111,6 +116,10 @@ async def readyz(request: web.Request) -> web.Response:
             await control.runtime.ping()
     except (RuntimeFailure, TimeoutError) as exc:
         return error_response(503, f"Docker is not reachable: {exc}", "not_ready")
+    if control.effects.runtime_down is not None:  # back, but not yet re-synced: soon
+        control.effects.runtime_back.set()
+        return error_response(503, "Docker is back; the supervisor is re-syncing with it",
+                              "not_ready", retry_after=1)
     return web.json_response({"ready": True, "models": len(control.registry.handles)})
 
 
@@ -190,6 +199,22 @@ async def profile(request: web.Request) -> web.Response:
     return _model(request, handle, 202)
 
 
+async def events(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", str(MAX_EVENTS))
+    if not re.fullmatch(r"[0-9]{1,6}", raw) or not 1 <= int(raw) <= MAX_EVENTS:
+        raise BadRequest(f"Invalid request: limit: expected 1 to {MAX_EVENTS}")
+    return web.json_response(
+        {"events": request.app[CONTROL].metrics.events.recent(int(raw))})
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    return await event_stream.stream(request, request.app[CONTROL].metrics.events)
+
+
+async def gpus(request: web.Request) -> web.Response:
+    return web.json_response(gpu_view(request.app[CONTROL].metrics.registry))
+
+
 async def drain(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].drain(True))
 
@@ -240,6 +265,7 @@ async def delete_schedule(request: web.Request) -> web.Response:
 
 
 ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/", status_page),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/admin/openapi.json", openapi),
@@ -258,12 +284,16 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/schedules", list_schedules),
     ("POST", "/admin/schedules", add_schedule),
     ("DELETE", "/admin/schedules/{schedule}", delete_schedule),
+    ("GET", "/admin/events", events),
+    ("GET", "/admin/events/stream", events_stream),
+    ("GET", "/admin/gpus", gpus),
 ]
 
 
 def build_admin_app(control: Control) -> web.Application:
     app = web.Application(middlewares=[openai_errors, auth], client_max_size=1 << 20)
     app[CONTROL] = control
+    event_stream.install(app)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

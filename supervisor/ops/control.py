@@ -29,6 +29,7 @@ from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
+from supervisor.ops.placement_view import placement_view
 from supervisor.ops.schedule import KeepWarm
 from supervisor.ops.state_file import StateFile
 from supervisor.proxy.estimate import load_estimator
@@ -127,6 +128,7 @@ class Control:
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
+            "gpu": placement_view(self.effects.gpus, handle),
         }
 
     # -- maintenance mode -----------------------------------------------------
@@ -180,6 +182,7 @@ class Control:
         removed = [n for n in old.models if n not in new.models]
         changed = [n for n in new.models if n in old.models
                    and new.models[n].model_dump() != old.models[n].model_dump()]
+        await self.effects.gpus.reload(new)  # before any added model can start
         for name in removed:
             self._retire(name)
         for name in added:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from supervisor.gpus.needs import MemorySource
 from supervisor.lifecycle.table import State
 
 Json = dict[str, Any]
@@ -21,6 +22,32 @@ ERROR: Json = {
         "problems": {"type": "array", "items": {"type": "string"}}}}},
 }
 NULLABLE_NUMBER: Json = {"type": ["number", "null"]}
+_GPU_BYTES: Json = {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}}
+PLACEMENT: Json = {
+    "type": ["object", "null"],
+    "description": "GPU placement of the active (else the last) profile; null while "
+                   "placement is off (no `gpus:` key and no NVML)",
+    "required": ["profile", "gpus", "need_bytes", "source", "detail", "reserved_bytes"],
+    "properties": {
+        "profile": {"type": "string"},
+        "gpus": {"type": ["array", "null"], "items": {"type": "integer"},
+                 "description": "host GPU indices; [] uses no GPU; null: cannot be told"},
+        "gpus_origin": {"type": "string", "description": "where the GPUs come from"},
+        "need_bytes": {**_GPU_BYTES, "additionalProperties": {"type": ["integer", "null"]},
+                       "description": "bytes needed per GPU index; null: the whole GPU"},
+        "source": {"type": "string", "enum": [s.value for s in MemorySource],
+                   "description": "where the need comes from: the vram key, vLLM's "
+                                  "--gpu-memory-utilization x the GPU's total, the peak "
+                                  "measured at an earlier run, or unknown (whole GPUs)"},
+        "detail": {"type": "string"},
+        "asleep_bytes": {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"},
+                         "additionalProperties": {"type": "integer"},
+                         "description": "what it keeps per GPU while asleep, if known"},
+        "reserved_bytes": {**_GPU_BYTES, "additionalProperties": {"type": "integer"},
+                           "description": "what the budget counts as its own now, per GPU "
+                                          "(empty while stopped or waiting to start)"},
+    },
+}
 MODEL: Json = {
     "type": "object",
     "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
@@ -37,6 +64,7 @@ MODEL: Json = {
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
         "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
+        "gpu": PLACEMENT,
     },
 }
 CRON: Json = {"type": "string", "minLength": 9, "maxLength": 100,
@@ -55,6 +83,26 @@ SCHEDULE: Json = {"type": "object", "required": ["name", "model", "start", "end"
                                  "next_end": {"type": ["string", "null"]}}}
 DRAIN: Json = {"type": "object", "required": ["draining", "in_flight"],
                "properties": {"draining": {"type": "boolean"}, "in_flight": {"type": "integer"}}}
+MAX_EVENTS = 1000  # GET /admin/events?limit=
+EVENT: Json = {
+    "type": "object", "required": ["seq", "time", "model", "from", "to", "event"],
+    "properties": {"seq": {"type": "integer"}, "time": {"type": "number"},
+                   "model": {"type": "string"}, "from": {"type": "string"},
+                   "to": {"type": "string"}, "event": {"type": "string"},
+                   "profile": {"type": "string"}, "error": {"type": ["string", "null"]}},
+}
+GPU: Json = {
+    "type": "object",
+    "required": ["index", "uuid", "memory_used_bytes", "memory_total_bytes", "models"],
+    "properties": {
+        "index": {"type": "integer"}, "uuid": {"type": "string"},
+        "memory_used_bytes": {"type": "integer"}, "memory_total_bytes": {"type": "integer"},
+        "utilization_ratio": NULLABLE_NUMBER, "power_watts": NULLABLE_NUMBER,
+        "models": {"type": "array", "items": {
+            "type": "object", "required": ["model", "profile", "bytes"],
+            "properties": {"model": {"type": "string"}, "profile": {"type": "string"},
+                           "bytes": {"type": "integer"}}}}},
+}
 RELOAD: Json = {"type": "object", "required": ["added", "removed", "changed", "restart_required"],
                 "properties": {k: {"type": "array", "items": {"type": "string"}}
                                for k in ("added", "removed", "changed", "restart_required")}}
@@ -82,6 +130,24 @@ _REASONS = {400: "Invalid request", 401: "Missing or wrong token", 404: "Unknown
             409: "Not possible in the model's state", 503: "Not ready"}
 
 
+def _text(media_type: str, description: str, **extra: Json) -> Json:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}},
+            **extra}
+
+
+STATUS_PAGE: Json = {
+    "summary": "The status page (HTML; it asks for the token, and its calls carry it)",
+    "security": [], "responses": {"200": _text("text/html", "The page")}}
+EVENT_STREAM: Json = {
+    "summary": "Lifecycle events live, as Server-Sent Events (id: seq, data: the event); "
+               "with Last-Event-ID, the missed ones first",
+    "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}],
+    "responses": {"200": _text("text/event-stream", "An endless stream"),
+                  "400": _json(ERROR, "Invalid request"),
+                  "401": _json(ERROR, "Missing or wrong token")}}
+
+
 def _body(**props: Json) -> Json:
     return {"type": "object", "additionalProperties": False, "properties": props,
             "required": [k for k, v in props.items() if v.pop("x-required", False)]}
@@ -100,6 +166,7 @@ def spec(models: list[str], profiles: list[str]) -> Json:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
         "paths": {
+            "/": {"get": STATUS_PAGE},
             "/healthz": {"get": _op("The process is alive", (200, {"type": "object"}),
                                     public=True)},
             "/readyz": {"get": _op("Config loaded and Docker reachable",
@@ -146,5 +213,17 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                                 "schema": {"type": "string"}}],
                 "delete": _op("Remove a schedule added through the API",
                               (200, {"type": "object"}), 404, 409)},
+            "/admin/events": {"get": {
+                **_op("The last lifecycle events, oldest first", (200, {
+                    "type": "object", "required": ["events"],
+                    "properties": {"events": {"type": "array", "items": EVENT}}}), 400),
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1,
+                                           "maximum": MAX_EVENTS}}]}},
+            "/admin/events/stream": {"get": EVENT_STREAM},
+            "/admin/gpus": {"get": _op("Each GPU's memory and the models' share (NVML)", (200, {
+                "type": "object", "required": ["available", "gpus"],
+                "properties": {"available": {"type": "boolean"},
+                               "gpus": {"type": "array", "items": GPU}}}))},
         },
     }

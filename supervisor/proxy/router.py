@@ -1,21 +1,30 @@
 """From an incoming request to the model it is for, what it needs, and the body to forward.
 
-JSON bodies are read whole (they must be parsed anyway). Multipart uploads
-(audio files of 150 MB) are read only until their `model` field is seen (and,
-for a model with context limits, the audio file's header); the bytes read so
-far wait in a spool that moves to disk past 1 MiB, and the rest of the upload
-is streamed to the upstream straight from the client's socket.
+JSON bodies up to 1 MiB (nearly all) are read whole and parsed with orjson, which also
+validates them: an invalid body gets `400 invalid_json` here rather than from the model
+server. Larger ones are written to disk as they arrive and scanned on the way (body.py);
+their `model` and, for a model with context limits, the texts and audio the estimate needs
+are read from there (jsonestimate.py), never parsed into a second copy. An alias is
+replaced by the served name in place, its byte range spliced (jsonmodel.py), so the rest of
+the body reaches the server exactly as the client wrote it.
+
+Multipart uploads (audio files of 150 MB) are read only until their `model` field is seen
+(and, for a model with context limits, the audio file's header); the bytes read so far
+wait in a spool that moves to disk past 1 MiB, and the rest of the upload is streamed to
+the upstream straight from the client's socket.
+
+Every body holds a share of the memory budget (budget.py) from before it is read until the
+request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from supervisor.errors import BadRequest, Refusal
@@ -23,38 +32,27 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.profiles import largest, max_audio_seconds
 from supervisor.lifecycle.registry import Registry
 from supervisor.proxy.audio import HEAD_BYTES
+from supervisor.proxy.body import (
+    SPOOL_RESERVE_BYTES,
+    Body,
+    Received,
+    Splice,
+    chunks,
+    decoded_by_aiohttp,
+    invalid_json,
+    receive_json,
+)
+from supervisor.proxy.budget import BODY_BUDGET, BodyBudget, Reservation
 from supervisor.proxy.estimate import Need, describe
+from supervisor.proxy.jsonestimate import estimate_spooled
+from supervisor.proxy.jsonmodel import MAX_MODEL_BYTES, encoded_name, locate_model, splice
 from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part_head
 
+__all__ = ["FILE_HEAD_WINDOW", "Body", "Routed", "resolve"]
+
 SPOOL_MEMORY_BYTES = 1 << 20
-READ_CHUNK = 1 << 16
 INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
 FILE_HEAD_WINDOW = HEAD_BYTES + (256 << 10)  # where a form's file part and its header lie
-
-
-@dataclass(slots=True)
-class Body:
-    """The request body to forward: whole bytes, or a spooled prefix plus the unread rest."""
-
-    data: bytes | None = None
-    spool: IO[bytes] | None = None
-    rest: web.Request | None = None
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        assert self.spool is not None and self.rest is not None
-        self.spool.seek(0)
-        while chunk := self.spool.read(READ_CHUNK):
-            yield chunk
-        self.spool.close()
-        async for chunk in self.rest.content.iter_chunked(READ_CHUNK):
-            yield chunk
-
-    def forwardable(self) -> bytes | AsyncIterator[bytes] | None:
-        return self.data if self.spool is None else self.stream()
-
-    def close(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
 
 
 @dataclass(slots=True)
@@ -66,26 +64,20 @@ class Routed:
 
 async def resolve(request: web.Request, registry: Registry) -> Routed:
     """Find the model and estimate the need; raise a Refusal for what cannot be served."""
+    budget = request.app[BODY_BUDGET]
     boundary = boundary_of(request.headers.get("Content-Type", ""))
     if boundary is not None:
-        routed = await _multipart(request, registry, boundary)
+        routed = await _multipart(request, registry, boundary, budget)
     else:
-        data = await _read(request)
-        payload = _json_object(data)
-        model = _model_of(payload)
-        handle = registry.get(model)
-        if model != handle.served_name:  # an alias: the server knows only its own name
-            payload["model"] = handle.served_name
-            data = json.dumps(payload, ensure_ascii=False).encode()
-        need = None
-        if handle.estimator is not None:
-            estimate = handle.estimator.for_json
-            need = (
-                estimate(payload)
-                if len(data) <= INLINE_ESTIMATE_BYTES
-                else await asyncio.to_thread(estimate, payload)
-            )
-        routed = Routed(handle, Body(data=data), need)
+        received = await receive_json(request, budget)
+        try:
+            if received.spool is None:
+                routed = await _in_memory(received, registry)
+            else:
+                routed = await _spooled(received, registry)
+        except BaseException:
+            received.close()
+            raise
     try:
         _refuse_what_fits_nowhere(routed)
     except Refusal:
@@ -94,21 +86,57 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
     return routed
 
 
-async def _read(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise Refusal(f"The request body is too large: {exc.text}", status=413,
-                      code="body_too_large") from None
+async def _in_memory(received: Received, registry: Registry) -> Routed:
+    data = received.data
+    assert data is not None
+    payload = _json_object(data)
+    model = _model_of(payload)
+    handle = registry.get(model)
+    need = None
+    if handle.estimator is not None:
+        estimate = handle.estimator.for_json
+        need = (
+            estimate(payload)
+            if len(data) <= INLINE_ESTIMATE_BYTES
+            else await asyncio.to_thread(estimate, payload)
+        )
+    del payload
+    received.reservation.shrink(len(data))  # the parsed copy is gone
+    if model != handle.served_name:  # an alias: the server knows only its own name
+        value = locate_model(data, model)
+        if value is None:  # cannot be: the parse found this string
+            raise BadRequest("The request body has no `model` string", code="missing_model")
+        data = splice(data, value, handle.served_name)
+    body = Body(data=data, reservation=received.reservation, decoded=received.decoded)
+    return Routed(handle, body, need)
+
+
+async def _spooled(received: Received, registry: Registry) -> Routed:
+    spool, value = received.spool, received.model
+    assert spool is not None
+    if value is not None and value.name is None:
+        raise _model_too_long()
+    if value is None or not value.name:
+        raise BadRequest("The request body has no `model` string", code="missing_model")
+    handle = registry.get(value.name)
+    need = None
+    if handle.estimator is not None:
+        need = await asyncio.to_thread(estimate_spooled, handle.estimator, spool)
+    cut = None
+    if value.name != handle.served_name:
+        cut = Splice(value.start, value.end, encoded_name(handle.served_name))
+    body = Body(spool=spool, splice=cut, reservation=received.reservation,
+                decoded=received.decoded)
+    return Routed(handle, body, need)
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
     if not data:
         raise BadRequest("The request has no body; send JSON with `model`", code="missing_model")
     try:
-        payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_json(exc) from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object", code="invalid_json")
     return payload
@@ -118,32 +146,47 @@ def _model_of(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("The request body has no `model` string", code="missing_model")
+    if len(model) > MAX_MODEL_BYTES // 4 and len(model.encode("utf-8")) > MAX_MODEL_BYTES:
+        raise _model_too_long()
     return model
 
 
-async def _multipart(request: web.Request, registry: Registry, boundary: str) -> Routed:
-    scanner = ModelFieldScanner(boundary)
+def _model_too_long() -> BadRequest:
+    return BadRequest(f"The request body's `model` is longer than {MAX_MODEL_BYTES} bytes",
+                      code="missing_model")
+
+
+async def _multipart(request: web.Request, registry: Registry, boundary: str,
+                     budget: BodyBudget) -> Routed:
+    reservation = await budget.reserve(SPOOL_RESERVE_BYTES)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
-    chunks = request.content.iter_chunked(READ_CHUNK)
-    async for chunk in chunks:
+    try:
+        return await _read_form(request, registry, boundary, spool, reservation)
+    except BaseException:
+        spool.close()
+        reservation.release()
+        raise
+
+
+async def _read_form(request: web.Request, registry: Registry, boundary: str,
+                     spool: tempfile.SpooledTemporaryFile[bytes],
+                     reservation: Reservation) -> Routed:
+    scanner = ModelFieldScanner(boundary)
+    read = chunks(request)
+    async for chunk in read:
         spool.write(chunk)
         scanner.feed(chunk)
         if scanner.done:
             break
     if scanner.model is None:
-        spool.close()
         reason = scanner.error or "it has no `model` field"
         raise BadRequest(f"Cannot read the multipart form: {reason}", code="missing_model")
-    try:
-        handle = registry.get(scanner.model)
-    except Refusal:
-        spool.close()
-        raise
+    handle = registry.get(scanner.model)
     need = None
     if handle.estimator is not None:
         # Read on until the audio file's header is in the spool (a few hundred KiB at most);
         # look only at the spool's start, never at a whole upload spooled to disk.
-        async for chunk in chunks:
+        async for chunk in read:
             spool.write(chunk)
             if spool.tell() >= FILE_HEAD_WINDOW:
                 break
@@ -156,7 +199,9 @@ async def _multipart(request: web.Request, registry: Registry, boundary: str) ->
             if request.content_length is not None:
                 total = request.content_length - offset
         need = handle.estimator.for_upload(head, total)
-    return Routed(handle, Body(spool=spool, rest=request), need)
+    decoded = decoded_by_aiohttp(request)
+    body = Body(head=spool, rest=request, reservation=reservation, decoded=decoded)
+    return Routed(handle, body, need)
 
 
 def _refuse_what_fits_nowhere(routed: Routed) -> None:

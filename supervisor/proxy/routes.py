@@ -23,6 +23,7 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.table import State
 from supervisor.observe.metrics import RefusalReason
+from supervisor.proxy import progress
 from supervisor.proxy.router import Body, resolve
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ _REASONS: dict[str, RefusalReason] = {
     "model_stopped": "stopped",
     "upstream_died": "upstream_died",
     "runtime_unavailable": "runtime_unavailable",
+    "body_memory_exhausted": "overflow",
 }
 
 
@@ -127,27 +129,44 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _refuse(request, exc)
     handle, body = routed.handle, routed.body
     tokens = routed.need.tokens if routed.need else None
-    # Only a body held in memory can be sent twice, and only once.
-    retry = body.data is not None
+    # A body in memory or spooled to disk can be sent twice, and only once.
+    retry = body.replayable
+    reports = progress.LoadingProgress(request, handle) if progress.wanted(handle, body) else None
+    committed: web.StreamResponse | None = None  # a 200 sent early by the loading progress
     try:
         while True:
             try:
                 async with handle.lease(tokens) as lease:
+                    if reports is not None:
+                        committed, reports = await reports.stop(), None
                     return await _forward(request, handle, body, lease, began, tokens,
-                                          retry=retry)
+                                          retry=retry, committed=committed)
             except _Again as again:
                 log.info("model=%s sending a request again: %s", handle.name, again.why)
                 tokens, retry = again.tokens, False
     except Refusal as exc:
         exc.model = handle.name
-        return _refuse(request, exc)
+        if reports is not None:
+            committed = await reports.stop()
+        return await _answer(request, exc, committed)
     finally:
+        if reports is not None:
+            await reports.stop()
         body.close()
+
+
+async def _answer(request: web.Request, refusal: Refusal,
+                  committed: web.StreamResponse | None) -> web.StreamResponse:
+    """A refusal as an error response, or as an error event when a 200 already went out."""
+    if committed is None:
+        return _refuse(request, refusal)
+    request.app[METRICS].refusal(refusal.model, _REASONS.get(refusal.code, "bad_request"))
+    return await progress.refused(committed, refusal)
 
 
 async def _forward(
     request: web.Request, handle: ModelHandle, body: Body, lease: Lease, began: float,
-    tokens: int | None, *, retry: bool,
+    tokens: int | None, *, retry: bool, committed: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
     if lease.cold_start:
@@ -155,9 +174,14 @@ async def _forward(
     status, first_byte = 502, None
     headers = _end_to_end(request.headers)
     headers.update(handle.upstream_headers)  # the backend's own key replaces the client's
-    if body.data is not None:
-        headers.popall("Content-Length", None)  # the client's: the body may be rewritten
-    response: web.StreamResponse | None = None
+    # The client's framing may not fit what is sent: an alias changes the length, and a
+    # compressed body was decoded by aiohttp.
+    headers.popall("Content-Length", None)
+    if body.decoded:
+        headers.popall("Content-Encoding", None)
+    if body.length is not None:
+        headers["Content-Length"] = str(body.length)
+    response: web.StreamResponse | None = committed
     try:
         upstream = await request.app[UPSTREAM].request(
             request.method,
@@ -169,20 +193,19 @@ async def _forward(
     except asyncio.CancelledError:
         if not lease.aborted:
             raise
-        return _aborted(request, handle, lease)
+        return await _aborted(request, handle, lease, committed)
     except aiohttp.ClientError as exc:
         if lease.aborted:
-            return _aborted(request, handle, lease)
+            return await _aborted(request, handle, lease, committed)
         dead = await handle.upstream_failed()
         if dead and retry and isinstance(exc, aiohttp.ClientConnectorError):
             raise _Again(tokens, f"its container was {dead}; starting it again") from None
         metrics.request(handle.name, 502, time.monotonic() - began, None,
                         cold_start=lease.cold_start)
-        return error_response(
-            502,
-            f"model {handle.name!r} did not answer at {handle.upstream}: {exc}",
-            "upstream_unreachable",
-        )
+        message = f"model {handle.name!r} did not answer at {handle.upstream}: {exc}"
+        if committed is not None:
+            return await progress.end_with_error(committed, 502, message, "upstream_unreachable")
+        return error_response(502, message, "upstream_unreachable")
     try:
         async with upstream:
             status = upstream.status
@@ -196,15 +219,22 @@ async def _forward(
                     raise _Again(lease.profile.max_model_len + 1,
                                  f"profile {lease.profile.name} refused the length; "
                                  "retrying on a larger one")
-            response = web.StreamResponse(status=status, reason=upstream.reason)
-            response.headers.extend(_end_to_end(upstream.headers))
-            response.headers["X-Supervisor-Profile"] = lease.profile.name
-            if lease.cold_start:
-                response.headers["X-Supervisor-Cold-Start"] = "true"
-                response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
-            if lease.evicted:
-                response.headers["X-Supervisor-Evicted"] = ", ".join(lease.evicted)
-            await response.prepare(request)
+            if committed is not None:
+                if status != 200:  # too late for its status: its text as an error event
+                    text = (first + await upstream.read()).decode(errors="replace")[:2000]
+                    return await progress.end_with_error(committed, status, text,
+                                                         "upstream_error")
+            else:
+                response = web.StreamResponse(status=status, reason=upstream.reason)
+                response.headers.extend(_end_to_end(upstream.headers))
+                response.headers["X-Supervisor-Profile"] = lease.profile.name
+                if lease.cold_start:
+                    response.headers["X-Supervisor-Cold-Start"] = "true"
+                    response.headers["X-Supervisor-Hold-Seconds"] = f"{lease.hold_seconds:.3f}"
+                if lease.evicted:
+                    response.headers["X-Supervisor-Evicted"] = ", ".join(lease.evicted)
+                await response.prepare(request)
+            assert response is not None
             if first:
                 await response.write(first)
                 first_byte = time.monotonic()
@@ -214,10 +244,10 @@ async def _forward(
             await response.write_eof()
             return response
     except asyncio.CancelledError:
-        if not lease.aborted or response is not None:
+        if not lease.aborted or (response is not None and response is not committed):
             raise  # a stream already under way is cut: its connection closes
         status = 503
-        return _aborted(request, handle, lease)
+        return await _aborted(request, handle, lease, committed)
     finally:
         if status:  # also when the client went away mid-stream
             ttfb = first_byte - began if first_byte else None
@@ -226,7 +256,8 @@ async def _forward(
                             first=lease.first)
 
 
-def _aborted(request: web.Request, handle: ModelHandle, lease: Lease) -> web.Response:
+async def _aborted(request: web.Request, handle: ModelHandle, lease: Lease,
+                   committed: web.StreamResponse | None) -> web.StreamResponse:
     """A force stop, or a server found dead, cancelled this request before its answer
     began."""
     task = asyncio.current_task()
@@ -240,7 +271,7 @@ def _aborted(request: web.Request, handle: ModelHandle, lease: Lease) -> web.Res
         refusal = Refusal(f"model {handle.name!r} was stopped by an operator (force) while "
                           "this request was in flight; retry later", status=503,
                           code="model_stopped", retry_after=5, model=handle.name)
-    return _refuse(request, refusal)
+    return await _answer(request, refusal, committed)
 
 
 async def not_found(request: web.Request) -> web.Response:

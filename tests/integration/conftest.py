@@ -73,6 +73,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "slow-stop": {"service": "slow-stop", "upstream": "http://127.0.0.1:19106"},
     "hangs": {"service": "hangs", "upstream": "http://127.0.0.1:19108"},
     "flaky": {"service": "flaky", "upstream": "http://127.0.0.1:19109"},
+    "glacial": {"service": "glacial", "upstream": "http://127.0.0.1:19110"},
     "sleeper": {"service": "sleeper", "upstream": "http://127.0.0.1:19107",
                 "sleep": {"enabled": True, "level": 1}},
     # Two profiles of one model; the stand-ins enforce 2048 and 8192 like vLLM does.

@@ -1,0 +1,116 @@
+"""The status page in a real headless Chromium (Debian's, driven by Playwright): it asks
+for the token and refuses a wrong one, shows a model going stopped -> starting -> ready
+live after a request, stops it with its button, and keeps the token in the tab's session
+storage, never in a URL. It writes docs/status-page.png, the README's picture."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from .conftest import chat, container_running, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "status-page.png"
+TOKEN = "page-token-5f1c"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_ADMIN_TOKEN", TOKEN)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs Debian's chromium: scripts/setup.sh installs it")
+        pytest.skip("no chromium (apt-get install chromium)")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+async def request(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> int:
+    async with http.post(url + "/v1/chat/completions", json=body) as r:
+        await r.read()
+        return r.status
+
+
+async def sign_in(page: Page, token: str) -> None:
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Open").click()
+
+
+async def test_the_status_page_follows_a_model_live_and_stops_it(
+        supervisor_factory, project, http, browser) -> None:
+    sup = await supervisor_factory({"chat-slow": {}, "crashy": {}, "sleeper": {}, "ctx": {}})
+    page = await browser.new_page(viewport={"width": 1500, "height": 860})
+    errors: list[str] = []  # script errors, and what the page's CSP blocked
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "401 (Unau"
+            not in m.text else None)  # the browser logs each refused token: expected here
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    await page.goto(sup.admin + "/")
+
+    await sign_in(page, "not-the-token")
+    await expect(page.get_by_role("alert")).to_have_text("The token was refused.")
+    await expect(page.locator("#app")).to_be_hidden()
+
+    await sign_in(page, TOKEN)
+    row = page.locator('tr[data-model="chat-slow"]')
+    state = row.locator('[data-field="state"]')
+    await expect(state).to_have_text("stopped")
+    await expect(page.locator("#conn")).to_have_text("live")
+    await expect(page.locator("#gpus")).to_have_text("no GPU data")
+
+    # A request cold-starts it (the stand-in takes 3 s to load): the page follows.
+    answer = asyncio.create_task(request(http, sup.url, chat("chat-slow")))
+    await expect(state).to_have_text("starting", timeout=10_000)
+    await expect(state).to_have_text("ready", timeout=20_000)
+    assert await answer == 200
+    events = page.locator('#events li[data-model="chat-slow"]')
+    await expect(events).to_have_count(2)
+    await expect(events.nth(0)).to_contain_text("starting \u2192 ready")
+    await expect(events.nth(1)).to_contain_text("stopped \u2192 starting")
+    await expect(row.locator('[data-field="cold_start"]')).to_contain_text(" s")
+
+    # A model that crashes while loading shows its error.
+    assert await request(http, sup.url, chat("crashy")) == 503
+    crashy = page.locator('tr[data-model="crashy"]')
+    await expect(crashy.locator('[data-field="state"]')).to_have_text("failed")
+    await expect(crashy.locator('[data-field="error"]')).not_to_be_empty()
+    await page.screenshot(path=SCREENSHOT, full_page=True)
+
+    await row.get_by_role("button", name="Stop").click()
+    await expect(page.locator("#notice")).to_contain_text("chat-slow: stop")
+    await expect(state).to_have_text("stopped", timeout=15_000)
+    await wait_for(lambda: not container_running(project, "chat-slow"), 15, "the container gone")
+    assert sup.handle("chat-slow").state.value == "stopped"
+
+    # Pin, from the page, reaches the supervisor.
+    await row.get_by_role("button", name="Pin").click()
+    await expect(row.get_by_role("button", name="Unpin")).to_be_visible()
+    assert sup.handle("chat-slow").pinned
+
+    # The token lives in this tab's session storage only: a reload stays signed in.
+    assert await page.evaluate("sessionStorage.getItem('model-supervisor.admin-token')") == TOKEN
+    assert await page.evaluate("localStorage.length") == 0
+    await page.reload()
+    await expect(state).to_have_text("stopped")
+    assert not any(TOKEN in url for url in urls)
+    assert errors == []
