@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 T = TypeVar("T")
+COMPOSE_GRACE = 30.0  # seconds a cancelled `docker compose` may take to finish
 
 
 def compose_command(config: ComposeConfig) -> list[str]:
@@ -56,8 +57,15 @@ class ComposeRuntime:
         try:
             out, _ = await proc.communicate()
         except asyncio.CancelledError:
-            # Let Compose finish what it began: a half-done `up` leaves odd containers.
-            await asyncio.shield(proc.wait())
+            # Let Compose finish what it began (a half-done `up` leaves odd containers), but
+            # not forever: a pull that hangs would keep startup_timeout from ending the start.
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), COMPOSE_GRACE)
+            except TimeoutError:
+                log.warning("`docker compose %s` still runs %.0fs after it was cancelled; "
+                            "killing it (pid %d)", " ".join(args), COMPOSE_GRACE, proc.pid)
+                proc.kill()  # our own child process, by its pid
+                await proc.wait()
             raise
         text = out.decode(errors="replace").strip()
         if proc.returncode != 0:
