@@ -5,29 +5,20 @@ memory, starts once it stops, and a SIGKILLed holder's claim expires with its he
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests.helpers import EMPTY_IMAGE, ComposeProject, require_docker, wait_for
+from tests.standin import STANDIN, load_ledger
 
 GiB = 1 << 30
-STANDIN = Path(__file__).resolve().parents[2] / "compose" / "standin"
 
 
-def _ledger_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_ledger", STANDIN / "gpu_ledger.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-L = _ledger_module()
+L = load_ledger()
 
 COMPOSE = """
 x-standin: &standin

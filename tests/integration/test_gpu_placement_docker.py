@@ -19,14 +19,12 @@ log, not a number in a fake.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -45,12 +43,12 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.prometheus_harness import load_generator, running_prometheus
+from tests.standin import load_ledger
 
 GIB, MIB = 1 << 30, 1 << 20
 STT_BYTES, TTS_BYTES = round(3.1 * GIB), 2 * GIB
 L40S = 46068 * MIB  # seed 000's GPUs, as nvidia-smi reports them
 COMPOSE_FILE = Path(__file__).with_name("compose-gpu.yml")
-STANDIN = Path(__file__).resolve().parents[2] / "compose" / "standin"
 # What a stand-in prints when the ledger has too little free memory (vLLM's own texts):
 # at start, and when a wake-up grows it again.
 OOM_MARKERS = ("Free memory on device", "CUDA out of memory")
@@ -61,15 +59,8 @@ PLACEMENT_SERIES = ("supervisor_gpu_reserved_bytes", "supervisor_evictions_total
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
-def _ledger_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_ledger", STANDIN / "gpu_ledger.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-ledger = _ledger_module()
+ledger = load_ledger()
 
 
 @dataclass

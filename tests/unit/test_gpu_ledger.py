@@ -4,7 +4,6 @@ The ledger module directly, then standin.py as real processes (no Docker)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -14,23 +13,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.standin import STANDIN, load_ledger
+
 GiB = 1 << 30
-STANDIN = Path(__file__).resolve().parents[2] / "compose" / "standin"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_ledger", STANDIN / "gpu_ledger.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-L = _load()
+L = load_ledger()
 
 
 @pytest.fixture
