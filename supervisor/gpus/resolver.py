@@ -18,7 +18,7 @@ from supervisor.gpus.measured import Measured
 from supervisor.gpus.needs import Need, asleep_vram, resolve_need
 from supervisor.gpus.services import Services, read_services
 from supervisor.lifecycle.placement import PerGpu, never_fits
-from supervisor.lifecycle.table import State
+from supervisor.lifecycle.table import DOWN, State
 
 
 class GpuNeeds:
@@ -64,7 +64,7 @@ class GpuNeeds:
     def holds(self, model: str, profile: str, state: State) -> PerGpu:
         """Its reservation in `state`: the asleep size while ASLEEP (the whole need when
         that size is unknown), else the whole need; nothing while STOPPED or FAILED."""
-        if state in (State.STOPPED, State.FAILED):
+        if state in DOWN:
             return {}
         need = self.need(model, profile)
         if state is State.ASLEEP:

@@ -29,14 +29,13 @@ from supervisor.lifecycle.placement import (
     plan,
 )
 from supervisor.lifecycle.profiles import Profile
-from supervisor.lifecycle.table import State
+from supervisor.lifecycle.table import DOWN, State
 
 if TYPE_CHECKING:
     from supervisor.lifecycle.handle import ModelHandle
 
 log = logging.getLogger("supervisor.placement")
 
-_DOWN = (State.STOPPED, State.FAILED)
 ForeignUse = Callable[[], dict[int, int] | None]  # bytes used per GPU (NVML), if known
 
 
@@ -125,7 +124,7 @@ class GpuBudget:
         totals = self.needs.totals
         held: dict[str, dict[int, int]] = {}
         for h in self.handles():
-            if h.state in _DOWN or h.name in self._waiting or not self._knows(h):
+            if h.state in DOWN or h.name in self._waiting or not self._knows(h):
                 continue
             per_gpu = self.needs.holds(h.name, h.profile.name, h.state)
             held[h.name] = {g: totals.get(g, 0) if b is None else b for g, b in per_gpu.items()}
@@ -151,10 +150,8 @@ class GpuBudget:
         occupants = []
         for h in self.handles():
             waking = h.name in self._waiting and h.state is State.WAKING
-            if h.state in _DOWN or (h.name in self._waiting and not waking) or not (
+            if h.state in DOWN or (h.name in self._waiting and not waking) or not (
                     self._knows(h)):
-                continue
-            if h.name in self._evicting and h.state in _DOWN:
                 continue
             occupants.append(self._occupant(h))
         self._evicting &= {o.model for o in occupants}

@@ -33,7 +33,7 @@ from supervisor.lifecycle.profiles import (
     route_on_running,
     smallest_fitting,
 )
-from supervisor.lifecycle.table import Effect, Event, Load, State, next_step
+from supervisor.lifecycle.table import DOWN, Effect, Event, Load, State, next_step
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.lifecycle")
 
 DEFAULT_RETRY_AFTER = 10
-_DOWN = (State.STOPPED, State.FAILED)
 # What an effect that raised instead of returning is taken for.
 _CRASHED = {"start": Event.START_FAILED, "stop": Event.STOPPED, "sleep": Event.SLEEP_FAILED,
             "wake": Event.WAKE_FAILED}
@@ -176,7 +175,7 @@ class ModelHandle:
             return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight,
                          first=self._take_first())
         down = self._effects.runtime_down
-        if down is not None and self.state in (State.STOPPED, State.FAILED):
+        if down is not None and self.state in DOWN:
             self._effects.runtime_back.set()  # maybe it is back: have the watcher look now
             raise Refusal(f"model {self.name!r} is {self.state.value} and cannot be started: "
                           f"the container runtime is unreachable ({down}); retry later",
@@ -303,7 +302,7 @@ class ModelHandle:
 
     def resident_for(self) -> float:
         """Seconds since its running profile became ready (0 while not running)."""
-        if self.state in (State.STOPPED, State.FAILED, State.STARTING):
+        if self.state in (*DOWN, State.STARTING):
             return 0.0
         return self.clock.now() - self._ready_since
 
@@ -339,7 +338,7 @@ class ModelHandle:
 
     def start(self, profile: str | None = None) -> None:
         """Run it (under `profile`): a running model on another profile is swapped."""
-        swap = profile is not None and profile != self.profile.name and self.state not in _DOWN
+        swap = profile is not None and profile != self.profile.name and self.state not in DOWN
         self._next_profile, self._wanted = profile, True
         self._dispatch(Event.RESTART if swap else Event.START)
 
@@ -380,7 +379,7 @@ class ModelHandle:
     def reconfigure(self, config: ModelConfig) -> None:
         """A reloaded definition: at once when stopped, else at the next start; timeouts
         and limits apply at once either way."""
-        if self.state in _DOWN:
+        if self.state in DOWN:
             self._apply_config(config)
         else:
             self.config = self._pending = config  # self.profiles: the running ones, until then
@@ -395,7 +394,7 @@ class ModelHandle:
     def _check_retired(self) -> None:
         if not self._retiring or self.in_flight or self._held:
             return
-        if self.state in _DOWN:
+        if self.state in DOWN:
             self.retired.set()
         elif self.state in (State.READY, State.ASLEEP):
             asyncio.get_running_loop().call_soon(self.stop)  # it served what was held

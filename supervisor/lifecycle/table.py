@@ -95,7 +95,7 @@ class InvalidTransition(RuntimeError):
 # Events that may arrive late (a timer that fired just as a request came in) or
 # that are re-evaluated once the server is ready again; dropped instead of raising.
 _STALE = {Event.IDLE, Event.SLEEP_DUE, Event.SWAP, Event.UNHEALTHY}
-_DOWN = (State.STOPPED, State.FAILED)
+DOWN = (State.STOPPED, State.FAILED)  # nothing runs
 _UP_TASK = (State.STARTING, State.WAKING)  # a task runs that a stop must abort first
 
 
@@ -118,7 +118,7 @@ def _stop(state: State, load: Load) -> Step:
 
 
 def _force_stop(state: State) -> Step:
-    if state in _DOWN:
+    if state in DOWN:
         return Step(state)
     if state is State.STOPPING:
         return Step(state, (Effect.FAIL_HELD,))
@@ -131,7 +131,7 @@ def _force_stop(state: State) -> Step:
 def _operator(state: State, event: Event, load: Load) -> Step | None:
     """Operator events; None for the others."""
     match event:
-        case Event.START | Event.RESTART if state in _DOWN:
+        case Event.START | Event.RESTART if state in DOWN:
             return Step(State.STARTING, (Effect.START,))
         case Event.START if state is State.ASLEEP:
             return Step(State.WAKING, (Effect.WAKE,))

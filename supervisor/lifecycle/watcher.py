@@ -11,7 +11,7 @@ import logging
 from supervisor.lifecycle.clock import sleep
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.registry import Registry
-from supervisor.lifecycle.table import State
+from supervisor.lifecycle.table import DOWN, State
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger("supervisor.lifecycle")
@@ -88,5 +88,5 @@ async def resync(effects: Effects, registry: Registry) -> None:
     for handle in list(registry.handles.values()):
         if handle.state in (State.READY, State.ASLEEP) and handle.profile.service not in running:
             handle.container_died("absent")
-        elif handle.state in (State.STOPPED, State.FAILED):
+        elif handle.state in DOWN:
             handle.adopt(running)
