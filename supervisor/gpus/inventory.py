@@ -8,7 +8,6 @@ placement is off, and models start as they did before placement existed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,11 +79,6 @@ def read_nvml(nvml: Any = None) -> tuple[tuple[Device, ...], str]:
 
 
 def read_inventory(declared: Mapping[int, int], nvml: Any = None) -> Inventory:
-    """Blocking: for the check-config CLI. The daemon uses `load_inventory`."""
+    """Blocking (NVML): the daemon calls it in a thread (GpuNeeds.load)."""
     devices, problem = read_nvml(nvml)
     return merge(devices, declared, problem)
-
-
-async def load_inventory(declared: Mapping[int, int], nvml: Any = None) -> Inventory:
-    """The inventory, NVML read off the event loop."""
-    return await asyncio.to_thread(read_inventory, declared, nvml)

@@ -6,7 +6,6 @@ interpolation, env files and `extends` are judged by Compose, never by a YAML pa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from typing import Any
@@ -38,8 +37,3 @@ def read_services(compose: ComposeConfig, timeout: float = 60.0) -> tuple[Servic
     except (ValueError, AttributeError) as exc:
         return {}, f"compose.file: unexpected output of `docker compose config`: {exc}"
     return {str(k): v for k, v in services.items() if isinstance(v, dict)}, None
-
-
-async def load_services(compose: ComposeConfig) -> tuple[Services, str | None]:
-    """`read_services` off the event loop (the subprocess has its own 60 s limit)."""
-    return await asyncio.to_thread(read_services, compose)
