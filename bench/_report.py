@@ -11,15 +11,15 @@ def _f(value: float | None, fmt: str) -> str:
 
 def _cpu(cpu: dict[str, float]) -> str:
     short = {"supervisor": "sup", "nginx-proxy": "ngx", "nginx-backend": "be",
-             "stream-backend": "be", "loadgen": "wrk"}
+             "stream-backend": "be", "standin": "be", "loadgen": "wrk"}
     return " ".join(f"{short.get(k, k)} {v:.0f}" for k, v in cpu.items()
                     if v >= 0.5 or k not in ("steal", "other"))
 
 
-def print_load(rows: list[dict[str, Any]]) -> None:
+def print_load(rows: list[dict[str, Any]], backend: str = "nginx, a fixed answer") -> None:
     if not rows:
         return
-    print("\nload: POST /v1/chat/completions, fixed answer (latencies in ms)")
+    print(f"\nload: POST /v1/chat/completions to {backend} (latencies in ms)")
     print("CPU in % of one core: sup = supervisor, ngx = nginx proxy, be = backend, wrk = load "
           "generator, irq = interrupts\n  (loopback TCP softirqs), steal = hypervisor, other = "
           "every other process (a disturbed run shows here)")

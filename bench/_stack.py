@@ -28,6 +28,7 @@ IMAGE = "model-supervisor/empty:latest"
 FAST_MODEL = "bench-fast"  # upstream: the nginx fixed-answer backend
 STREAM_MODEL = "bench-stream"  # upstream: bench/_stream.py
 SLOW_MODEL, SLOW_PORT = "bench-slow", 19302  # the stand-in, for cold starts
+STANDIN_MODEL, STANDIN_PORT = "bench-standin", 19303  # the stand-in, warm, for load
 
 ANSWER = json.dumps(
     {
@@ -113,7 +114,9 @@ class Stack:
         self.proxy = Nginx.proxy(workdir, {
             free_port(): (self.backend.port, True),
             self.nginx_stream_port: (self.stream_port, False),  # proxy_buffering off
+            (nginx_standin_port := free_port()): (STANDIN_PORT, True),
         })  # fmt: skip
+        self.nginx_standin_port = nginx_standin_port
         self.stream: subprocess.Popen[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -134,7 +137,7 @@ class Stack:
         self.start_supervisor()
         # The first request to each warm model starts its container through the supervisor;
         # it then stays warm (idle_timeout 1 h) for the whole run.
-        for model in (FAST_MODEL, STREAM_MODEL):
+        for model in (FAST_MODEL, STREAM_MODEL, STANDIN_MODEL):
             status, ttfb, _ = post(self.port, self.body.replace(FAST_MODEL, model))
             if status != 200:
                 raise RuntimeError(f"warm-up request for {model} answered {status}")
@@ -152,6 +155,7 @@ class Stack:
             "models": {
                 FAST_MODEL: model(FAST_MODEL, f"http://127.0.0.1:{self.backend.port}"),
                 STREAM_MODEL: model(STREAM_MODEL, f"http://127.0.0.1:{self.stream_port}"),
+                STANDIN_MODEL: model(STANDIN_MODEL, f"http://127.0.0.1:{STANDIN_PORT}"),
                 SLOW_MODEL: model(SLOW_MODEL, f"http://127.0.0.1:{SLOW_PORT}",
                                   idle_timeout="1s", stop_timeout="1s"),
             },
@@ -199,18 +203,30 @@ class Stack:
         return {"direct": f"http://127.0.0.1:{self.backend.port}",
                 "nginx": f"http://127.0.0.1:{self.proxy.port}", "supervisor": self.url}
 
+    def standin_urls(self) -> dict[str, str]:
+        return {"direct": f"http://127.0.0.1:{STANDIN_PORT}",
+                "nginx": f"http://127.0.0.1:{self.nginx_standin_port}", "supervisor": self.url}
+
     def stream_urls(self) -> dict[str, str]:
         return {"direct": f"http://127.0.0.1:{self.stream_port}",
                 "nginx": f"http://127.0.0.1:{self.nginx_stream_port}", "supervisor": self.url}
 
     def cpu_groups(self, backend: str) -> dict[str, list[int]]:
-        """PIDs per role; `backend` is "nginx-backend" or "stream-backend"."""
+        """PIDs per role; `backend` is "nginx-backend", "stream-backend" or "standin"."""
         assert self.proc is not None and self.stream is not None
-        return {
-            "supervisor": [self.proc.pid],
-            "nginx-proxy": self.proxy.pids(),
-            backend: self.backend.pids() if backend == "nginx-backend" else [self.stream.pid],
-        }
+        pids = {"nginx-backend": self.backend.pids, "stream-backend": lambda: [self.stream.pid],
+                "standin": self.standin_pids}
+        return {"supervisor": [self.proc.pid], "nginx-proxy": self.proxy.pids(),
+                backend: pids[backend]()}
+
+    def standin_pids(self) -> list[int]:
+        done = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "-p", self.project,
+                               "top", STANDIN_MODEL], capture_output=True, text=True)
+        lines = done.stdout.splitlines()  # SERVICE # UID PID PPID ..., then one per process
+        if not lines or "PID" not in lines[0].split():
+            return []
+        col = lines[0].split().index("PID")
+        return [int(line.split()[col]) for line in lines[1:] if len(line.split()) > col]
 
     def cpu_watch(self, backend: str) -> CpuWatch:
         return CpuWatch(self.cpu_groups(backend))

@@ -18,7 +18,8 @@ T_COLD_OVERHEAD_MS = 250.0
 BUSY_PCT = 80.0  # a backend or the stream client above this (% of a core) may be the limit
 
 
-def evaluate(load: list[dict], streams: list[dict], cold: dict | None) -> list[dict]:
+def evaluate(load: list[dict], streams: list[dict], cold: dict | None,
+             standin: list[dict]) -> list[dict]:
     """Each target: name, value, limit, met (None: not measured in this run)."""
     out: list[dict[str, Any]] = []
 
@@ -31,12 +32,15 @@ def evaluate(load: list[dict], streams: list[dict], cold: dict | None) -> list[d
     if (p := by_c.get(T_THROUGHPUT_C)) is not None:
         s = p["supervisor"]
         add(f"req/s c={T_THROUGHPUT_C} vs nginx", s["vs_nginx"], T_RPS_VS_NGINX, upper=False)
-        add(f"req/s c={T_THROUGHPUT_C} vs direct", s["vs_direct"], T_RPS_VS_DIRECT, upper=False)
         nginx_added = p["nginx"]["added_p50_ms"]
         ratio = s["added_p50_ms"] / nginx_added if nginx_added > 0 else None
         add(f"added p50 c={T_THROUGHPUT_C} / nginx's added p50", ratio,
             T_ADDED_P50_C64_VS_NGINX, upper=True,
             why=f"supervisor {s['added_p50_ms']:+.3f} ms, nginx {nginx_added:+.3f} ms")
+    on_standin = {row["concurrency"]: row["paths"] for row in standin}
+    if (p := on_standin.get(T_THROUGHPUT_C)) is not None:
+        add(f"req/s c={T_THROUGHPUT_C} vs direct, stand-in backend",
+            p["supervisor"]["vs_direct"], T_RPS_VS_DIRECT, upper=False)
     if (p := by_c.get(1)) is not None:
         add("added p50 c=1 (ms)", p["supervisor"]["added_p50_ms"], T_ADDED_P50_C1_MS, upper=True)
     by_n = {row["streams"]: row for row in streams}

@@ -9,6 +9,8 @@ Parts:
   load       POST /v1/chat/completions, closed loop (wrk, 1 thread), c = 1, 16, 64, 256, the
              three paths in ABC/CBA order over --rounds; the backend is nginx answering a fixed
              chat completion (`return 200`). p50/p99/req/s, ratios to direct and to nginx.
+             Then c = 64 on the stand-in backend (the tests' Python OpenAI server), where a
+             backend costs what a model server's HTTP side costs: the ratio to direct there.
   streaming  SSE streams from bench/_stream.py (60 chunks each, each chunk stamped with
              CLOCK_MONOTONIC when written): 1 stream (chunks 1 ms apart), then 500 concurrent
              streams at 6,000 chunks/s in all. Time to first byte, and the delay each chunk
@@ -51,7 +53,16 @@ from _load import PATH, LoadGen, LoadRun, loadgen_child
 from _nginx import ensure_tools
 from _profile import print_summary, profile_supervisor
 from _report import print_cold, print_load, print_streams, print_targets
-from _stack import FAST_MODEL, SLOW_MODEL, SLOW_PORT, STREAM_MODEL, Stack, get, post
+from _stack import (
+    FAST_MODEL,
+    SLOW_MODEL,
+    SLOW_PORT,
+    STANDIN_MODEL,
+    STREAM_MODEL,
+    Stack,
+    get,
+    post,
+)
 from _stream import client_command
 from _targets import BUSY_PCT, T_THROUGHPUT_C, bottleneck_checks, count_errors, evaluate
 
@@ -85,14 +96,15 @@ def _summary(runs: list[LoadRun]) -> dict[str, Any]:
     }
 
 
-def measure_load(stack: Stack, gen: LoadGen, levels: list[int], rounds: int) -> list[dict]:
-    urls = {name: url + PATH for name, url in stack.fixed_urls().items()}
+def measure_load(stack: Stack, gen: LoadGen, levels: list[int], rounds: int,
+                 bases: dict[str, str], backend: str) -> list[dict]:
+    urls = {name: url + PATH for name, url in bases.items()}
     rows = []
     for c in levels:
         runs: dict[str, list[LoadRun]] = {name: [] for name in PATHS}
         for r in range(rounds):
             for name in PATHS if r % 2 == 0 else PATHS[::-1]:
-                run = gen.run(urls[name], c, stack.cpu_groups("nginx-backend"))
+                run = gen.run(urls[name], c, stack.cpu_groups(backend))
                 runs[name].append(run)
                 print(
                     f"  c={c:<3} round {r + 1}/{rounds} {name:<10} p50 {run.p50_ms:7.3f} ms  "
@@ -225,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--warmup", type=float, default=1.0, help="seconds before each load run")
     add("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     add("--rounds", type=int, default=2, help="runs per path and level (ABC, CBA, ...)")
+    add("--standin-concurrency", type=int, nargs="*", default=[T_THROUGHPUT_C],
+        help="levels of the load on the stand-in backend (none: skip it)")
     add("--stream-duration", type=float, default=10.0,
         help="measured seconds per streaming run (after a ramp of one stream's length)")
     add("--streams", type=int, default=500, help="concurrent streams in the many-stream case")
@@ -265,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     git_state = _git_state()  # the code the supervisor process is about to load
     load_before = os.getloadavg()
     streams: list[dict] = []
+    standin: list[dict] = []
     cold = profiles = None
     with tempfile.TemporaryDirectory(prefix="msbench-") as tmp:
         workdir = Path(tmp)
@@ -276,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.start()
             print(stack.describe(), flush=True)
             print("load (POST /v1/chat/completions, fixed answer from nginx):", flush=True)
-            load = measure_load(stack, gen, args.concurrency, args.rounds)
+            load = measure_load(stack, gen, args.concurrency, args.rounds, stack.fixed_urls(),
+                                "nginx-backend")
+            if args.standin_concurrency:
+                print("load on the stand-in backend (a Python OpenAI server):", flush=True)
+                gen_standin = LoadGen(kind, workdir, args.warmup, args.duration,
+                                      BODY.replace(FAST_MODEL, STANDIN_MODEL), Path(__file__))
+                standin = measure_load(stack, gen_standin, args.standin_concurrency,
+                                       args.rounds, stack.standin_urls(), "standin")
             if not args.skip_streams:
                 print("streaming (SSE):", flush=True)
                 streams = measure_streams(stack, cases, args.stream_duration, args.stream_chunks)
@@ -295,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.teardown()
 
-    targets = evaluate(load, streams, cold)
-    errors = count_errors(load, streams)
+    targets = evaluate(load, streams, cold, standin)
+    errors = count_errors(load + standin, streams)
     print()
     print(header)
     print_load(load)
+    print_load(standin, "the stand-in backend (compose/standin/standin.py, aiohttp)")
     print_streams(streams)
     print_cold(cold)
     print_targets(targets, errors)
@@ -338,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "bottleneck_warnings": checks,
         "load": load,
+        "load_standin": standin,
         "streaming": streams,
         "cold_start": cold,
         "profile": profiles,

@@ -9,7 +9,6 @@ import gc
 import logging
 import resource
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +23,8 @@ from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.registry import Registry, build_model, snapshot_rows
+from supervisor.lifecycle.units import units_of
 from supervisor.lifecycle.watcher import watch
 from supervisor.limits import LimitedSite, connection_limit
 from supervisor.observe.gpu import GpuSampler
@@ -33,9 +33,10 @@ from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import Control, configure
 from supervisor.ops.state_file import StateFile
 from supervisor.proxy.budget import BODY_BUDGET, BodyBudget
+from supervisor.proxy.fastpath import Context, DataPlane
 from supervisor.proxy.routes import add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
-from supervisor.runtime.compose import ComposeRuntime
+from supervisor.runtime.factory import runtime_for
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,19 @@ def build_app(config: Config, runtime: Runtime | None = None,
               config_path: Path | None = None) -> web.Application:
     admin_secrets(config)  # refuse an open admin API on a network address before anything
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    rt: Runtime = runtime if runtime is not None else ComposeRuntime(config.compose)
-    profile_of = {
-        p.service: (name, pname)
+    rt: Runtime = runtime if runtime is not None else runtime_for(config)
+    profile_of = {  # GPU memory is measured per unit: a model, or one of its replicas
+        p.service: (unit.name, pname)
         for name, model in config.models.items()
-        for pname, p in model.profiles.items()
+        for unit in units_of(name, model)
+        for pname, p in unit.config.profiles.items()
     }
-    gpu = GpuSampler(profile_of.get, project=config.compose.project)
+    gpu = GpuSampler(profile_of.get,
+                     project=config.compose.project if config.compose else None)
     def snapshots() -> list[ModelSnapshot]:
         handles = app[REGISTRY].handles.values()
         reserved = app[BUDGET].reservations() if BUDGET in app else {}
-        return [replace(h.snapshot(), gpu_reserved=reserved.get(h.name, {})) for h in handles]
+        return [row for h in handles for row in snapshot_rows(h, reserved)]
 
     metrics = Metrics(snapshots=snapshots, gpu=lambda: gpu.sample)
     app[METRICS] = metrics
@@ -72,17 +75,19 @@ def build_app(config: Config, runtime: Runtime | None = None,
         return sum(m.bytes for m in sample.models if m.model == model)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        # No total timeout: a generation may stream for many minutes.
+        # No total timeout: a generation may stream for many minutes. With the fast path
+        # (which pools its own) this session keeps no idle connections: two pools of idle
+        # sockets would break the two-descriptors-a-client budget of limits.py.
         session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, force_close=config.fast_path),
         )
         effects = Effects(rt, session, LoopClock())
-        handles = [ModelHandle(n, m, effects, metrics) for n, m in config.models.items()]
+        handles = [build_model(n, m, effects, metrics) for n, m in config.models.items()]
 
         def all_handles() -> list[ModelHandle]:
-            return list(app[REGISTRY].handles.values())
+            return app[REGISTRY].units()
 
         state = StateFile(config.state_file)
         effects.gpus = app[BUDGET] = await load_budget(config, effects.clock, state, gpu,
@@ -152,15 +157,23 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 async def start_server(config: Config, runtime: Runtime | None = None,
-                       config_path: Path | None = None) -> web.AppRunner:
+                       config_path: Path | None = None, *,
+                       reuse_port: bool = False) -> web.AppRunner:
     """Start listening; a client that disconnects cancels its handler (and so leaves the hold).
     Past the connection limit (limits.py) new clients get 503 before any request handling."""
     app = build_app(config, runtime, config_path)
+    plane = DataPlane()
+    app.on_shutdown.append(plane.shutdown)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    protocol = None
+    if config.fast_path:
+        assert runner.server is not None
+        plane.start(runner.server, Context(app[REGISTRY], app[METRICS], app[GATE]))
+        protocol = plane.protocol
     limit = connection_limit(config.max_connections, config.fd_reserve)
     site = LimitedSite(runner, *host_port(config.listen), limit=limit, label="proxy",
-                       backlog=1024)
+                       backlog=1024, protocol=protocol, reuse_port=reuse_port)
     await site.start()
     return runner
 

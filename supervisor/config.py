@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,9 +22,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from supervisor.replicas_config import replica_defaults, replicas_problem
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -161,6 +165,24 @@ class ComposeConfig(_Strict):
     command: list[str] = Field(default=["docker", "compose"], min_length=1)
 
 
+class SwarmConfig(_Strict):
+    """`runtime: swarm`: each model's `service` is a service of `stack` (as named in the stack
+    file), deployed by the operator with `docker stack deploy -c FILE STACK`. Swarm places
+    its tasks (constraints, node labels, generic resources); the supervisor only scales
+    them and routes to the node each task runs on."""
+
+    # The manager's Docker API (unix:///var/run/docker.sock, tcp://manager:2376); default:
+    # DOCKER_HOST (with DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket.
+    host: str | None = None
+    stack: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    # Swarm emits no task events: between node and service events, tasks are listed this
+    # often to notice a task that failed or moved to another node.
+    poll_interval: Annotated[Duration, Field(gt=0)] = 1.0
+    # A start fails (held requests get 503) once Swarm has found no node for its task for
+    # this long: its node is down, or no node has the GPUs (generic resources) free.
+    unplaceable_timeout: Duration = 30.0
+
+
 class ProfileConfig(_Strict):
     """One way to run a model: its Compose service and the context it can hold."""
 
@@ -215,6 +237,30 @@ class LivenessConfig(_Strict):
     failures: int = Field(3, ge=1)  # misses in a row that make it dead
 
 
+class ReplicaConfig(_Strict):
+    """One replica of a model: its own server (Compose service, upstream, GPUs). A model
+    with several profiles names the replica's service for each in `profiles`."""
+
+    service: str | None = None
+    profiles: dict[str, str] = {}  # profile name -> this replica's service for it
+    upstream: UpstreamUrl
+    gpus: GpuIndices | None = None  # default: the model's (or its profile's)
+    vram: PositiveByteSize | None = None
+
+
+class ScalableReplicas(_Strict):
+    """`replicas: {min, max}`: one service scaled by a runtime that can scale (Swarm)."""
+
+    min: int = Field(0, ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalableReplicas:
+        if self.min > self.max:
+            raise ValueError(f"min: {self.min} is more than max ({self.max})")
+        return self
+
+
 class ModelConfig(_Strict):
     # Either one Compose `service` (an implicit profile named "default") or `profiles`.
     service: str | None = None
@@ -255,6 +301,19 @@ class ModelConfig(_Strict):
     # The key the backend expects (vLLM --api-key), sent as `Authorization: Bearer`.
     upstream_key_env: str | None = None  # the name of an environment variable
     upstream_key_file: Path | None = None
+    # Several servers of the model (see lifecycle/units.py): a list of replicas, or
+    # {min, max} on a runtime that scales one service. Requests go to the ready replica
+    # with the fewest outstanding; another starts when held + in flight per ready (or
+    # starting) replica exceeds `target_concurrency` (e.g. vLLM's max_num_seqs).
+    replicas: list[ReplicaConfig] | ScalableReplicas | None = None
+    target_concurrency: int | None = Field(None, ge=1)
+    min_replicas: int = Field(0, ge=0)  # kept running (as if pinned) even when idle
+
+    @model_validator(mode="before")
+    @classmethod
+    def _services_from_replicas(cls, data: Any) -> Any:
+        """With a replica list, the model's own profiles are the first replica's."""
+        return replica_defaults(data)
 
     @model_validator(mode="after")
     def _profiles(self) -> ModelConfig:
@@ -273,6 +332,9 @@ class ModelConfig(_Strict):
                 f"default_profile: {self.default_profile!r} is not one of its profiles "
                 f"({', '.join(self.profiles)})"
             )
+        problem = replicas_problem(self)
+        if problem:
+            raise ValueError(problem)
         for name, profile in self.profiles.items():
             if profile.upstream is None and self.upstream is None:
                 raise ValueError(
@@ -311,7 +373,11 @@ class Config(BaseSettings):
     )
 
     listen: ListenAddress = "127.0.0.1:8080"
-    compose: ComposeConfig
+    # What runs the models' services: `docker compose` on this host (`compose:`), or the
+    # services of a Docker Swarm stack across nodes (`swarm:`).
+    runtime: Literal["compose", "swarm"] = "compose"
+    compose: ComposeConfig | None = Field(None, validate_default=True)  # for runtime: compose
+    swarm: SwarmConfig | None = Field(None, validate_default=True)  # for runtime: swarm
     models: dict[str, ModelConfig] = Field(min_length=1)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin: AdminConfig = AdminConfig()
@@ -334,6 +400,9 @@ class Config(BaseSettings):
     # API, health checks and `docker compose` running.
     max_connections: int | None = Field(None, ge=1)
     fd_reserve: int = Field(128, ge=0)
+    # Small JSON requests for a ready model are forwarded by the listener itself
+    # (proxy/fastpath.py), everything else by the aiohttp application; false: all by it.
+    fast_path: bool = True
 
     @classmethod
     def settings_customise_sources(
@@ -346,6 +415,15 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's content arrives as init kwargs; the environment wins over it.
         return env_settings, init_settings
+
+    @field_validator("compose", "swarm", mode="after")
+    @classmethod
+    def _runtime_has_its_section(cls, value: Any, info: ValidationInfo) -> Any:
+        """The section of the runtime in use is required (checked per field, so that the
+        error comes with the others, not instead of them)."""
+        if value is None and info.data.get("runtime") == info.field_name:
+            raise ValueError("required key is missing")
+        return value
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> Config:
@@ -362,6 +440,17 @@ class Config(BaseSettings):
             problem = schedule_problem(self, schedule)
             if problem:
                 raise ValueError(f"schedules.{name}.{problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_scale_only_where_the_runtime_can(self) -> Config:
+        # Compose cannot scale one service to several servers on their own ports.
+        for name, model in self.models.items():
+            if self.runtime == "compose" and isinstance(model.replicas, ScalableReplicas):
+                raise ValueError(
+                    f"models.{name}.replicas: {{min, max}} needs a runtime that can scale a "
+                    "service (Docker Swarm); with Compose, list each replica: "
+                    "[{service, upstream}, ...]")
         return self
 
 
@@ -421,9 +510,10 @@ def load_config(path: str | Path) -> Config:
     except ValidationError as exc:
         raise ConfigError(_format(exc)) from exc
     compose = config.compose
-    compose.file = (path.parent / compose.file).resolve()
-    if compose.env_file is not None:
-        compose.env_file = (path.parent / compose.env_file).resolve()
+    if compose is not None:
+        compose.file = (path.parent / compose.file).resolve()
+        if compose.env_file is not None:
+            compose.env_file = (path.parent / compose.env_file).resolve()
     for model in config.models.values():
         if model.model_dir is not None:
             model.model_dir = (path.parent / model.model_dir).resolve()

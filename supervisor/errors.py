@@ -82,17 +82,22 @@ def error_response(
     extra: dict[str, Any] | None = None,
 ) -> web.Response:
     """The OpenAI error body; `extra` adds fields beside `message` (e.g. reload's problems)."""
-    error: dict[str, Any] = {
+    all_headers = dict(headers or {})
+    if retry_after is not None:
+        all_headers["Retry-After"] = str(retry_after)
+    return web.json_response(error_payload(status, message, code, extra), status=status,
+                             headers=all_headers)
+
+
+def error_payload(status: int, message: str, code: str,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {
         "message": message,
         "type": _TYPES.get(status, "server_error"),
         "param": None,
         "code": code,
         **(extra or {}),
-    }
-    all_headers = dict(headers or {})
-    if retry_after is not None:
-        all_headers["Retry-After"] = str(retry_after)
-    return web.json_response({"error": error}, status=status, headers=all_headers)
+    }}
 
 
 @web.middleware

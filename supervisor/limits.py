@@ -303,9 +303,11 @@ def _open_spare() -> int | None:
         return None
 
 
-def listen(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+def listen(host: str | None, port: int, backlog: int, *,
+           reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for every address `host` resolves to, as asyncio's create_server
-    binds them (SO_REUSEADDR; IPv6 sockets IPv6 only)."""
+    binds them (SO_REUSEADDR; IPv6 sockets IPv6 only); `reuse_port`: SO_REUSEPORT, where
+    the kernel spreads new connections over every process listening on the port."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -318,6 +320,8 @@ def listen(host: str | None, port: int, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -334,15 +338,19 @@ class LimitedSite(web.BaseSite):
     """aiohttp's TCPSite with `LimitedServer` in place of the loop's own server; `label`
     names the listener in the log ("proxy", "admin")."""
 
-    __slots__ = ("_host", "_label", "_limit", "_port")
+    __slots__ = ("_host", "_label", "_limit", "_port", "_protocol", "_reuse_port")
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
-                 limit: int | None, label: str, backlog: int = 1024) -> None:
+                 limit: int | None, label: str, backlog: int = 1024,
+                 protocol: Callable[[], asyncio.Protocol] | None = None,
+                 reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limit = limit
         self._label = label
+        self._protocol = protocol  # default: the runner's (aiohttp's) own
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -359,9 +367,9 @@ class LimitedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        factory = self._runner.server
+        factory = self._protocol or self._runner.server
         assert factory is not None
-        sockets = listen(self._host, self._port, self._backlog)
+        sockets = listen(self._host, self._port, self._backlog, reuse_port=self._reuse_port)
         server = LimitedServer(factory, sockets, self._limit, f"{self._label} listener")
         await server.start_serving()
         self._server = server

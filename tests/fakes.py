@@ -125,6 +125,9 @@ class FakeRuntime:
     # Docker events: a service name for a container that exits, or a RuntimeFailure
     # for a broken stream.
     events: asyncio.Queue[str | RuntimeFailure] = field(default_factory=asyncio.Queue)
+    # The hosts a service's tasks run on (a runtime that places them, like Swarm); none:
+    # the upstream as configured.
+    nodes: dict[str, list[str]] = field(default_factory=dict)
 
     def _service(self, service: str) -> _Service:
         return self.services.setdefault(service, _Service())
@@ -192,6 +195,12 @@ class FakeRuntime:
     async def running_services(self) -> set[str]:
         await self.ping()
         return {name for name, s in self.services.items() if s.state is ServiceState.RUNNING}
+
+    async def endpoints(self, service: str) -> list[str]:
+        return list(self.nodes.get(service, []))
+
+    async def scale(self, service: str, replicas: int) -> None:
+        self.calls.append(("scale", f"{service}={replicas}"))
 
     async def ping(self) -> None:
         if self.frozen:

@@ -81,6 +81,10 @@ class Config:
         self.gpu_utilization = float(util) if util else None  # vLLM's default 0.9
         self.sleep_vram = _env_int("STANDIN_SLEEP_VRAM_BYTES")  # kept while asleep
         self.ledger_stale = float(os.environ.get("STANDIN_LEDGER_STALE", "10") or 10)
+        # Time to first byte that grows with its own load, like a batching server (seed 003:
+        # 357 ms alone, 1.8 s at 128): base + per_request x the completions in progress.
+        self.ttfb_base = float(os.environ.get("STANDIN_TTFB_BASE", "0") or 0)
+        self.ttfb_per_request = float(os.environ.get("STANDIN_TTFB_PER_REQUEST", "0") or 0)
 
 
 CONFIG: Config  # set in main(); handlers read it
@@ -230,7 +234,16 @@ class Handler(BaseHTTPRequestHandler):
         if method in ("GET", "HEAD") and path == "/v1/models":
             return self._json(200, self._models())
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
-            return self._completion(path, body)
+            with BUSY_LOCK:
+                others = BUSY[0]
+                BUSY[0] += 1
+            try:
+                if CONFIG.ttfb_base or CONFIG.ttfb_per_request:
+                    time.sleep(CONFIG.ttfb_base + CONFIG.ttfb_per_request * others)
+                return self._completion(path, body)
+            finally:
+                with BUSY_LOCK:
+                    BUSY[0] -= 1
         if method == "POST" and path == "/v1/embeddings":
             return self._embeddings(body)
         self._error(404, f"{method} {path} not found", "not_found")
@@ -483,6 +496,8 @@ ORDER: list[str] = []  # what reached the server, in order (warm-ups marked)
 SLEEPING = threading.Event()
 HUNG = threading.Event()
 HUNG_FOREVER = threading.Event()  # never set
+BUSY = [0]  # completions in progress (STANDIN_TTFB_PER_REQUEST)
+BUSY_LOCK = threading.Lock()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

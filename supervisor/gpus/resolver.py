@@ -19,12 +19,14 @@ from supervisor.gpus.needs import Need, asleep_vram, resolve_need
 from supervisor.gpus.services import Services, read_services
 from supervisor.lifecycle.placement import PerGpu, never_fits
 from supervisor.lifecycle.table import DOWN, State
+from supervisor.lifecycle.units import unit_configs
 
 
 class GpuNeeds:
     def __init__(self, config: Config, inventory: Inventory, services: Services,
                  measured: Measured) -> None:
         self.config = config
+        self.models = unit_configs(config)  # by unit: a model, or one of its replicas
         self.inventory = inventory
         self.services = services
         self.measured = measured
@@ -50,15 +52,16 @@ class GpuNeeds:
         return self.inventory.totals
 
     def need(self, model: str, profile: str) -> Need:
-        """What `model`'s `profile` needs now (measured peaks as of this call)."""
-        cfg = self.config.models[model]
+        """What `model`'s `profile` needs now (measured peaks as of this call); `model` is
+        a unit's name (a replica has its own GPUs)."""
+        cfg = self.models[model]
         service = self.services.get(cfg.profiles[profile].service)
         return resolve_need(model, cfg, profile, service, self.inventory,
                             self.measured.peak(model, profile))
 
     def asleep(self, model: str, profile: str) -> dict[int, int] | None:
         """What it keeps per GPU once asleep; None: it cannot sleep, or nobody knows."""
-        return asleep_vram(self.need(model, profile), self.config.models[model].sleep,
+        return asleep_vram(self.need(model, profile), self.models[model].sleep,
                            self.measured.asleep(model, profile))
 
     def holds(self, model: str, profile: str, state: State) -> PerGpu:

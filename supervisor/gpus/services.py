@@ -16,8 +16,12 @@ from supervisor.runtime.compose import compose_command
 Services = dict[str, dict[str, Any]]
 
 
-def read_services(compose: ComposeConfig, timeout: float = 60.0) -> tuple[Services, str | None]:
-    """(services by name, None), or ({}, 'compose.<key>: problem'). Blocking: a subprocess."""
+def read_services(compose: ComposeConfig | None,
+                  timeout: float = 60.0) -> tuple[Services, str | None]:
+    """(services by name, None), or ({}, 'compose.<key>: problem'). Blocking: a subprocess.
+    No Compose section (runtime: swarm): no services, and no problem."""
+    if compose is None:
+        return {}, None
     if not compose.file.is_file():
         return {}, f"compose.file: {compose.file} does not exist"
     if compose.env_file is not None and not compose.env_file.is_file():

@@ -26,6 +26,8 @@ log = logging.getLogger("supervisor.placement")
 
 async def load_budget(config: Config, clock: Clock, state: StateFile, sampler: GpuSampler,
                       handles: Callable[[], Iterable[ModelHandle]]) -> GpuBudget:
+    if config.runtime == "swarm":  # Swarm places tasks on its nodes' GPUs (generic resources)
+        return GpuBudget(None, clock)
     measured = Measured.from_json(state.load().get(SECTION))
     needs, problems = await GpuNeeds.load(config, measured)
     for problem in problems:

@@ -80,7 +80,7 @@ class GpuBudget:
 
     def _knows(self, handle: ModelHandle) -> bool:
         """Its model and profile are in the config the needs were resolved from."""
-        models = self.needs.config.models if self.needs is not None else {}
+        models = self.needs.models if self.needs is not None else {}
         return handle.name in models and handle.profile.name in models[handle.name].profiles
 
     def placed(self, handle: ModelHandle, profile: Profile) -> bool:

@@ -36,6 +36,7 @@ class Outcome:
     error: str | None = None
     seconds: float = 0.0
     refusal: Refusal | None = None  # what held requests get instead of a start failure
+    endpoint: str | None = None  # a start's: the host that serves it (Swarm: the task's node)
 
 
 class Effects:
@@ -66,25 +67,39 @@ class Effects:
                     raise StartFailed(f"`up` of service {profile.service!r} did not finish "
                                       f"within startup_timeout ({config.startup_timeout:.0f}s)"
                                       ) from None
-            await await_ready(self.runtime, profile.service, self.probe, profile.health_url,
+            endpoint = await self._endpoint(profile.service)
+            served = profile if endpoint is None else profile.at(endpoint)
+            await await_ready(self.runtime, profile.service, self.probe, served.health_url,
                               startup_timeout=config.startup_timeout,
                               interval=config.health_interval, now=self.clock.now,
                               began=began)
             if not compose_up and config.sleep.enabled:
-                await self._wake_if_asleep(name, config, profile, headers)
+                await self._wake_if_asleep(name, config, served, headers)
         except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
             seconds = self.clock.now() - began
             log.error("model=%s start failed after %.2fs: %s", name, seconds, exc)
             await self._leave_nothing_running(name, profile, config.stop_timeout)
             return Outcome(Event.START_FAILED, str(exc), seconds)
         seconds = self.clock.now() - began
-        log.info("model=%s profile=%s ready in %.2fs", name, profile.name, seconds)
-        return Outcome(Event.STARTED, None, seconds)
+        log.info("model=%s profile=%s ready in %.2fs%s", name, profile.name, seconds,
+                 "" if endpoint is None else f" on {endpoint}")
+        return Outcome(Event.STARTED, None, seconds, endpoint=endpoint)
+
+    async def _endpoint(self, service: str) -> str | None:
+        """Where the service runs when the runtime places it (a Swarm task's node): the
+        first, as one server serves a model; None: the upstream as configured."""
+        found = await self.runtime.endpoints(service)
+        return found[0] if found else None
 
     async def _leave_nothing_running(self, name: str, profile: Profile, grace: float) -> None:
         """A start that failed but left its container up (a server that never turned
-        healthy) would keep its GPUs with nothing to stop it: stop it now."""
-        if await self.container_state(profile) is None:
+        healthy), or its service wanted (Swarm restarts a crashed task), would keep its GPUs
+        with nothing to stop it: stop it now."""
+        try:
+            status = await self.runtime.status(profile.service)
+        except RuntimeFailure:
+            status = None  # cannot tell: stop it to be sure
+        if status is None or status.running or status.wanted:
             log.info("model=%s stopping the container of the failed start", name)
             try:
                 await self.runtime.stop(profile.service, grace)

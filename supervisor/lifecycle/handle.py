@@ -22,7 +22,14 @@ from supervisor.errors import Conflict, Refusal, StartFailed
 from supervisor.lifecycle.budget import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
-from supervisor.lifecycle.lease import Flight, Held, HoldRejected, Lease, stopped_error
+from supervisor.lifecycle.lease import (
+    Cancellable,
+    Flight,
+    Held,
+    HoldRejected,
+    Lease,
+    stopped_error,
+)
 from supervisor.lifecycle.liveness import Liveness
 from supervisor.lifecycle.profiles import (
     Decision,
@@ -80,6 +87,8 @@ class ModelHandle:
         self._up = False  # its service was brought up (or adopted) since the last stop
         self.estimator: Estimator | None = None  # loading a tokenizer is slow: see configure
         self.upstream_headers: dict[str, str] = {}  # the backend's key, when it wants one
+        # A replica's set (replicas.py) follows its swaps: (this replica, target profile).
+        self.on_swap: Callable[[ModelHandle, str], None] | None = None
         # Operator toggles (admin API, schedules).
         self.pinned = False
         self.scheduled: set[str] = set()  # keep-warm windows open now: pinned while any is
@@ -140,7 +149,7 @@ class ModelHandle:
         try:
             yield lease
         finally:
-            self._release(lease.flight)
+            self.release(lease)
 
     def snapshot(self) -> ModelSnapshot:
         now = self.clock.now()
@@ -166,14 +175,29 @@ class ModelHandle:
             return 0.0
         return max(0.0, self._retry_at - self.clock.now())
 
+    def lease_now(self, tokens: int | None, task: Cancellable | None) -> Lease | None:
+        """A lease at once when the running profile is ready and fits, else None (the fast
+        path's test: it hands everything else to the path that can hold). `task` is what a
+        force stop or a dead server cancels; give the lease back with `release`."""
+        if self.state is not State.READY or not self.profile.fits(tokens):
+            return None
+        self.last_request_at = self.clock.now()
+        flight = Flight(task)
+        self.in_flight += 1
+        self._flights.append(flight)
+        return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight,
+                     replica=self, first=self._take_first())
+
+    def release(self, lease: Lease) -> None:
+        self._release(lease.flight)
+
     async def _acquire(self, tokens: int | None) -> Lease:
-        self.last_request_at = began = self.clock.now()
+        began = self.clock.now()
+        ready = self.lease_now(tokens, asyncio.current_task())
+        if ready is not None:
+            return ready
+        self.last_request_at = began
         flight = Flight(asyncio.current_task())
-        if self.state is State.READY and self.profile.fits(tokens):
-            self.in_flight += 1
-            self._flights.append(flight)
-            return Lease(self.profile, cold_start=False, hold_seconds=0.0, flight=flight,
-                         first=self._take_first())
         down = self._effects.runtime_down
         if down is not None and self.state in DOWN:
             self._effects.runtime_back.set()  # maybe it is back: have the watcher look now
@@ -212,7 +236,8 @@ class ModelHandle:
         finally:
             held.expiry.cancel()
         return Lease(self.profile, cold_start=True, hold_seconds=self.clock.now() - began,
-                     flight=flight, first=self._take_first(), evicted=self._evicted)
+                     flight=flight, replica=self, first=self._take_first(),
+                     evicted=self._evicted)
 
     def _take_first(self) -> bool:
         """True for the first request forwarded after a start or a wake (its latency is the
@@ -291,6 +316,8 @@ class ModelHandle:
                  "draining %d in flight", self.name, self.profile.name, route.target.name,
                  tokens, self.in_flight)
         self._dispatch(Event.SWAP)
+        if self.on_swap is not None:
+            self.on_swap(self, route.target.name)
 
     async def upstream_failed(self) -> str | None:
         """The upstream refused a connection: if its container died, forget it was ready.
@@ -517,6 +544,8 @@ class ModelHandle:
         if ok:
             self.last_cold_start_seconds, self.last_error = outcome.seconds, None
             self.start_failures, self._retry_at = 0, None
+            if outcome.endpoint is not None:  # routed to the node its task runs on (Swarm)
+                self.profile = profile.at(outcome.endpoint)
             await self._warm_up_after_ready()
         return outcome
 

@@ -5,22 +5,30 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor.errors import Refusal, StartFailed
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.profiles import Profile
+
+if TYPE_CHECKING:
+    from supervisor.lifecycle.handle import ModelHandle
 
 
 class HoldRejected(Refusal):
     """A request that cannot be held: too many already wait, or it waited too long."""
 
 
+class Cancellable(Protocol):
+    def cancel(self, msg: Any | None = None) -> bool | None: ...
+
+
 @dataclass(slots=True)
 class Flight:
-    """A request counted in flight; a force stop or a dead server cancels its task and says
-    why in `aborted` (the error code its client gets)."""
+    """A request counted in flight; a force stop or a dead server cancels its task (or the
+    fast path's exchange) and says why in `aborted` (the error code its client gets)."""
 
-    task: asyncio.Task[object] | None
+    task: Cancellable | None
     aborted: str | None = None
 
 
@@ -32,6 +40,7 @@ class Lease:
     cold_start: bool
     hold_seconds: float
     flight: Flight
+    replica: ModelHandle  # the handle that granted it (one of a model's replicas, or the model)
     first: bool = False  # the first request the server answers after a start or wake
     evicted: tuple[str, ...] = ()  # models stopped (or put to sleep) to make room for it
 

@@ -10,8 +10,9 @@ except through an idle stop, after which the default profile starts again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
 
 from supervisor.config import ModelConfig
 
@@ -27,6 +28,21 @@ class Profile:
 
     def fits(self, tokens: int | None) -> bool:
         return tokens is None or self.max_model_len is None or tokens <= self.max_model_len
+
+    def at(self, host: str) -> Profile:
+        """This profile served by `host` (the node a Swarm task runs on) instead of the
+        configured upstream's host; scheme, port and path stay as configured."""
+        return replace(self, upstream=with_host(self.upstream, host),
+                       health_url=with_host(self.health_url, host))
+
+
+def with_host(url: str, host: str) -> str:
+    """`url` with its host replaced (an IPv6 address gets its brackets)."""
+    parts = urlsplit(url)
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def profiles_of(model: ModelConfig) -> list[Profile]:

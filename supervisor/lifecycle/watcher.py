@@ -65,7 +65,7 @@ async def _follow(effects: Effects, registry: Registry) -> None:
 
 async def _exits(effects: Effects, registry: Registry) -> None:
     async for service in effects.runtime.exits():
-        for handle in list(registry.handles.values()):
+        for handle in registry.units():
             if handle.profile.service == service:
                 handle.container_died()
 
@@ -85,7 +85,7 @@ async def resync(effects: Effects, registry: Registry) -> None:
     what did not run may run now. Raises RuntimeFailure while it is still away."""
     running = await effects.runtime.running_services()
     log.info("the runtime is reachable again; re-syncing %d models", len(registry.handles))
-    for handle in list(registry.handles.values()):
+    for handle in registry.units():
         if handle.state in (State.READY, State.ASLEEP) and handle.profile.service not in running:
             handle.container_died("absent")
         elif handle.state in DOWN:

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from supervisor.lifecycle.table import State
@@ -56,9 +56,13 @@ class ModelSnapshot:
     start_failures: int = 0  # consecutive failed starts
     retry_in_seconds: float = 0.0  # until the next start may be tried (crash-loop backoff)
     gpu_reserved: Mapping[int, int] = field(default_factory=dict)  # bytes per GPU it holds
+    replica_of: str = ""  # a replica's row (supervisor_replica_*): the model it serves
+    served: int = 0  # a replica's row: requests it was given (a counter)
 
 
 Snapshots = Callable[[], Iterable[ModelSnapshot]]
+ReplicaFamilies = tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                        CounterMetricFamily]
 GpuReading = Callable[[], GpuSample | None]
 
 
@@ -199,13 +203,17 @@ class LiveCollector(Collector):
         self._gpu = gpu
 
     def describe(self) -> Iterable[Metric]:
-        return [*self._model_families(), *self._gpu_families()]
+        return [*self._model_families(), *self._replica_families(), *self._gpu_families()]
 
     def collect(self) -> Iterable[Metric]:
         families = self._model_families()
         state, profile, idle, since, in_flight, held, failures, backoff, reserved = families
+        replicas = self._replica_families()
         for snap in self._snapshots():
             m = snap.model
+            if snap.replica_of:
+                self._add_replica(replicas, snap)
+                continue
             for s in dict.fromkeys((*STATES, snap.state)):
                 state.add_metric([m, s], 1.0 if s == snap.state else 0.0)
             if snap.profile:
@@ -220,6 +228,7 @@ class LiveCollector(Collector):
             for gpu, size in sorted(snap.gpu_reserved.items()):
                 reserved.add_metric([str(gpu), m], size)
         yield from families
+        yield from replicas
         sample = self._gpu() if self._gpu is not None else None
         if sample is not None:
             yield from self._gpu_metrics(sample)
@@ -242,6 +251,31 @@ class LiveCollector(Collector):
                               "GPU memory the placement counts as a model's (its need, or its "
                               "asleep size), per GPU.", labels=["gpu", "model"]),
         ]
+
+    @staticmethod
+    def _replica_families() -> ReplicaFamilies:
+        def g(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"supervisor_replica_{name}", doc,
+                                     labels=["model", "replica", *labels])
+
+        return (
+            g("state", "1 for a replica's current lifecycle state, 0 for the others.", "state"),
+            g("in_flight", "Requests being forwarded to the replica."),
+            g("held", "Requests waiting for the replica to become ready."),
+            CounterMetricFamily("supervisor_replica_requests",
+                                "Requests a model's replica was given to serve.",
+                                labels=["model", "replica"]),
+        )
+
+    @staticmethod
+    def _add_replica(families: ReplicaFamilies, snap: ModelSnapshot) -> None:
+        state, in_flight, held, served = families
+        key = [snap.replica_of, snap.model]
+        for s in dict.fromkeys((*STATES, snap.state)):
+            state.add_metric([*key, s], 1.0 if s == snap.state else 0.0)
+        in_flight.add_metric(key, snap.in_flight)
+        held.add_metric(key, snap.held)
+        served.add_metric(key, snap.served)
 
     @staticmethod
     def _gpu_families() -> list[GaugeMetricFamily]:

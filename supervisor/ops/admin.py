@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from supervisor.appkeys import CONTROL, Handler
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.errors import BadRequest, NotFound, error_response, openai_errors
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.registry import Model
 from supervisor.ops import event_stream
 from supervisor.ops.control import Control
 from supervisor.ops.gpus import gpu_view
@@ -93,7 +93,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def _handle(request: web.Request) -> ModelHandle:
+def _handle(request: web.Request) -> Model:
     name = request.match_info["name"]
     handle = request.app[CONTROL].find(name)
     if handle is None:
@@ -101,7 +101,7 @@ def _handle(request: web.Request) -> ModelHandle:
     return handle
 
 
-def _model(request: web.Request, handle: ModelHandle, status: int = 200) -> web.Response:
+def _model(request: web.Request, handle: Model, status: int = 200) -> web.Response:
     return web.json_response(request.app[CONTROL].describe(handle), status=status)
 
 
@@ -140,7 +140,7 @@ async def get_model(request: web.Request) -> web.Response:
     return _model(request, _handle(request))
 
 
-def _check_profile(handle: ModelHandle, profile: str | None) -> None:
+def _check_profile(handle: Model, profile: str | None) -> None:
     if profile is not None and profile not in {p.name for p in handle.profiles}:
         names = ", ".join(p.name for p in handle.profiles)
         raise BadRequest(f"Invalid request: profile: {profile!r} is not a profile of "

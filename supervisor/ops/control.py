@@ -27,9 +27,11 @@ from supervisor.errors import BadRequest, Conflict, NotFound
 from supervisor.gate import Gate
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.registry import Model, Registry, build_model
+from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.placement_view import placement_view
+from supervisor.ops.replicas_view import replicas_view
 from supervisor.ops.schedule import KeepWarm
 from supervisor.ops.state_file import StateFile
 from supervisor.proxy.estimate import load_estimator
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 VramOf = Callable[[str], int | None]
 
 
-async def configure(handle: ModelHandle) -> None:
+async def configure(handle: Model) -> None:
     """Give a handle its estimator (a tokenizer loads slowly: off the loop) and the key it
     sends to its backend (read from env or file, never logged)."""
     estimator = await asyncio.to_thread(load_estimator, handle.config)
@@ -63,7 +65,7 @@ class Control:
         self.keep_warm = KeepWarm(self.find, config.timezone)
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def find(self, name: str) -> ModelHandle | None:
+    def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)
 
     # -- start-up and shutdown ------------------------------------------------
@@ -106,7 +108,7 @@ class Control:
 
     # -- reads ----------------------------------------------------------------
 
-    def describe(self, handle: ModelHandle) -> dict[str, Any]:
+    def describe(self, handle: Model) -> dict[str, Any]:
         snap = handle.snapshot()
         return {
             "name": handle.name,
@@ -123,13 +125,23 @@ class Control:
             "in_flight": handle.in_flight,
             "held": handle.held,
             "last_cold_start_seconds": handle.last_cold_start_seconds,
-            "vram_bytes": self.vram(handle.name),
+            "vram_bytes": self._vram(handle),
             "sleep_supported": handle.config.sleep.enabled,
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
-            "gpu": placement_view(self.effects.gpus, handle),
+            "gpu": placement_view(self.effects.gpus, handle)
+            if isinstance(handle, ModelHandle) else None,  # a replica set: per replica
+            "replicas": replicas_view(self.effects.gpus, self.vram, handle)
+            if isinstance(handle, ReplicaSet) else None,
         }
+
+    def _vram(self, handle: Model) -> int | None:
+        """GPU memory its containers use (a replica set's: its replicas' together)."""
+        sizes = [self.vram(u.name) for u in (
+            handle.replicas if isinstance(handle, ReplicaSet) else [handle])]
+        known = [s for s in sizes if s is not None]
+        return sum(known) if known else None
 
     # -- maintenance mode -----------------------------------------------------
 
@@ -176,7 +188,7 @@ class Control:
         for name, model in new.models.items():
             upstream_key(name, model)  # an unreadable key file refuses the reload
         old = self.config
-        restart = [k for k in ("listen", "compose", "admin") if
+        restart = [k for k in ("listen", "runtime", "compose", "swarm", "admin") if
                    getattr(old, k) != getattr(new, k)]
         added = [n for n in new.models if n not in old.models]
         removed = [n for n in old.models if n not in new.models]
@@ -198,12 +210,16 @@ class Control:
                 "restart_required": restart}
 
     async def _add(self, name: str, model: ModelConfig) -> None:
-        handle = ModelHandle(name, model, self.effects, self.metrics)
+        handle = build_model(name, model, self.effects, self.metrics)
         await configure(handle)
         self.registry.add(handle)
 
     async def _change(self, name: str, model: ModelConfig) -> None:
         handle = self.registry.handles[name]
+        if isinstance(handle, ReplicaSet) != isinstance(model.replicas, list):
+            self._retire(name)  # gaining or losing a replica list: another kind of model
+            await self._add(name, model)
+            return
         handle.reconfigure(model)
         await configure(handle)
         self.registry.add(handle)  # its aliases may have changed
@@ -226,7 +242,7 @@ class Control:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _stop_and_close(self, handle: ModelHandle) -> None:
+    async def _stop_and_close(self, handle: Model) -> None:
         began = time.monotonic()
         handle.retire()
         await handle.retired.wait()

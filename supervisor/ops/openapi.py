@@ -48,6 +48,22 @@ PLACEMENT: Json = {
                                           "(empty while stopped or waiting to start)"},
     },
 }
+REPLICAS: Json = {
+    "type": ["array", "null"],
+    "description": "a model with `replicas:`: one row per replica (null for the others)",
+    "items": {"type": "object", "required": ["name", "state", "in_flight", "held", "served"],
+              "properties": {
+                  "name": {"type": "string", "description": "<model>#<n>, n from 1"},
+                  "state": {"type": "string", "enum": [s.value for s in State]},
+                  "profile": {"type": ["string", "null"]}, "service": {"type": "string"},
+                  "upstream": {"type": "string"}, "in_flight": {"type": "integer"},
+                  "held": {"type": "integer"},
+                  "served": {"type": "integer", "description": "requests it was given"},
+                  "pinned": {"type": "boolean"}, "last_error": {"type": ["string", "null"]},
+                  "start_failures": {"type": "integer"},
+                  "retry_in_seconds": {"type": "number"},
+                  "vram_bytes": {"type": ["integer", "null"]}, "gpu": PLACEMENT}},
+}
 MODEL: Json = {
     "type": "object",
     "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
@@ -64,7 +80,7 @@ MODEL: Json = {
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
         "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
-        "gpu": PLACEMENT,
+        "gpu": PLACEMENT, "replicas": REPLICAS,
     },
 }
 CRON: Json = {"type": "string", "minLength": 9, "maxLength": 100,

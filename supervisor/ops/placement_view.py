@@ -15,7 +15,7 @@ def placement_view(budget: GpuBudget, handle: ModelHandle) -> dict[str, Any] | N
     needs = budget.needs
     if needs is None or not budget.enabled:
         return None
-    model = needs.config.models.get(handle.name)
+    model = needs.models.get(handle.name)
     profile = handle.profile.name
     if model is None or profile not in model.profiles:
         return None  # added or changed by a reload the budget has not loaded yet

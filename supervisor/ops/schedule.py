@@ -22,7 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from supervisor.config import ScheduleConfig
 from supervisor.errors import Conflict
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.registry import Model
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def window_open(start: CronTrigger, end: CronTrigger, now: datetime) -> bool:
 class KeepWarm:
     """The schedules of one supervisor; `find` maps a model name to its handle."""
 
-    def __init__(self, find: Callable[[str], ModelHandle | None], timezone: str,
+    def __init__(self, find: Callable[[str], Model | None], timezone: str,
                  clock: Clock | None = None) -> None:
         self.find = find
         self.tz = ZoneInfo(timezone)
@@ -141,7 +141,7 @@ class KeepWarm:
         except Conflict as exc:
             log.warning("schedule=%s cannot start model=%s: %s", name, schedule.model, exc)
 
-    def _pin(self, schedule: ScheduleConfig, name: str, pinned: bool) -> ModelHandle | None:
+    def _pin(self, schedule: ScheduleConfig, name: str, pinned: bool) -> Model | None:
         handle = self.find(schedule.model)
         if handle is None:
             log.warning("schedule=%s names model=%s, which no longer exists", name,

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from supervisor.errors import Refusal
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.registry import Model
 from supervisor.lifecycle.table import State
 from supervisor.proxy.router import Body
 
@@ -25,7 +25,7 @@ HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
            "X-Supervisor-Loading-Progress": "true"}
 
 
-def wanted(handle: ModelHandle, body: Body) -> bool:
+def wanted(handle: Model, body: Body) -> bool:
     """A JSON request with `"stream": true` for a model that has the option and is not
     ready now (a ready one answers at once: nothing to report)."""
     if not handle.config.loading_progress or handle.state is State.READY or body.data is None:
@@ -40,7 +40,7 @@ def wanted(handle: ModelHandle, body: Body) -> bool:
 
 
 class LoadingProgress:
-    def __init__(self, request: web.Request, handle: ModelHandle) -> None:
+    def __init__(self, request: web.Request, handle: Model) -> None:
         self.request = request
         self.handle = handle
         self.response: web.StreamResponse | None = None

@@ -28,9 +28,8 @@ import orjson
 from aiohttp import web
 
 from supervisor.errors import BadRequest, Refusal
-from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.profiles import largest, max_audio_seconds
-from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.registry import Model, Registry
 from supervisor.proxy.audio import HEAD_BYTES
 from supervisor.proxy.body import (
     SPOOL_RESERVE_BYTES,
@@ -48,7 +47,7 @@ from supervisor.proxy.jsonestimate import estimate_spooled
 from supervisor.proxy.jsonmodel import MAX_MODEL_BYTES, encoded_name, locate_model, splice
 from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part_head
 
-__all__ = ["FILE_HEAD_WINDOW", "Body", "Routed", "resolve"]
+__all__ = ["FILE_HEAD_WINDOW", "Body", "Routed", "refuse_unfitting", "resolve", "route_inline"]
 
 SPOOL_MEMORY_BYTES = 1 << 20
 INLINE_ESTIMATE_BYTES = 64 << 10  # larger bodies are tokenized in a thread
@@ -57,7 +56,7 @@ FILE_HEAD_WINDOW = HEAD_BYTES + (256 << 10)  # where a form's file part and its 
 
 @dataclass(slots=True)
 class Routed:
-    handle: ModelHandle
+    handle: Model
     body: Body
     need: Need | None  # None when the model has no context limits to route on
 
@@ -79,11 +78,22 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
             received.close()
             raise
     try:
-        _refuse_what_fits_nowhere(routed)
+        refuse_unfitting(routed.handle, routed.need)
     except Refusal:
         routed.body.close()
         raise
     return routed
+
+
+def route_inline(data: bytes, registry: Registry) -> tuple[Model, bytes, Need | None]:
+    """A small JSON body's model, the body as the server must get it, and what it needs,
+    all without waiting (the fast path's routing; it raises what `resolve` would)."""
+    payload = _json_object(data)
+    model = _model_of(payload)
+    handle = registry.get(model)
+    need = handle.estimator.for_json(payload) if handle.estimator is not None else None
+    refuse_unfitting(handle, need)
+    return handle, _served(data, model, handle), need
 
 
 async def _in_memory(received: Received, registry: Registry) -> Routed:
@@ -102,13 +112,19 @@ async def _in_memory(received: Received, registry: Registry) -> Routed:
         )
     del payload
     received.reservation.shrink(len(data))  # the parsed copy is gone
-    if model != handle.served_name:  # an alias: the server knows only its own name
-        value = locate_model(data, model)
-        if value is None:  # cannot be: the parse found this string
-            raise BadRequest("The request body has no `model` string", code="missing_model")
-        data = splice(data, value, handle.served_name)
+    data = _served(data, model, handle)
     body = Body(data=data, reservation=received.reservation, decoded=received.decoded)
     return Routed(handle, body, need)
+
+
+def _served(data: bytes, model: str, handle: Model) -> bytes:
+    """An alias replaced by the served name: the server knows only its own name."""
+    if model == handle.served_name:
+        return data
+    value = locate_model(data, model)
+    if value is None:  # cannot be: the parse found this string
+        raise BadRequest("The request body has no `model` string", code="missing_model")
+    return splice(data, value, handle.served_name)
 
 
 async def _spooled(received: Received, registry: Registry) -> Routed:
@@ -204,8 +220,8 @@ async def _read_form(request: web.Request, registry: Registry, boundary: str,
     return Routed(handle, body, need)
 
 
-def _refuse_what_fits_nowhere(routed: Routed) -> None:
-    need, handle = routed.need, routed.handle
+def refuse_unfitting(handle: Model, need: Need | None) -> None:
+    """Refuse what not even the largest profile can hold."""
     if need is None:
         return
     biggest = largest(handle.profiles)

@@ -19,11 +19,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from supervisor.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.errors import Refusal, error_response, openai_errors
-from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
+from supervisor.lifecycle.registry import Model
+from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.lifecycle.table import State
-from supervisor.observe.metrics import RefusalReason
 from supervisor.proxy import progress
+from supervisor.proxy.inner import tokens_at_least
+from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.router import Body, resolve
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     )
 
 
-def _model_entry(handle: ModelHandle) -> dict[str, object]:
+def _model_entry(handle: Model) -> dict[str, object]:
     running = handle.state is not State.STOPPED
+    replicas = {"replicas": [{"name": r.name, "state": r.state.value} for r in handle.replicas]
+                } if isinstance(handle, ReplicaSet) else {}
     return {
         "id": handle.name,
         "object": "model",
@@ -60,6 +64,7 @@ def _model_entry(handle: ModelHandle) -> dict[str, object]:
         "state": handle.state.value,
         "profile": handle.profile.name if running else None,
         "profiles": [{"name": p.name, "max_model_len": p.max_model_len} for p in handle.profiles],
+        **replicas,
     }
 
 
@@ -86,22 +91,8 @@ class _Again(Exception):
         self.why = why
 
 
-# Refusals by the error code the client sees, for the metrics' bounded `reason` label.
-_REASONS: dict[str, RefusalReason] = {
-    "model_not_found": "unknown_model",
-    "context_length_exceeded": "context_length",
-    "model_overloaded": "overflow",
-    "hold_timeout": "hold_timeout",
-    "model_start_failed": "start_failed",
-    "model_stopped": "stopped",
-    "upstream_died": "upstream_died",
-    "runtime_unavailable": "runtime_unavailable",
-    "body_memory_exhausted": "overflow",
-}
-
-
 def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
-    request.app[METRICS].refusal(refusal.model, _REASONS.get(refusal.code, "bad_request"))
+    request.app[METRICS].refusal(refusal.model, reason(refusal))
     return refusal.response()
 
 
@@ -131,6 +122,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     tokens = routed.need.tokens if routed.need else None
     # A body in memory or spooled to disk can be sent twice, and only once.
     retry = body.replayable
+    if (least := tokens_at_least(request.transport)) is not None:
+        tokens, retry = max(tokens or 0, least), False  # the fast path's try was the first
     reports = progress.LoadingProgress(request, handle) if progress.wanted(handle, body) else None
     committed: web.StreamResponse | None = None  # a 200 sent early by the loading progress
     try:
@@ -160,12 +153,12 @@ async def _answer(request: web.Request, refusal: Refusal,
     """A refusal as an error response, or as an error event when a 200 already went out."""
     if committed is None:
         return _refuse(request, refusal)
-    request.app[METRICS].refusal(refusal.model, _REASONS.get(refusal.code, "bad_request"))
+    request.app[METRICS].refusal(refusal.model, reason(refusal))
     return await progress.refused(committed, refusal)
 
 
 async def _forward(
-    request: web.Request, handle: ModelHandle, body: Body, lease: Lease, began: float,
+    request: web.Request, handle: Model, body: Body, lease: Lease, began: float,
     tokens: int | None, *, retry: bool, committed: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
@@ -173,7 +166,8 @@ async def _forward(
         metrics.hold(handle.name, lease.hold_seconds)
     status, first_byte = 502, None
     headers = _end_to_end(request.headers)
-    headers.update(handle.upstream_headers)  # the backend's own key replaces the client's
+    replica = lease.replica  # the handle that granted the lease: the model, or a replica
+    headers.update(replica.upstream_headers)  # the backend's own key replaces the client's
     # The client's framing may not fit what is sent: an alias changes the length, and a
     # compressed body was decoded by aiohttp.
     headers.popall("Content-Length", None)
@@ -185,7 +179,7 @@ async def _forward(
     try:
         upstream = await request.app[UPSTREAM].request(
             request.method,
-            handle.upstream + str(request.rel_url),
+            replica.upstream + str(request.rel_url),
             headers=headers,
             data=body.forwardable(),
             allow_redirects=False,
@@ -197,12 +191,12 @@ async def _forward(
     except aiohttp.ClientError as exc:
         if lease.aborted:
             return await _aborted(request, handle, lease, committed)
-        dead = await handle.upstream_failed()
+        dead = await replica.upstream_failed()
         if dead and retry and isinstance(exc, aiohttp.ClientConnectorError):
             raise _Again(tokens, f"its container was {dead}; starting it again") from None
         metrics.request(handle.name, 502, time.monotonic() - began, None,
                         cold_start=lease.cold_start)
-        message = f"model {handle.name!r} did not answer at {handle.upstream}: {exc}"
+        message = f"model {handle.name!r} did not answer at {replica.upstream}: {exc}"
         if committed is not None:
             return await progress.end_with_error(committed, 502, message, "upstream_unreachable")
         return error_response(502, message, "upstream_unreachable")
@@ -210,7 +204,7 @@ async def _forward(
         async with upstream:
             status = upstream.status
             first = b""
-            if retry and tokens is not None and status == 400 and handle.larger_profile(
+            if retry and tokens is not None and status == 400 and replica.larger_profile(
                     lease.profile):
                 while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
                     first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
@@ -256,21 +250,15 @@ async def _forward(
                             first=lease.first)
 
 
-async def _aborted(request: web.Request, handle: ModelHandle, lease: Lease,
+async def _aborted(request: web.Request, handle: Model, lease: Lease,
                    committed: web.StreamResponse | None) -> web.StreamResponse:
     """A force stop, or a server found dead, cancelled this request before its answer
     began."""
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-    if lease.aborted == "upstream_died":
-        refusal = Refusal(f"model {handle.name!r} stopped answering while this request was in "
-                          f"flight ({handle.last_error}); it is being restarted, retry later",
-                          status=502, code="upstream_died", retry_after=5, model=handle.name)
-    else:
-        refusal = Refusal(f"model {handle.name!r} was stopped by an operator (force) while "
-                          "this request was in flight; retry later", status=503,
-                          code="model_stopped", retry_after=5, model=handle.name)
+    refusal = aborted(lease.replica, lease.aborted)  # with the replica's last error
+    refusal.model = handle.name
     return await _answer(request, refusal, committed)
 
 

@@ -23,6 +23,9 @@ class ServiceState(StrEnum):
 class ServiceStatus:
     state: ServiceState
     exit_code: int | None = None
+    # Not running, yet the runtime will bring it back on its own (a Swarm service still
+    # scaled above 0 restarts a crashed task): a failed start must still stop it.
+    wanted: bool = False
 
     @property
     def running(self) -> bool:
@@ -49,6 +52,15 @@ class Runtime(Protocol):
 
     async def running_services(self) -> set[str]:
         """Services of this supervisor's own project that run now, found by labels (adopt)."""
+
+    async def endpoints(self, service: str) -> list[str]:
+        """The host address of the node each running task of the service is on (Swarm):
+        requests go to the configured upstream with its host replaced by one of them.
+        [] means: the upstream as configured (Compose: this host)."""
+
+    async def scale(self, service: str, replicas: int) -> None:
+        """Ask for `replicas` running copies of the service and return without waiting;
+        RuntimeFailure where the runtime cannot run copies of one service."""
 
     async def ping(self) -> None:
         """Raise RuntimeFailure when the runtime's daemon cannot be reached."""

@@ -123,6 +123,13 @@ class ComposeRuntime:
     async def running_services(self) -> set[str]:
         return await self._sdk(self._running_services)
 
+    async def endpoints(self, service: str) -> list[str]:
+        return []  # on this host: the upstream as configured
+
+    async def scale(self, service: str, replicas: int) -> None:
+        raise RuntimeFailure(f"service {service!r}: Compose runs copies of a model as replica "
+                             "services (`replicas: [...]`), not by a count")
+
     async def ping(self) -> None:
         await self._sdk(lambda: self._docker.ping())
 

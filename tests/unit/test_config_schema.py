@@ -22,12 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$", re.MULTILINE)
 # At least these must be found, so that a broken search cannot pass by finding nothing.
 KNOWN = {"model-supervisor.example.yaml", "compose/demo-supervisor.yaml",
-         "compose/demo-vllm.yaml", "tests/integration/stack-supervisor.yaml"}
+         "compose/demo-vllm.yaml", "tests/integration/stack-supervisor.yaml",
+         "compose/swarm-supervisor.yaml"}
 
 
 def repo_configs() -> dict[str, Any]:
     """Every supervisor config among the repo's YAML files (tracked or new, not ignored):
-    those with top-level `compose` and `models` keys. Compose files have `services`."""
+    those with top-level `models` and `compose` or `swarm` keys. Compose files have
+    `services`."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.yaml", "*.yml"],
         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
@@ -37,7 +39,7 @@ def repo_configs() -> dict[str, Any]:
         if not path.is_file():
             continue  # deleted in the work tree
         data = yaml.safe_load(path.read_text())
-        if isinstance(data, dict) and {"compose", "models"} <= data.keys():
+        if isinstance(data, dict) and "models" in data and data.keys() & {"compose", "swarm"}:
             configs[name] = data
     return configs
 

@@ -1,0 +1,347 @@
+"""Data-plane scaling: requests/s forwarded by 1, 2, 4 ... supervisor processes that share
+one port (SO_REUSEPORT), beside the same load sent direct; for docs/multi-worker.md.
+
+Each supervisor process is the real one (build_app, the fast path, a model handle) with a
+runtime that runs nothing: the model counts as running and is adopted at start, so no
+Docker is needed and what is measured is the forwarding path alone, one event loop a
+process. The coordination a multi-worker data plane adds (docs/multi-worker.md) is not in
+these figures; each process here has its own copy of the lifecycle.
+
+The backend answers a fixed chat completion from B processes (httptools, uvloop); the
+load comes from L processes of C keep-alive connections each, closed loop, POSTs of a small
+chat request. With --pin (the default where there are cores enough) load generators,
+backends and supervisors get cores of their own (sched_setaffinity), so the figures say
+what the supervisor processes can do, not what they leave to the others.
+
+    python bench/dataplane_bench.py [--workers 1 2 4] [--loadgens 4] [--backends 3]
+                                    [--connections 64] [--duration 5]
+
+Prints a table; writes bench/results/dataplane.json. Needs no Docker, nginx or wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODEL = "plane-bench"
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}],
+                   "max_tokens": 8}, separators=(",", ":")).encode()
+ANSWER = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 0,
+                     "model": MODEL, "choices": [{"index": 0, "message": {
+                         "role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 9, "completion_tokens": 3,
+                               "total_tokens": 12}}).encode()
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(ANSWER)) + ANSWER
+
+
+def _loop_run(main: Any) -> Any:
+    try:
+        import uvloop
+        return uvloop.run(main)
+    except ImportError:
+        return asyncio.run(main)
+
+
+def _reuse_port_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+# ---- backend: a fixed answer ----------------------------------------------------------------
+
+
+class _Fixed(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.transport.write(RESPONSE)
+
+
+async def _backend(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Fixed, sock=_reuse_port_socket(port))
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# ---- supervisor process with a runtime that runs nothing ------------------------------------
+
+
+class _ReadyRuntime:
+    """Every service runs already (adopted); nothing is ever started or stopped."""
+
+    async def start(self, service: str) -> None: ...
+    async def stop(self, service: str, grace: float) -> None: ...
+
+    async def status(self, service: str) -> Any:
+        from supervisor.runtime.base import ServiceState, ServiceStatus
+        return ServiceStatus(ServiceState.RUNNING)
+
+    async def logs_tail(self, service: str, lines: int) -> str:
+        return ""
+
+    async def running_services(self) -> set[str]:
+        return {MODEL}
+
+    async def endpoints(self, service: str) -> list[str]:
+        return []
+
+    async def ping(self) -> None: ...
+
+    async def exits(self) -> Any:
+        await asyncio.Event().wait()
+        yield ""
+
+
+async def _supervisor(port: int, backend_port: int, fast_path: bool) -> None:
+    from supervisor.app import start_server
+    from supervisor.appkeys import REGISTRY
+    from supervisor.config import Config
+    from supervisor.lifecycle.table import State
+
+    config = Config.model_validate({
+        "listen": f"127.0.0.1:{port}", "admin": {"listen": "127.0.0.1:0"},
+        "compose": {"file": str(HERE / "compose.yml"), "project": "planebench"},
+        "models": {MODEL: {"service": MODEL, "upstream": f"http://127.0.0.1:{backend_port}",
+                           "idle_timeout": "1h"}},
+        "log_level": "WARNING", "fast_path": fast_path,
+    })
+    runner = await start_server(config, _ReadyRuntime(), reuse_port=True)  # type: ignore[arg-type]
+    handle = runner.app[REGISTRY].handles[MODEL]
+    deadline = time.monotonic() + 30
+    while handle.state is not State.READY:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the model is {handle.state}, not ready")
+        await asyncio.sleep(0.01)
+    print("ready", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+# ---- load generator -------------------------------------------------------------------------
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self, stats: dict[str, Any], request: bytes) -> None:
+        self.stats, self.request = stats, request
+        self.parser = httptools.HttpResponseParser(self)
+        self.sent = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.send()
+
+    def send(self) -> None:
+        self.sent = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        now = time.perf_counter()
+        st = self.stats
+        if self.parser.get_status_code() != 200:
+            st["errors"] += 1
+        elif st["t0"] <= self.sent and now <= st["t1"]:
+            st["count"] += 1
+            st["lat"].append(now - self.sent)
+        if now < st["t1"]:
+            self.send()
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if time.perf_counter() < self.stats["t1"]:
+            self.stats["errors"] += 1
+
+
+async def _load(spec: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(BODY), BODY))
+    begin = time.perf_counter() + spec["warmup"]
+    stats: dict[str, Any] = {"count": 0, "errors": 0, "lat": [], "t0": begin,
+                             "t1": begin + spec["duration"]}
+    for _ in range(spec["connections"]):
+        await loop.create_connection(lambda: _Client(stats, request), "127.0.0.1",
+                                     spec["port"])
+    await asyncio.sleep(stats["t1"] - time.perf_counter() + 0.5)
+    lat = sorted(stats["lat"])[:: max(1, len(stats["lat"]) // 5000)]
+    return {"count": stats["count"], "errors": stats["errors"], "seconds": spec["duration"],
+            "latencies": lat}
+
+
+# ---- orchestration --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(args: list[str], cores: list[int] | None) -> subprocess.Popen[str]:
+    def pin() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+    return subprocess.Popen([sys.executable, str(Path(__file__)), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=pin)
+
+
+def _wait_ready(proc: subprocess.Popen[str], what: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"{what} did not start: {line!r} (exit {proc.poll()})")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def _running(procs: list[subprocess.Popen[str]], what: str) -> Iterator[None]:
+    try:
+        for proc in procs:
+            _wait_ready(proc, what)
+        yield
+    finally:
+        _stop(procs)
+
+
+def _pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(p * len(values)))] * 1e3 if values else float("nan")
+
+
+def _measure(port: int, args: argparse.Namespace, cores: list[list[int] | None]) -> dict:
+    spec = {"port": port, "connections": args.connections, "warmup": args.warmup,
+            "duration": args.duration}
+    outs = [args.json.parent / f".load-{i}.json" for i in range(args.loadgens)]
+    gens = [_spawn(["load", json.dumps(spec | {"out": str(out)})], cores[i])
+            for i, out in enumerate(outs)]
+    results = []
+    for gen, out in zip(gens, outs, strict=True):
+        if gen.wait(timeout=args.warmup + args.duration + 60):
+            raise RuntimeError(f"a load generator failed (exit {gen.returncode})")
+        results.append(json.loads(out.read_text()))
+        out.unlink()
+    lat = sorted(v for r in results for v in r["latencies"])
+    count = sum(r["count"] for r in results)
+    return {"rps": count / args.duration, "requests": count,
+            "errors": sum(r["errors"] for r in results), "p50_ms": _pct(lat, 0.5),
+            "p99_ms": _pct(lat, 0.99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--workers", type=int, nargs="+", default=[1, 2, 4])
+    add("--loadgens", type=int, default=4)
+    add("--backends", type=int, default=3)
+    add("--connections", type=int, default=64, help="per load generator")
+    add("--duration", type=float, default=5.0)
+    add("--warmup", type=float, default=1.0)
+    add("--no-fast-path", action="store_true", help="the aiohttp path, for comparison")
+    add("--pin", choices=["auto", "yes", "no"], default="auto")
+    add("--json", type=Path, default=HERE / "results" / "dataplane.json")
+    args = parser.parse_args()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    ncpu = len(os.sched_getaffinity(0))
+    need = args.loadgens + args.backends + max(args.workers)
+    pin = args.pin == "yes" or (args.pin == "auto" and ncpu >= need)
+    cores = list(sorted(os.sched_getaffinity(0)))
+
+    def core(i: int) -> list[int] | None:
+        return [cores[i]] if pin else None
+
+    gen_cores = [core(i) for i in range(args.loadgens)]
+    backend_port = _free_port()
+    rows: list[dict[str, Any]] = []
+    backends = [_spawn(["backend", str(backend_port)], core(args.loadgens + i))
+                for i in range(args.backends)]
+    with _running(backends, "backend"):
+        direct = _measure(backend_port, args, gen_cores)
+        rows.append({"path": "direct", "workers": 0, **direct})
+        print(f"direct: {direct['rps']:.0f} req/s p50 {direct['p50_ms']:.3f} ms", flush=True)
+        for k in args.workers:
+            port = _free_port()
+            first = args.loadgens + args.backends
+            sups = [_spawn(["supervisor", str(port), str(backend_port),
+                            "0" if args.no_fast_path else "1"], core(first + i))
+                    for i in range(k)]
+            with _running(sups, "supervisor"):
+                res = _measure(port, args, gen_cores)
+            res["vs_direct"] = res["rps"] / direct["rps"]
+            rows.append({"path": "supervisor", "workers": k, **res})
+            print(f"supervisor x{k}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.3f} ms",
+                  flush=True)
+    one = next((r["rps"] for r in rows if r["workers"] == 1), None)
+    print(f"\n{ncpu} cores; {'pinned' if pin else 'not pinned'}; {args.loadgens} load "
+          f"generators x {args.connections} connections, {args.backends} backend processes")
+    print(f"{'path':<12} | {'processes':>9} | {'req/s':>8} | {'x one':>6} | {'p50 ms':>7} | "
+          f"{'p99 ms':>7} | errors")
+    for r in rows:
+        scale = f"{r['rps'] / one:.2f}" if one and r["workers"] else "-"
+        print(f"{r['path']:<12} | {r['workers']:>9} | {r['rps']:>8.0f} | {scale:>6} | "
+              f"{r['p50_ms']:>7.3f} | {r['p99_ms']:>7.3f} | {r['errors']}")
+    result = {"benchmark": "dataplane", "cores": ncpu, "pinned": pin,
+              "python": platform.python_version(), "settings": vars(args) | {"json": None},
+              "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "backend":
+        _loop_run(_backend(int(sys.argv[2])))
+    elif len(sys.argv) > 2 and sys.argv[1] == "supervisor":
+        sys.path.insert(0, str(REPO))
+        _loop_run(_supervisor(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"))
+    elif len(sys.argv) > 2 and sys.argv[1] == "load":
+        load_spec = json.loads(sys.argv[2])
+        Path(load_spec["out"]).write_text(json.dumps(_loop_run(_load(load_spec))))
+    else:
+        sys.exit(main())

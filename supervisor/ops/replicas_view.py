@@ -1,0 +1,32 @@
+"""A model's replicas as the admin API shows them (`GET /admin/models`, field `replicas`):
+one row each, with what routing and the load decisions look at, and its own GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.lifecycle.budget import GpuBudget
+from supervisor.lifecycle.replicas import ReplicaSet
+from supervisor.lifecycle.table import State
+from supervisor.ops.placement_view import placement_view
+
+
+def replicas_view(budget: GpuBudget, vram: Callable[[str], int | None],
+                  model: ReplicaSet) -> list[dict[str, Any]]:
+    return [{
+        "name": r.name,
+        "state": r.state.value,
+        "profile": r.profile.name if r.state is not State.STOPPED else None,
+        "service": r.profile.service,
+        "upstream": r.upstream,
+        "in_flight": r.in_flight,
+        "held": r.held,
+        "served": model.granted[i],
+        "pinned": r.is_pinned,
+        "last_error": r.last_error,
+        "start_failures": r.start_failures,
+        "retry_in_seconds": round(r.retry_in, 3),
+        "vram_bytes": vram(r.name),
+        "gpu": placement_view(budget, r),
+    } for i, r in enumerate(model.replicas)]

@@ -1,0 +1,220 @@
+"""One request on the fast path, from its lease to the last byte of its answer.
+
+It is the upstream connection's `Sink` and what the handle cancels when a force stop or a
+dead server ends the requests in flight. It answers with an error of its own only when
+the server fails under the request; when the request never reached a server (a refused
+connect, a pooled connection the server had closed) or the server said the request is
+too long for a profile a larger one could take, the request goes to the aiohttp path
+instead, which holds it through a restart or retries it on the larger profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from supervisor.errors import Refusal
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.lease import Lease
+from supervisor.lifecycle.registry import Model
+from supervisor.proxy import fastwire
+from supervisor.proxy.refusals import aborted, reason
+from supervisor.proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from supervisor.proxy.fastpath import Context, FastPath, Target
+
+log = logging.getLogger("supervisor.proxy.routes")
+
+CONTEXT_ERROR_TEXT = b"maximum context length"  # vLLM's 400 past max_model_len
+
+
+class Exchange:
+    __slots__ = ("began", "chunked", "client", "close", "conn", "context", "first_byte",
+                 "head", "held_head", "lease", "model", "out", "over", "peek", "raw", "server",
+                 "status", "target", "tokens")
+
+    def __init__(self, client: FastPath, context: Context, model: Model, raw: bytes,
+                 tokens: int | None, close: bool) -> None:
+        self.client = client
+        self.context = context
+        self.model = model  # what the lease came from (a handle, or a replica set)
+        self.server: ModelHandle | None = None  # the replica that granted it
+        self.target: Target | None = None
+        self.raw = raw  # the client's request as it came, for a hand-over
+        self.tokens = tokens
+        self.close = close  # the client asked to close after this answer
+        self.lease: Lease | None = None
+        self.conn: UpstreamConnection | None = None
+        self.began = 0.0
+        self.first_byte: float | None = None
+        self.status = 0
+        self.head = False  # the response head went to the client
+        self.chunked = False
+        self.peek: list[bytes] | None = None  # a 400 read whole: too long for the profile?
+        self.held_head: tuple[bytes, list[tuple[bytes, bytes]]] = (b"", [])
+        self.out: list[bytes] = []
+        self.over = False
+
+    def send(self, lease: Lease, target: Target, request: bytes) -> None:
+        self.lease, self.server, self.target = lease, lease.replica, target
+        self.began = fastwire.now()
+        conn = self.client.plane.pool.take(target.key)
+        if conn is not None:
+            self._send(conn, request)
+        else:
+            self.client.plane.spawn(self._connect(request))
+
+    async def _connect(self, request: bytes) -> None:
+        try:
+            assert self.target is not None
+            conn = await self.client.plane.pool.connect(self.target.key)
+        except (OSError, TimeoutError):
+            if not self.over:  # nothing reached a server: the path that can hold decides
+                self._hand_back()
+            return
+        if self.over:
+            self.client.plane.pool.put(conn)
+            return
+        self._send(conn, request)
+
+    def _send(self, conn: UpstreamConnection, request: bytes) -> None:
+        self.conn = conn
+        conn.send(self, request)
+        if self.client.paused:
+            conn.pause()
+
+    # -- the client ----------------------------------------------------------------------
+
+    def pause(self) -> None:
+        if self.conn is not None:
+            self.conn.pause()
+
+    def resume(self) -> None:
+        if self.conn is not None:
+            self.conn.resume()
+
+    def client_gone(self) -> None:
+        if not self.over:
+            self._drop_conn()
+            self._finish(self.status or 499, close=True)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """A force stop or a dead server (the handle set `lease.aborted`); acted on soon,
+        not while the handle walks its list of flights."""
+        asyncio.get_running_loop().call_soon(self._aborted)
+        return True
+
+    def _aborted(self) -> None:
+        if self.over or self.lease is None:
+            return
+        self._drop_conn()
+        if self.head:
+            self._finish(self.status, close=True)  # an answer under way can only be cut
+            return
+        self._refuse(aborted(self.lease.replica, self.lease.aborted), counted=False)
+
+    # -- upstream.Sink -------------------------------------------------------------------
+
+    def response_head(self, status: int, reason: bytes,
+                      headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        lease = self.lease
+        assert lease is not None
+        if (status == 400 and self.tokens is not None and lease.profile.max_model_len
+                and lease.replica.larger_profile(lease.profile)):
+            self.peek = []  # read it whole: vLLM's "too long", or an answer for the client
+            self.held_head = (reason, headers)
+            return
+        head, self.chunked = fastwire.response_head(status, reason, headers, lease.profile,
+                                                    self.close)
+        self.out.append(head)
+        self.head = True
+
+    def response_body(self, data: bytes) -> None:
+        if self.first_byte is None:
+            self.first_byte = fastwire.now()
+        if self.peek is not None:
+            self.peek.append(data)
+        elif self.chunked:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+
+    def response_flush(self) -> None:
+        if self.out and not self.over and self.client.transport is not None:
+            self.client.transport.write(b"".join(self.out))
+            self.out.clear()
+
+    def response_done(self) -> None:
+        if self.over:
+            return
+        if self.peek is not None:
+            body, profile = b"".join(self.peek), self.lease.profile if self.lease else None
+            if profile and profile.max_model_len and CONTEXT_ERROR_TEXT in body:
+                log.info("model=%s sending a request again: profile %s refused the length; "
+                         "retrying on a larger one", self.model.name, profile.name)
+                self._hand_back(profile.max_model_len + 1)
+                return
+            reason, headers = self.held_head
+            framing = (b"content-length", b"transfer-encoding")
+            headers = [(n, v) for n, v in headers if n.lower() not in framing]
+            headers.append((b"Content-Length", b"%d" % len(body)))
+            assert profile is not None
+            head, _ = fastwire.response_head(self.status, reason, headers, profile, self.close)
+            self.out, self.peek, self.head = [head, body], None, True
+        elif self.chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.response_flush()
+        self._finish(self.status, close=self.close)
+
+    def upstream_lost(self, error: str, answered: bool) -> None:
+        if self.over:
+            return
+        conn = self.conn
+        if not answered and conn is not None and conn.reused:
+            self._hand_back()  # a kept-alive connection the server had closed meanwhile
+        elif self.head:
+            self.response_flush()
+            self._finish(self.status, close=True)  # cut: the client sees a short answer
+        else:
+            assert self.server is not None
+            self.client.plane.spawn(self.server.upstream_failed())
+            self._refuse(fastwire.unreachable(self.server, error), counted=True)
+
+    # -- ending --------------------------------------------------------------------------
+
+    def _refuse(self, refusal: Refusal, *, counted: bool) -> None:
+        """An error answer: counted as the request's status when the server failed under
+        it, else as a refusal."""
+        transport = self.client.transport
+        if transport is not None:
+            transport.write(fastwire.error_response(refusal, close=self.close))
+        if not counted:
+            self.context.metrics.refusal(self.model.name, reason(refusal))
+        self._finish(refusal.status, close=self.close, counted=counted)
+
+    def _hand_back(self, tokens: int | None = None) -> None:
+        self._drop_conn()
+        self._release()
+        self.client.hand_back(self.raw, tokens)
+
+    def _drop_conn(self) -> None:
+        if self.conn is not None and self.conn.sink is self:
+            self.conn.close()
+
+    def _release(self) -> None:
+        self.over = True
+        if self.lease is not None:
+            self.model.release(self.lease)
+
+    def _finish(self, status: int, *, close: bool, counted: bool = True) -> None:
+        self._release()
+        lease = self.lease
+        if counted and lease is not None:
+            end = fastwire.now()
+            ttfb = self.first_byte - self.began if self.first_byte else None
+            self.context.metrics.request(self.model.name, status, end - self.began, ttfb,
+                                         cold_start=False, first=lease.first)
+        self.client.finished(close=close)

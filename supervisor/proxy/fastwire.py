@@ -1,0 +1,87 @@
+"""The bytes the fast path writes: request heads to model servers, response heads and
+errors to clients (RFC 9112 framing; hop-by-hop fields per RFC 9110 7.6.1)."""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+
+import orjson
+
+from supervisor.errors import Refusal, error_payload
+from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.profiles import Profile
+
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-authenticate",
+                         b"proxy-authorization", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade"))
+_REQUEST_DROPS = _HOP_BY_HOP | {b"host", b"content-length"}  # both are written anew
+_NO_BODY = frozenset((204, 304))
+
+now = time.monotonic
+
+
+def _listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Fields the Connection header names: hop-by-hop too."""
+    for name, value in headers:
+        if name.lower() == b"connection":
+            return frozenset(t.strip().lower() for t in value.split(b","))
+    return frozenset()
+
+
+def request_head(url: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
+                 length: int, replaced: frozenset[bytes], extra: bytes) -> bytes:
+    """A POST's head for the server: the client's end-to-end fields, less those the
+    server's own key replaces (`replaced`, lower case), plus `extra` (that key)."""
+    drop = _REQUEST_DROPS | replaced | _listed(headers)
+    lines = [b"POST ", url, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: ",
+             b"%d" % length, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in drop:
+            lines += (name, b": ", value, b"\r\n")
+    lines += (extra, b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                  profile: Profile, close: bool) -> tuple[bytes, bool]:
+    """The client's response head, and whether its body goes chunked (the server's had no
+    length: it was chunked, or it ran until the server closed)."""
+    drop = _HOP_BY_HOP | _listed(headers)
+    chunked = status >= 200 and status not in _NO_BODY
+    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            chunked = False
+        elif lower in drop:
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    lines += (b"X-Supervisor-Profile: ", profile.name.encode(), b"\r\n")
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), chunked
+
+
+def error_response(refusal: Refusal, *, close: bool) -> bytes:
+    """The OpenAI error shape, as routes.py's refusals answer it."""
+    body = orjson.dumps(error_payload(refusal.status, refusal.message, refusal.code))
+    try:
+        phrase = HTTPStatus(refusal.status).phrase
+    except ValueError:
+        phrase = "Error"
+    head = [f"HTTP/1.1 {refusal.status} {phrase}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
+    if refusal.retry_after is not None:
+        head.append(f"Retry-After: {refusal.retry_after}")
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def unreachable(handle: ModelHandle, error: str) -> Refusal:
+    return Refusal(f"model {handle.name!r} did not answer at {handle.upstream}: {error}",
+                   status=502, code="upstream_unreachable", model=handle.name)

@@ -1,0 +1,153 @@
+"""In-memory connections to the aiohttp application, for the requests the fast path does
+not forward itself.
+
+A request that must be held, a large or multipart body, an error, another route: the fast
+path (fastpath.py) feeds its bytes to aiohttp's own protocol over one of these transports,
+and what aiohttp writes goes straight to the client's socket. The response is parsed on
+the way out (httptools) only to see where it ends; then the connection goes back to the
+fast path for the client's next request, and this one waits in a pool for the next
+request that needs aiohttp, like a keep-alive connection to an internal server, but with
+no socket and no file descriptor. A client that pipelines, upgrades, or sends what does
+not parse is given to aiohttp for good (`for_good`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from supervisor.proxy.fastpath import FastPath
+
+MAX_IDLE = 256
+
+
+class Inner(asyncio.Transport):
+    def __init__(self, pool: InnerPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.client: FastPath | None = None
+        self._ended: FastPath | None = None  # the client whose response just ended
+        self.for_good = False
+        self.tokens: int | None = None  # the request needs a larger profile than it met
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
+        self.protocol = pool.factory()
+        self.protocol.connection_made(self)
+
+    def attach(self, client: FastPath, *, for_good: bool, tokens: int | None = None) -> None:
+        self.client, self.for_good, self.tokens = client, for_good, tokens
+
+    def feed(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    def lost(self, exc: Exception | None) -> None:
+        """The client's connection ended: so does this one (aiohttp cancels its handler,
+        and a held request leaves the hold)."""
+        self.client = None
+        if not self.closed:
+            self.closed = True
+            self.protocol.connection_lost(exc)
+
+    # -- what aiohttp calls ----------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        client = self.client
+        if client is None or client.transport is None:
+            return  # its client is gone: nobody to tell
+        client.transport.write(data)
+        if not self.for_good:
+            self._parser.feed_data(data)
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(lines))
+
+    def is_closing(self) -> bool:
+        client = self.client
+        return self.closed or (client is not None and client.transport is not None
+                               and client.transport.is_closing())
+
+    def close(self) -> None:
+        """aiohttp ends the connection: a response that leaves it unusable, a keep-alive
+        timeout while idle, shutdown."""
+        if self.closed:
+            return
+        self.closed = True
+        client = self.client or self._ended  # a response with `Connection: close` ended
+        self.client = self._ended = None
+        if client is not None:
+            client.inner_closed()
+        else:
+            self.pool.forget(self)
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        client = self.client
+        if client is None or client.transport is None:
+            return default
+        return client.transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    # -- httptools callbacks: where aiohttp's response ends --------------------------------
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        if self._status < 200 or self.client is None:
+            return  # an interim answer (100 Continue): the response goes on
+        self._ended, self.client = self.client, None
+        # Not while aiohttp is inside its write: the next request may start at once.
+        asyncio.get_running_loop().call_soon(self._hand_back)
+
+    def _hand_back(self) -> None:
+        client, self._ended = self._ended, None
+        if client is not None:  # (unless aiohttp closed the connection meanwhile)
+            client.inner_done(self)
+
+
+class InnerPool:
+    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        self.factory = factory
+        self._idle: list[Inner] = []
+
+    def take(self) -> Inner:
+        while self._idle:
+            inner = self._idle.pop()
+            if not inner.closed:
+                return inner
+        return Inner(self)
+
+    def put(self, inner: Inner) -> None:
+        if inner.closed:
+            return
+        if len(self._idle) >= MAX_IDLE:
+            inner.close()
+        else:
+            self._idle.append(inner)
+
+    def forget(self, inner: Inner) -> None:
+        if inner in self._idle:
+            self._idle.remove(inner)
+
+    def close(self) -> None:
+        for inner in list(self._idle):
+            inner.close()
+        self._idle.clear()
+
+
+def tokens_at_least(transport: object) -> int | None:
+    """What the fast path learnt of the request it hands over on this connection: the
+    server refused it as too long for its profile (so it goes to a larger one at once)."""
+    return transport.tokens if isinstance(transport, Inner) else None

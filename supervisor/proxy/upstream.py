@@ -1,0 +1,187 @@
+"""Keep-alive HTTP/1.1 connections to model servers for the fast path (fastpath.py).
+
+A connection parses responses with httptools (llhttp, the parser of Node.js) and hands
+what it parses to the exchange that owns it for the moment (`Sink`); between exchanges it
+waits in the pool. Connections are taken last in, first out, so the ones in use stay
+warm and the rest age out: one idle longer than `IDLE_SECONDS` is closed rather than
+reused, since servers close idle keep-alive connections themselves (uvicorn, vLLM's
+server, after 5 s) and a request sent just as the server closes would be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol, cast
+
+import httptools
+
+IDLE_SECONDS = 4.0
+MAX_IDLE_PER_UPSTREAM = 1024
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+Key = tuple[str, int]
+
+
+class Sink(Protocol):
+    """What an exchange is told about its response."""
+
+    def response_head(self, status: int, reason: bytes,
+                      headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_flush(self) -> None:
+        """The end of one read from the server: write what it brought to the client."""
+
+    def response_done(self) -> None: ...
+
+    def upstream_lost(self, error: str, answered: bool) -> None:
+        """The connection failed; `answered` once any byte of the response came."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("_headers", "_reason", "_until_close", "answered", "closed", "idle_since",
+                 "key", "parser", "pool", "reused", "sink", "transport")
+
+    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.reused = False  # it served an exchange before this one
+        self.answered = False  # a byte of the current response came
+        self.closed = False
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._until_close = False  # the response's body ends when the server closes
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # a server speaking out of turn: not to be trusted with more
+            self.close()
+            return
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.sink = None
+            self.close()
+            sink.upstream_lost(f"invalid HTTP from the server: {exc}", True)
+            return
+        sink.response_flush()
+
+    def eof_received(self) -> bool:
+        return False  # close: a half-closed keep-alive connection is of no further use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if self._until_close:  # a body without a length ends when the server closes
+            sink.response_done()
+        else:
+            sink.upstream_lost(str(exc) if exc else "the server closed the connection",
+                               self.answered)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self._until_close = status >= 200 and status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding")
+            for name, _ in self._headers)
+        if self.sink is not None:
+            self.sink.response_head(status, self._reason, self._headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        sink, self.sink = self.sink, None
+        self._headers, self._reason, self._until_close = [], b"", False
+        if sink is None:
+            return
+        if self.parser.should_keep_alive() and not self.closed:
+            self.pool.put(self)  # before the exchange ends: its client's next request may
+        else:                    # come at once and want it
+            self.close()
+        sink.response_done()
+
+    # -- use -----------------------------------------------------------------------------
+
+    def send(self, sink: Sink, data: bytes) -> None:
+        assert self.transport is not None
+        self.sink = sink
+        self.answered = False
+        self.transport.write(data)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """End it (an exchange given up, or a response that leaves it unusable)."""
+        self.sink = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    """Idle connections by (host, port)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Key, list[UpstreamConnection]] = {}
+
+    def take(self, key: Key) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_UPSTREAM:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def connect(self, key: Key) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), *key)
+        return conn
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()

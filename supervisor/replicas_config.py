@@ -1,0 +1,119 @@
+"""The rules of a model's `replicas:` key, apart from the config model itself.
+
+A model with a replica list keeps its own profiles (names, context sizes, health path):
+they are the first replica's. Every replica names its own server: `service` for a model
+with one implicit profile, `profiles: {<profile>: <service>}` for a model with several
+(each replica runs each profile as a service of its own, on its own upstream).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supervisor.config import ModelConfig, ReplicaConfig
+
+TARGET_HINT = ("requests outstanding per ready replica above which another starts "
+               "(e.g. vLLM's max_num_seqs)")
+
+
+def replica_defaults(data: Any) -> Any:
+    """Raw model settings with the model's service(s) taken from its first replica, so
+    that a replica list needs no `service` of the model's own."""
+    if not isinstance(data, dict):
+        return data
+    replicas = data.get("replicas")
+    if not isinstance(replicas, list):
+        return data
+    first = replicas[0] if replicas and isinstance(replicas[0], dict) else {}
+    if "upstream" not in data and isinstance(first.get("upstream"), str):
+        data = {**data, "upstream": first["upstream"]}
+    # A service the replica lacks is left "" here: replicas_problem names the replica's key.
+    profiles = data.get("profiles")
+    if "service" not in data and not profiles:
+        service = first.get("service")
+        return {**data, "service": service if isinstance(service, str) else ""}
+    named = first.get("profiles")
+    named = named if isinstance(named, dict) else {}
+    if isinstance(profiles, dict):
+        filled = {
+            name: {**p, "service": named.get(name, "")}
+            if isinstance(p, dict) and "service" not in p else p
+            for name, p in profiles.items()
+        }
+        return {**data, "profiles": filled}
+    return data
+
+
+def replicas_problem(model: ModelConfig) -> str | None:
+    """'key: reason' for the first problem of a model's replica settings, else None."""
+    replicas = model.replicas
+    if replicas is None:
+        if model.min_replicas:
+            return "min_replicas: needs `replicas`"
+        if model.target_concurrency is not None:
+            return "target_concurrency: needs `replicas`"
+        return None
+    if not isinstance(replicas, list):
+        if model.min_replicas:
+            return "min_replicas: with `replicas: {min, max}` give the minimum as replicas.min"
+        return None
+    if not replicas:
+        return "replicas: list at least one replica ({service, upstream})"
+    if model.upstream != replicas[0].upstream:
+        return "upstream: must be left out with replicas; each replica names its own"
+    for name, profile in model.profiles.items():
+        if profile.upstream is not None:
+            return (f"profiles.{name}.upstream: must be left out with replicas; a replica's "
+                    "upstream serves each of its profiles")
+    for i, replica in enumerate(replicas):
+        problem = _replica_problem(model, replica, i)
+        if problem:
+            return problem
+    for key in ("service", "upstream"):
+        values = [_services(model, r) if key == "service" else [r.upstream] for r in replicas]
+        seen: dict[str, int] = {}
+        for i, names in enumerate(values):
+            for name in names:
+                if name in seen:
+                    return (f"replicas.{i}.{key}: {name!r} is also replicas.{seen[name]}'s; "
+                            "each replica is a server of its own")
+                seen[name] = i
+    if model.min_replicas > len(replicas):
+        return f"min_replicas: {model.min_replicas} is more than the {len(replicas)} replicas"
+    if len(replicas) > max(model.min_replicas, 1) and model.target_concurrency is None:
+        return f"target_concurrency: required with several replicas: {TARGET_HINT}"
+    return None
+
+
+def _replica_problem(model: ModelConfig, replica: ReplicaConfig, i: int) -> str | None:
+    first, key = i == 0, f"replicas.{i}"
+    if model.service is not None:  # one implicit profile
+        if not replica.service or replica.profiles:
+            return (f"{key}.service: required (the model has one profile; `profiles` is "
+                    "for several)")
+        if first and model.service != replica.service:
+            return ("service: the model's `service` must be left out with replicas "
+                    f"(it names {model.service!r}); each replica names its own")
+        return None
+    if replica.service is not None:
+        return (f"{key}.profiles: the model has profiles, so the replica names a service "
+                f"for each ({', '.join(model.profiles)}), e.g. profiles: {{name: service}}")
+    missing = [p for p in model.profiles if p not in replica.profiles]
+    if missing:
+        return f"{key}.profiles: no service for profile(s) {', '.join(missing)}"
+    extra = [p for p in replica.profiles if p not in model.profiles]
+    if extra:
+        return f"{key}.profiles: {', '.join(extra)} is not a profile of the model"
+    if first:
+        for name, profile in model.profiles.items():
+            if profile.service != replica.profiles[name]:
+                return (f"profiles.{name}.service: must be left out with replicas; each "
+                        "replica names its own")
+    return None
+
+
+def _services(model: ModelConfig, replica: ReplicaConfig) -> list[str]:
+    if replica.service is not None:
+        return [replica.service]
+    return [replica.profiles[p] for p in model.profiles]
