@@ -181,6 +181,31 @@ def placement() -> list[Json]:
     ]
 
 
+def replicas() -> list[Json]:
+    """Models with `replicas:`: each replica's state, its load, and how requests split."""
+    win = "[$__rate_interval]"
+    terms = [f'{i} * max by (model, replica) (supervisor_replica_state{{{MODEL},state="{s}"}})'
+             for i, s in enumerate(STATES)]
+    mappings = [{"type": "value", "options": {
+        str(i): {"text": s, "color": STATE_COLORS.get(s, "blue"), "index": i}
+        for i, s in enumerate(STATES)}}]
+    return [
+        state_timeline("Replica state", [target("\n+ ".join(terms), "{{replica}}")], mappings,
+                       w=24, h=6, description="Lifecycle state of each replica: another "
+                       "starts past target_concurrency, a surplus one stops after "
+                       "idle_timeout."),
+        timeseries("Replica in flight and held", [
+            target(f"sum by (replica) (supervisor_replica_in_flight{{{MODEL}}})",
+                   "{{replica}} in flight"),
+            target(f"sum by (replica) (supervisor_replica_held{{{MODEL}}})", "{{replica}} held"),
+        ]),
+        timeseries("Requests per replica", [target(
+            f"sum by (replica) (rate(supervisor_replica_requests_total{{{MODEL}}}{win}))",
+            "{{replica}}")], unit="reqps", stack=True,
+            description="Each request goes to the ready replica with the fewest outstanding."),
+    ]
+
+
 def rows() -> Iterator[tuple[str, list[Json]]]:
     win = "[$__rate_interval]"
     yield "Models", [
@@ -211,6 +236,7 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             f"(increase(supervisor_model_transitions_total{{{MODEL}}}{win}))",
             "{{model}} {{from_state}} -> {{to_state}}")], bars=True),
     ]
+    yield "Replicas", replicas()
     yield "Cold starts and holds", [
         timeseries("Cold starts", [target(
             f"sum by (model, outcome) "

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from supervisor.replicas_config import replica_defaults, replicas_problem
+from supervisor.replicas_config import replica_defaults, replicas_problem, scalable_problem
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -451,6 +451,9 @@ class Config(BaseSettings):
                     f"models.{name}.replicas: {{min, max}} needs a runtime that can scale a "
                     "service (Docker Swarm); with Compose, list each replica: "
                     "[{service, upstream}, ...]")
+            problem = scalable_problem(model)
+            if problem:
+                raise ValueError(f"models.{name}.{problem}")
         return self
 
 

@@ -57,7 +57,7 @@ def replicas_problem(model: ModelConfig) -> str | None:
     if not isinstance(replicas, list):
         if model.min_replicas:
             return "min_replicas: with `replicas: {min, max}` give the minimum as replicas.min"
-        return None
+        return None  # target_concurrency: scalable_problem, once the runtime is known
     if not replicas:
         return "replicas: list at least one replica ({service, upstream})"
     if model.upstream != replicas[0].upstream:
@@ -117,3 +117,14 @@ def _services(model: ModelConfig, replica: ReplicaConfig) -> list[str]:
     if replica.service is not None:
         return [replica.service]
     return [replica.profiles[p] for p in model.profiles]
+
+
+def scalable_problem(model: ModelConfig) -> str | None:
+    """'key: reason' for `replicas: {min, max}` on a runtime that scales (checked after
+    the runtime, so that Compose's refusal comes first)."""
+    replicas = model.replicas
+    if isinstance(replicas, list) or replicas is None:
+        return None
+    if replicas.max > max(replicas.min, 1) and model.target_concurrency is None:
+        return f"target_concurrency: required with replicas.max above 1: {TARGET_HINT}"
+    return None

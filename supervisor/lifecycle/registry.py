@@ -18,7 +18,7 @@ Model = ModelHandle | ReplicaSet
 
 
 def build_model(name: str, config: ModelConfig, effects: Effects, metrics: Metrics) -> Model:
-    if isinstance(config.replicas, list):
+    if config.replicas is not None:  # a list, or {min, max}
         return ReplicaSet(name, config, effects, metrics)
     return ModelHandle(name, config, effects, metrics)
 

@@ -11,9 +11,11 @@ a table in tests/unit/test_replica_policy.py.
 - Scale up: when the requests outstanding exceed `target_concurrency` per replica that
   is up or coming up, one more starts (an asleep one wakes first).
 - Scale down: a ready replica is surplus when the others hold the load within the target:
-  the last ready one that is not kept (pinned), never the only ready one, which follows the
-  model's own idle rules. Always the same one while the load stays low, so that its
-  `idle_timeout` runs to the end (routing sends its requests elsewhere only on ties).
+  the last ready one that is not kept (pinned), and only while no replica after it runs or
+  comes up (a scaled service, Swarm's, can only shrink from the top); never the only ready
+  one, which follows the model's own idle rules. Always the same one while the load stays
+  low, so that its `idle_timeout` runs to the end (routing sends its requests elsewhere
+  only on ties).
 """
 
 from __future__ import annotations
@@ -101,5 +103,7 @@ def surplus(replicas: Sequence[Replica], target: int | None) -> int | None:
     ready = [i for i, r in enumerate(replicas) if r.state is State.READY]
     if len(ready) <= 1 or sum(r.outstanding for r in replicas) > target * (len(ready) - 1):
         return None
-    free = [i for i in ready if not replicas[i].kept]
-    return free[-1] if free else None  # always the same one: its timer is not reset
+    last = max(i for i, r in enumerate(replicas) if r.state not in DOWN)
+    if last != ready[-1] or replicas[last].kept:
+        return None  # one after it is coming up (or going): the top goes first
+    return last  # always the same one: its timer is not reset

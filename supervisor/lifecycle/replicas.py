@@ -6,7 +6,8 @@ of the replicas at each request and each release. What it adds to the handles:
 - a request goes where `route` says; its lease names the replica (`lease.replica`);
 - `to_start` starts (or wakes) one more replica under the profile the others run;
 - a replica `surplus` for `idle_timeout` without a break is drained and stopped;
-- the first `min_replicas` are pinned (reason `min_replicas`) and started at start-up;
+- the first `min_replicas` (or `replicas.min`) are pinned (reason `min_replicas`) and
+  started at start-up;
 - profiles belong to the model: a replica that swaps has every other running replica
   restart under the same profile (each drains first, as a swap does);
 - operator actions act on the model: start, pin and keep-warm windows on the first
@@ -29,7 +30,7 @@ from supervisor.lifecycle.lease import Cancellable, Lease
 from supervisor.lifecycle.replica_policy import UP, Kind, Replica, route, surplus, to_start
 from supervisor.lifecycle.replica_view import KEPT, ReplicaSetView
 from supervisor.lifecycle.table import DOWN, State
-from supervisor.lifecycle.units import Unit, units_of
+from supervisor.lifecycle.units import Unit, kept_replicas, units_of
 from supervisor.observe.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -253,10 +254,10 @@ class ReplicaSet(ReplicaSetView):
 
     def _keep(self) -> None:
         for i, r in enumerate(self.replicas):
-            r.set_pinned(i < self.config.min_replicas, schedule=KEPT)
+            r.set_pinned(i < kept_replicas(self.config), schedule=KEPT)
 
     def _start_kept(self) -> None:
-        for r in self.replicas[:self.config.min_replicas]:
+        for r in self.replicas[:kept_replicas(self.config)]:
             if r.state in DOWN:
                 r.start()
 

@@ -22,7 +22,9 @@ from supervisor.gpus.services import read_services
 from supervisor.lifecycle.placement import never_fits
 from supervisor.lifecycle.units import Unit, units_of
 from supervisor.ops.state_file import StateFile
+from supervisor.runtime.base import split_slot
 from supervisor.runtime.swarm import read_services as swarm_services
+from supervisor.runtime.swarm_tasks import replicas as swarm_replicas
 
 
 def context_limit(model_dir: Path) -> tuple[int, str] | None:
@@ -112,11 +114,15 @@ def check(config: Config, nvml: Any = None) -> list[str]:
         model = unit.config
         limit = context_limit(model.model_dir) if model.model_dir else None
         for pname, profile in model.profiles.items():
-            if not problem and profile.service not in services:
+            service, slot = split_slot(profile.service)  # slot: replicas: {min, max}
+            if not problem and service not in services:
                 problems.append(
-                    f"{_service_key(unit, pname)}: {profile.service!r} is not a service of "
+                    f"{_service_key(unit, pname)}: {service!r} is not a service of "
                     f"{where} (it has: {', '.join(sorted(services)) or 'none'})"
                 )
+            elif not problem and slot == 1 and swarm_replicas(services[service]) is None:
+                problems.append(f"models.{unit.model}.replicas: {service!r} is a global "
+                                "service; {min, max} scales a replicated one")
             key = f"models.{unit.model}" + ("" if model.service else f".profiles.{pname}")
             first = unit.key in (f"models.{unit.model}", f"models.{unit.model}.replicas.0")
             if first and limit and profile.max_model_len and profile.max_model_len > limit[0]:

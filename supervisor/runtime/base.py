@@ -32,12 +32,31 @@ class ServiceStatus:
         return self.state is ServiceState.RUNNING
 
 
+SLOT_MARK = "#"  # never part of a Compose or Swarm service name
+
+
+def slot_name(service: str, slot: int) -> str:
+    """The name of the `slot`-th replica (from 1) of a service that the runtime scales
+    (`replicas: {min, max}`): `vox#2`. One string keeps the Runtime Protocol as it is: a
+    runtime that scales reads the slot out of the name; the lifecycle never does."""
+    return f"{service}{SLOT_MARK}{slot}"
+
+
+def split_slot(name: str) -> tuple[str, int | None]:
+    """(service, slot) of a slot name; (name, None) for a plain service name."""
+    service, mark, slot = name.rpartition(SLOT_MARK)
+    if mark and service and slot.isdigit() and int(slot) >= 1:
+        return service, int(slot)
+    return name, None
+
+
 class RuntimeFailure(Exception):
     """A runtime command failed; the message is meant for the operator's log."""
 
 
 class Runtime(Protocol):
-    """Start, stop and inspect the services behind models."""
+    """Start, stop and inspect the services behind models. A runtime that scales (Swarm)
+    also takes slot names (`slot_name`): each method then acts on that one replica."""
 
     async def start(self, service: str) -> None:
         """Bring the service up and return once its container runs (not once it is healthy)."""

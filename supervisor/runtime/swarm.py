@@ -14,15 +14,20 @@ on the manager itself only, `container` events. So `exits` lists the tasks of th
 every `poll_interval` and at once after any of those events, and reports each service of
 which a running task stopped running (it exited, failed, or its node went down); Swarm
 may already be running its replacement elsewhere, which the next start then finds.
+
+A slot name (`vox#2`, runtime/base.py) is one replica of a scalable model: the tasks of
+that Swarm slot (1..replicas; Swarm's replacement for a failed task keeps its slot). Its
+start scales the service to at least 2 and waits for slot 2's task; its stop scales to 1.
+Swarm, not the supervisor, picks the task a scale-down removes (it balances the nodes),
+so it may remove a lower slot and keep slot 2: the stop then scales down once more, until
+no slot from 2 up runs, and the lower slot's replica sees its task exit (see docs/swarm.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import cached_property
@@ -32,8 +37,9 @@ import docker
 import docker.errors
 
 from supervisor.config import SwarmConfig
+from supervisor.runtime import swarm_events
 from supervisor.runtime import swarm_tasks as st
-from supervisor.runtime.base import RuntimeFailure, ServiceState, ServiceStatus
+from supervisor.runtime.base import RuntimeFailure, ServiceState, ServiceStatus, split_slot
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +49,8 @@ START_POLL = 0.2  # seconds between looks while a start or stop waits for its ta
 STOP_MARGIN = 10.0  # beyond the grace period, for Swarm to report the tasks gone
 UPDATE_TRIES = 5  # a service update that raced another (`update out of sequence`)
 LOG_LINES = 20
-EVENTS = {"type": ["node", "service", "container"], "event": ["update", "remove", "die"]}
 
-Snapshot = tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]  # service, tasks, nodes
+Snapshot = tuple[dict[str, Any], list[st.Task], dict[str, str]]  # service, tasks, nodes
 
 
 def client(host: str | None) -> Any:
@@ -79,6 +84,7 @@ class SwarmRuntime:
     # -- blocking reads (in a thread) ------------------------------------------
 
     def _service(self, service: str) -> dict[str, Any]:
+        service, _ = split_slot(service)
         name = st.full_name(self.stack, service)
         try:
             found: dict[str, Any] = self._api.inspect_service(name)
@@ -88,9 +94,11 @@ class SwarmRuntime:
         return found
 
     def _snapshot(self, service: str) -> Snapshot:
+        """The service, its tasks (a slot name's: that slot's only), the ready nodes."""
         found = self._service(service)
         tasks = list(self._api.tasks(filters={"service": found["ID"]}))
-        return found, tasks, st.node_addresses(self._api.nodes())
+        return found, st.in_slot(tasks, split_slot(service)[1]), st.node_addresses(
+            self._api.nodes())
 
     def _running_map(self) -> dict[str, frozenset[str]]:
         services = self._api.services(filters={"label": f"{st.STACK_LABEL}={self.stack}"})
@@ -130,21 +138,28 @@ class SwarmRuntime:
                 if "out of sequence" not in str(exc) or attempt == UPDATE_TRIES - 1:
                     raise
 
-    def _set_replicas(self, service: str, replicas: int) -> None:
+    def _resize(self, service: str, size: Callable[[int], int]) -> None:
+        """Replicas := size(the count the manager has now): concurrent starts (max) and
+        stops (min) of several slots then never undo each other."""
         def change(spec: dict[str, Any]) -> bool:
-            current = spec["Mode"]["Replicated"].get("Replicas", 0)
-            spec["Mode"]["Replicated"]["Replicas"] = replicas
-            return bool(current != replicas)
+            current = int(spec["Mode"]["Replicated"].get("Replicas", 0))
+            spec["Mode"]["Replicated"]["Replicas"] = size(current)
+            return size(current) != current
 
         self._update(service, change)
 
+    def _set_replicas(self, service: str, replicas: int) -> None:
+        self._resize(service, lambda _: replicas)
+
     def _scale_up(self, service: str) -> None:
-        """At least one replica. One already asked for but with no task on its way (its
-        restart policy gave up) gets a forced update, which makes Swarm start a new task."""
+        """At least one replica (a slot name: at least its slot). A plain service already
+        asked for but with no task on its way (its restart policy gave up) gets a forced
+        update, which makes Swarm start a new task; not a slot's: that restarts them all."""
         found, tasks, ready = self._snapshot(service)
-        if (st.replicas(found) or 0) < 1:
-            self._set_replicas(service, 1)
-        elif not st.running(tasks, ready) and not st.coming(tasks):
+        _, slot = split_slot(service)
+        if (st.replicas(found) or 0) < (slot or 1):
+            self._resize(service, lambda current: max(current, slot or 1))
+        elif slot is None and not st.running(tasks, ready) and not st.coming(tasks):
             def force(spec: dict[str, Any]) -> bool:
                 spec["TaskTemplate"]["ForceUpdate"] = spec["TaskTemplate"].get(
                     "ForceUpdate", 0) + 1
@@ -197,31 +212,40 @@ class SwarmRuntime:
 
     async def _give_up(self, service: str, up: asyncio.Future[None]) -> None:
         await asyncio.gather(up, return_exceptions=True)  # its update must not come after ours
+        below = (split_slot(service)[1] or 1) - 1
         try:
-            await self._sdk(self._set_replicas, service, 0)
+            await self._sdk(self._resize, service, lambda current: min(current, below))
         except RuntimeFailure as exc:
             log.error("service %s: cannot scale back to 0 after a failed start: %s",
                       service, exc)
 
     async def stop(self, service: str, grace: float) -> None:
-        """Scale to 0 and return once no task runs on a ready node. Swarm stops each task
-        with the service's own stop grace period (`stop_grace_period` in the stack file):
-        the wait allows the longer of that and `grace`. Tasks on a node that is down cannot
-        be stopped until it is back; they are not waited for."""
+        """Scale to 0 (slot n: to n-1, or lower while Swarm keeps slot n or above; see the
+        module's docstring) and return once no such task runs on a ready node. Swarm stops
+        each task with the service's own stop grace period (`stop_grace_period` in the
+        stack file): each wait allows the longer of that and `grace`. Tasks on a node that
+        is down cannot be stopped until it is back; they are not waited for."""
         found = await self._sdk(self._service, service)
-        await self._sdk(self._set_replicas, service, 0)
+        name, slot = split_slot(service)
+        keep = (slot or 1) - 1
         limit = max(grace, st.stop_grace(found)) + STOP_MARGIN
-        deadline = time.monotonic() + limit
         while True:
-            _, tasks, ready = await self._sdk(self._snapshot, service)
-            left = [t for t in tasks if t["Status"]["State"] in (*st.COMING, "running")
-                    and (not t.get("NodeID") or t["NodeID"] in ready)]
-            if not left:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeFailure(f"service {service!r} still has {len(left)} task(s) "
-                                     f"{limit:.0f}s after it was scaled to 0")
-            await asyncio.sleep(START_POLL)
+            await self._sdk(self._resize, service, lambda current, keep=keep: min(current, keep))
+            deadline = time.monotonic() + limit
+            while True:
+                _, tasks, ready = await self._sdk(self._snapshot, name)
+                left = st.live(tasks, ready)
+                if not [t for t in left if (t.get("Slot") or 0) >= (slot or 0)]:
+                    return
+                if len(left) <= keep:
+                    break  # Swarm removed a lower slot's task instead
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"service {service!r} still has {len(left)} task(s) "
+                                         f"{limit:.0f}s after it was scaled to {keep}")
+                await asyncio.sleep(START_POLL)
+            keep -= 1
+            log.warning("service %s: Swarm kept slot %s's task and removed another; "
+                        "scaling %s to %d", service, slot, name, keep)
 
     async def scale(self, service: str, replicas: int) -> None:
         await self._sdk(self._set_replicas, service, replicas)
@@ -233,7 +257,8 @@ class SwarmRuntime:
             if "is not a service of stack" in str(exc):
                 return ServiceStatus(ServiceState.ABSENT)
             raise
-        return st.status_of(tasks, ready, st.replicas(found) or 0)
+        wanted = (st.replicas(found) or 0) >= (split_slot(service)[1] or 1)
+        return st.status_of(tasks, ready, int(wanted))
 
     async def endpoints(self, service: str) -> list[str]:
         _, tasks, ready = await self._sdk(self._snapshot, service)
@@ -248,44 +273,11 @@ class SwarmRuntime:
     async def ping(self) -> None:
         await self._sdk(lambda: self._api.ping())
 
-    async def exits(self) -> AsyncIterator[str]:
-        """Services of the stack of which a running task stopped running (see the module's
-        docstring); RuntimeFailure when the event stream or the manager fails."""
-        stream = await self._sdk(lambda: self._api.events(decode=True, filters=EVENTS))
-        loop = asyncio.get_running_loop()
-        nudge = asyncio.Event()
-        broken: list[BaseException | None] = []
-
-        def wake(error: BaseException | None = None, end: bool = False) -> None:
-            if end:
-                broken.append(error)
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                loop.call_soon_threadsafe(nudge.set)
-
-        def pump() -> None:  # the SDK's event stream blocks: its own thread, not the pool
-            try:
-                for _ in stream:
-                    wake()
-                wake(end=True)
-            except Exception as exc:
-                wake(exc, end=True)
-
-        threading.Thread(target=pump, name="swarm-events", daemon=True).start()
-        try:
-            before = await self._sdk(self._running_map)
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(nudge.wait(), self._config.poll_interval)
-                nudge.clear()
-                if broken:
-                    raise RuntimeFailure(f"the Swarm event stream ended: {broken[0] or 'closed'}")
-                after = await self._sdk(self._running_map)
-                for service in st.lost(before, after):
-                    log.info("service %s: a task stopped running", service)
-                    yield service
-                before = after
-        finally:
-            await asyncio.to_thread(stream.close)
+    def exits(self) -> AsyncIterator[str]:
+        return swarm_events.exits(
+            lambda: self._sdk(lambda: self._api.events(decode=True,
+                                                       filters=swarm_events.EVENTS)),
+            lambda: self._sdk(self._running_map), self._config.poll_interval)
 
 
 def read_services(config: SwarmConfig) -> tuple[dict[str, dict[str, Any]], str | None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from supervisor.runtime.base import ServiceState, ServiceStatus
+from supervisor.runtime.base import ServiceState, ServiceStatus, slot_name
 
 STACK_LABEL = "com.docker.stack.namespace"
 # Task states before `running`: the task will run unless it fails or is cancelled.
@@ -131,15 +131,32 @@ def status_of(tasks: Iterable[Task], ready: Mapping[str, str],
     return ServiceStatus(ServiceState.EXITED, exit_code=code, wanted=again)
 
 
+def in_slot(tasks: Iterable[Task], slot: int | None) -> list[Task]:
+    """The tasks of one slot of a replicated service (a replacement keeps its slot);
+    every task for None."""
+    return [t for t in tasks if slot is None or t.get("Slot") == slot]
+
+
+def live(tasks: Iterable[Task], ready: Mapping[str, str]) -> list[Task]:
+    """Tasks that run or are about to, wanted or not (a task being stopped still runs),
+    on a node that is ready: a task on a node that is down cannot be stopped until it is
+    back, so a stop does not wait for it."""
+    return [t for t in tasks if _state(t) in (*COMING, "running")
+            and (not t.get("NodeID") or t["NodeID"] in ready)]
+
+
 def running_by_service(names: Mapping[str, str], tasks: Iterable[Task],
                        ready: Mapping[str, str]) -> dict[str, frozenset[str]]:
     """Service name -> the IDs of its running tasks, for the services in `names`
-    (service ID -> name) that have any."""
+    (service ID -> name) that have any; each slot's too, by its slot name (`vox#2`), for
+    the replicas of a scalable model."""
     found: dict[str, set[str]] = {}
     for task in running(tasks, ready):
         name = names.get(task.get("ServiceID", ""))
         if name is not None:
             found.setdefault(name, set()).add(task["ID"])
+            if task.get("Slot"):
+                found.setdefault(slot_name(name, int(task["Slot"])), set()).add(task["ID"])
     return {name: frozenset(ids) for name, ids in found.items()}
 
 

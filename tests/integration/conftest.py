@@ -74,6 +74,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "hangs": {"service": "hangs", "upstream": "http://127.0.0.1:19108"},
     "flaky": {"service": "flaky", "upstream": "http://127.0.0.1:19109"},
     "glacial": {"service": "glacial", "upstream": "http://127.0.0.1:19110"},
+    "pair": {"replicas": [{"service": "pair-a", "upstream": "http://127.0.0.1:19111"},
+                          {"service": "pair-b", "upstream": "http://127.0.0.1:19112"}],
+             "target_concurrency": 1},
     "sleeper": {"service": "sleeper", "upstream": "http://127.0.0.1:19107",
                 "sleep": {"enabled": True, "level": 1}},
     # Two profiles of one model; the stand-ins enforce 2048 and 8192 like vLLM does.

@@ -23,12 +23,12 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:] if line)}
     if "content-length" in headers:
         return status, headers, await reader.readexactly(int(headers["content-length"]))
-    body = b""
+    body = bytearray()
     while True:
         size = int((await reader.readuntil(b"\r\n")).strip(), 16)
         chunk = await reader.readexactly(size + 2)
         if size == 0:
-            return status, headers, body
+            return status, headers, bytes(body)
         body += chunk[:-2]
 
 
@@ -228,3 +228,65 @@ async def test_a_400_that_is_not_about_length_reaches_the_client_whole(
             assert json.loads(body)["message"] == "temperature must be positive"
     finally:
         server.close()
+
+
+class _Flood(asyncio.Protocol):
+    """A model server that streams 32 MiB of SSE as fast as its socket takes it, and counts
+    the times the socket told it to wait (the supervisor stopped reading)."""
+
+    EVENT = b"data: " + b"x" * 1018 + b"\n\n"  # 1 KiB
+    EVENTS = 32 * 1024
+    paused = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.sent = 0
+        self.waiting = False
+
+    def data_received(self, data: bytes) -> None:
+        if data.startswith(b"GET"):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+        self.pump()
+
+    def pump(self) -> None:
+        chunk = b"%x\r\n%s\r\n" % (len(self.EVENT), self.EVENT)
+        while self.sent < self.EVENTS and not self.waiting:
+            self.transport.write(chunk)
+            self.sent += 1
+        if self.sent == self.EVENTS and not self.waiting:
+            self.transport.write(b"0\r\n\r\n")
+            self.sent += 1
+
+    def pause_writing(self) -> None:
+        type(self).paused += 1
+        self.waiting = True
+
+    def resume_writing(self) -> None:
+        self.waiting = False
+        self.pump()
+
+
+async def test_a_client_that_reads_slowly_slows_the_server_down(supervisor_factory, http,
+                                                                connect) -> None:
+    """Past the socket buffers the supervisor stops reading from the server instead of
+    buffering without end, and reads on when the client does: every byte arrives."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sup = await supervisor_factory({"chat-fast": {
+            "upstream": f"http://127.0.0.1:{port}", "health": "/health"}})
+        await _ready(sup, http, "chat-fast")
+        _Flood.paused = 0
+        reader, writer = await connect(sup.url)
+        writer.write(_post(chat("chat-fast", stream=True)))
+        await wait_for(lambda: _Flood.paused > 0, 10, "the server to be told to wait")
+        status, headers, body = await asyncio.wait_for(_read_response(reader), 60)
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        assert body == _Flood.EVENT * _Flood.EVENTS
+    finally:
+        server.close()
+

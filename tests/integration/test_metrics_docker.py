@@ -73,6 +73,8 @@ async def workload(http: aiohttp.ClientSession, sup: Supervisor) -> None:
     await wait_for(one_held, 10, "a held request")
     assert await call(chat("sleepy")) == 503  # ...so this one overflows
     assert await held == 504  # and the held one times out
+    # A model of two replicas: the second starts for the load past target_concurrency.
+    assert await asyncio.gather(*(call(chat("pair")) for _ in range(4))) == [200] * 4
     # An idle stop.
     assert await call(chat("chat-fast")) == 200
 
@@ -92,6 +94,7 @@ async def test_metrics_after_a_workload_and_every_dashboard_query_on_prometheus(
         "crashy": {},
         "sleepy": {"max_held": 1, "hold_timeout": "1s"},
         "ctx": {},
+        "pair": {},
     })
     target = sup.url.removeprefix("http://")
     async with running_prometheus(target, tmp_path) as prom:

@@ -191,7 +191,9 @@ def tasks(cluster: SwarmCluster, model: str) -> list[tuple[str, str, str, str]]:
         return []
     fmt = "{{.ID}} {{.NodeID}} {{.DesiredState}} {{.Status.State}}"
     lines = cluster.docker("inspect", "--format", fmt, *ids).stdout.splitlines()
-    return [(t, n, want, state) for t, n, want, state in (line.split() for line in lines)]
+    # A task Swarm removed between the two calls has no line; one never placed, no node.
+    fields = [line.split() for line in lines]
+    return [(t, n, want, state) for t, n, want, state in (f for f in fields if len(f) == 4)]
 
 
 def running_tasks(cluster: SwarmCluster, model: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from supervisor.config import ConfigError, load_config
-from supervisor.lifecycle.units import unit_configs, units_of
+from supervisor.lifecycle.units import kept_replicas, unit_configs, units_of
 
 HEAD = "compose: {file: models.yml, project: models}\nmodels:\n"
 TWO = """
@@ -130,3 +130,33 @@ def test_a_replica_of_a_model_with_profiles_names_a_service_for_each(
     extra = "      - " + yaml.safe_dump(replica, default_flow_style=True)
     text = PROFILES.replace("    target_concurrency", extra + "    target_concurrency")
     assert any(p.startswith(problem) for p in problems(tmp_path, text))
+
+
+SCALED = """runtime: swarm
+swarm: {stack: models}
+models:
+  vox:
+    service: vox
+    upstream: "http://127.0.0.1:8081"
+    replicas: {min: 1, max: 3}
+    target_concurrency: 16
+"""
+
+
+def test_a_scaled_service_gives_each_replica_a_slot_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(SCALED)
+    model = load_config(path).models["vox"]
+    units = units_of("vox", model)
+    assert [(u.name, u.key, u.config.profiles["default"].service, u.config.service)
+            for u in units] == [(f"vox#{n}", "models.vox.replicas", f"vox#{n}", f"vox#{n}")
+                                for n in (1, 2, 3)]
+    assert {u.config.upstream for u in units} == {"http://127.0.0.1:8081"}
+    assert kept_replicas(model) == 1
+    assert all(u.config.replicas is None and u.config.target_concurrency is None
+               for u in units)
+    path.write_text(SCALED.replace("    target_concurrency: 16\n", ""))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems[0].startswith(
+        "models.vox.target_concurrency: required with replicas.max above 1")

@@ -81,6 +81,9 @@ SURPLUS = [
     ([r(READY, 0)], 4, None),  # the last ready one follows the model's idle rules
     ([r(READY, 0), r(STARTING), r(STOPPED)], 4, None),
     ([r(READY, 1), r(READY, 1), r(READY, 1)], 2, 2),  # 3 fit on two
+    ([r(READY, 0), r(READY, 0), r(STARTING)], 4, None),  # the top goes first (Swarm slots)
+    ([r(READY, 0), r(READY, 0), r(DRAINING)], 4, None),
+    ([r(READY, 0), r(READY, 0), r(FAILED)], 4, 1),
     ([r(READY, 0), r(READY, 0)], None, None),
 ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.runtime import swarm_tasks as st
-from supervisor.runtime.base import ServiceState
+from supervisor.runtime.base import ServiceState, slot_name, split_slot
 
 
 def node(node_id: str, state: str = "ready", addr: str = "10.0.0.1",
@@ -104,14 +104,15 @@ def test_lost_names_each_service_whose_running_task_stopped_running() -> None:
         task("a", "running", "n2", service="svc1"),
         task("b", "running", "n1", service="svc2"),
         task("c", "running", "n1", service="svc9")], READY)  # not a service of the stack
-    assert before == {"chat": frozenset({"a"}), "embed": frozenset({"b"})}
+    assert before == {"chat": frozenset({"a"}), "embed": frozenset({"b"}),
+                      "chat#1": frozenset({"a"}), "embed#1": frozenset({"b"})}  # by slot too
     # n2 goes down: its task is lost although Swarm still lists it as running; embed's
     # task is replaced by another (a new ID) between two looks: lost as well.
     down = {"n1": "10.0.0.1"}
     after = st.running_by_service(names, [
         task("a", "running", "n2", service="svc1"),
         task("b2", "running", "n1", service="svc2")], down)
-    assert st.lost(before, after) == ["chat", "embed"]
+    assert st.lost(before, after) == ["chat", "chat#1", "embed", "embed#1"]
     assert st.lost(after, after) == []
     assert st.lost({}, before) == []  # a task that appears is no exit
 
@@ -126,3 +127,20 @@ def test_names_replicas_and_grace_from_a_service() -> None:
     assert st.replicas({"Spec": {"Mode": {"Global": {}}}}) is None
     assert st.replicas({"Spec": {"Mode": {"Replicated": {}}}}) == 0
     assert st.stop_grace({"Spec": {"TaskTemplate": {"ContainerSpec": {}}}}) == 10.0
+
+
+def test_a_slot_names_one_replica_of_a_scaled_service() -> None:
+    assert slot_name("vox", 2) == "vox#2"
+    assert split_slot("vox#2") == ("vox", 2)
+    assert split_slot("vox") == ("vox", None)
+    assert split_slot("vox#0") == ("vox#0", None)  # slots count from 1
+    assert split_slot("#2") == ("#2", None)
+    tasks = [task("a", "running", "n1", slot=1), task("b", "running", "n2", slot=2),
+             task("b0", "shutdown", "n1", slot=2, desired="shutdown")]
+    assert [t["ID"] for t in st.in_slot(tasks, 2)] == ["b", "b0"]
+    assert st.in_slot(tasks, None) == tasks
+    assert st.endpoints(st.in_slot(tasks, 2), READY) == [READY["n2"]]
+    # what a stop waits for: running or on its way, on a ready node, wanted or not
+    stopping = task("c", "running", "n1", slot=3, desired="shutdown")
+    lost_node = task("d", "running", "n9", slot=4)
+    assert [t["ID"] for t in st.live([*tasks, stopping, lost_node], READY)] == ["a", "b", "c"]

@@ -1,0 +1,147 @@
+"""A model scaled as one Swarm service (`replicas: {min: 0, max: 2}`) on the real two-node
+Swarm of swarm_cluster.py: each replica is a slot of the service, and Swarm places its
+task (`max_replicas_per_node: 1` in swarm-stack.yml puts the two on both nodes).
+
+Proved, as an operator sees it (HTTP answers, where Swarm says the tasks run, what each
+stand-in counted): load sent from node 1's side scales the service 0 -> 2, the two tasks
+run on the two nodes and both serve a real share, every request answers 200; a restarted
+supervisor adopts both running tasks without restarting one; once the load is gone the
+service goes back to 0 (replicas.min).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+
+from tests.integration.supervisor_process import http_get
+from tests.integration.swarm_cluster import ClusterUnavailable, SwarmCluster, run_in
+from tests.integration.test_swarm_docker import (
+    STACK,
+    STACK_FILE,
+    NodeSupervisor,
+    _post,
+    deploy,
+    poll,
+    replicas,
+    running_tasks,
+    states,
+    unavailable,
+)
+
+PORT = 19304
+IDLE = 4.0
+CLIENTS, LOAD_SECONDS = 12, 5.0
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_engine: None) -> Iterator[SwarmCluster]:
+    cluster = SwarmCluster()
+    try:
+        try:
+            cluster.start()
+        except ClusterUnavailable as exc:
+            unavailable(str(exc))
+        deploy(cluster, STACK_FILE, STACK)
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def node1(cluster: SwarmCluster) -> Iterator[ThreadPoolExecutor]:
+    pool = cluster.in_node(1, workers=CLIENTS + 4)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def sup(cluster: SwarmCluster, node1: ThreadPoolExecutor, tmp_path: Path
+        ) -> Iterator[NodeSupervisor]:
+    config = {
+        "runtime": "swarm",
+        "swarm": {"host": cluster.manager.host, "stack": STACK, "poll_interval": "1s"},
+        "models": {"scaled": {
+            "service": "scaled", "upstream": f"http://127.0.0.1:{PORT}",
+            "replicas": {"min": 0, "max": 2}, "target_concurrency": 2,
+            "startup_timeout": "60s", "idle_timeout": f"{IDLE:g}s", "stop_timeout": "2s",
+            "hold_timeout": "60s"}},
+    }
+    process = NodeSupervisor(tmp_path, config, cluster.netns["n1"], node1)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"supervisor log (tail):\n{process.log_tail(40)}")
+
+
+def served(sup: NodeSupervisor, addr: str) -> int:
+    """Completions the stand-in on that node answered (its own count)."""
+    status, body = run_in(sup.pool, http_get, f"http://{addr}:{PORT}/standin/stats", 5)
+    assert status == 200, body
+    return int(body["requests"].get("POST /v1/chat/completions", 0))
+
+
+def replica_states(sup: NodeSupervisor) -> list[tuple[str, str]]:
+    status, body = run_in(sup.pool, http_get, sup.admin + "/admin/models/scaled")
+    assert status == 200, body
+    return [(r["name"], r["state"]) for r in body["replicas"]]
+
+
+def test_load_scales_one_service_to_both_nodes_a_restart_adopts_both_and_idle_scales_to_0(
+    cluster: SwarmCluster, sup: NodeSupervisor
+) -> None:
+    assert states(sup) == {"scaled": "stopped"} and replicas(cluster, "scaled") == 0
+
+    deadline = time.monotonic() + LOAD_SECONDS
+
+    def client() -> list[int]:
+        codes = []
+        while time.monotonic() < deadline:
+            codes.append(_post(sup.url, "scaled")[0])
+        return codes
+
+    began = time.monotonic()
+    done, _ = wait([sup.pool.submit(client) for _ in range(CLIENTS)])
+    statuses = [code for future in done for code in future.result()]
+    took = time.monotonic() - began
+
+    on = running_tasks(cluster, "scaled")
+    assert replicas(cluster, "scaled") == 2
+    assert sorted(on.values()) == sorted(cluster.node_ids[n] for n in (1, 2)), on
+    split = {n: served(sup, cluster.addr[n]) for n in (1, 2)}
+    total = len(statuses)
+    print(f"\n{total} requests from {CLIENTS} clients on node 1's side in {took:.1f}s; "
+          "served: " + ", ".join(f"node {n} {c} ({100 * c / total:.0f} %)"
+                                 for n, c in split.items()))
+    assert statuses == [200] * total
+    assert sum(split.values()) == total
+    assert min(split.values()) >= 0.15 * total, split
+    assert replica_states(sup) == [("scaled#1", "ready"), ("scaled#2", "ready")]
+
+    sup.stop()  # it leaves what runs up
+    mark = len(sup.log_text())
+    restarted = time.monotonic()
+    sup.start()
+    adopted = poll("both replicas adopted", 30, lambda: replica_states(sup) == [
+        ("scaled#1", "ready"), ("scaled#2", "ready")])
+    log = sup.log_text()[mark:]
+    assert "adopting running profile=default service=scaled#1" in log
+    assert "adopting running profile=default service=scaled#2" in log
+    assert running_tasks(cluster, "scaled") == on, "a task was restarted"
+    status, body, headers = run_in(sup.pool, _post, sup.url, "scaled")
+    assert status == 200 and headers.get("X-Supervisor-Cold-Start") != "true", body
+
+    poll("the service back to 0 replicas (replicas.min)", 3 * IDLE + 30,
+         lambda: states(sup) == {"scaled": "stopped"} and replicas(cluster, "scaled") == 0
+         and not running_tasks(cluster, "scaled"))
+    assert "Swarm kept slot" not in sup.log_text()  # it removed the slot asked for
+    print(f"adopted both tasks {adopted:.2f}s after the restart; back to 0 replicas "
+          f"{time.monotonic() - restarted:.1f}s after it (idle_timeout {IDLE:g}s, twice)")
+
+
