@@ -41,6 +41,7 @@ class Inner(asyncio.Transport):
 
     def attach(self, client: FastPath, *, for_good: bool, tokens: int | None = None) -> None:
         self.client, self.for_good, self.tokens = client, for_good, tokens
+        self._parser = httptools.HttpResponseParser(self)  # nothing left of the last answer
 
     def feed(self, data: bytes) -> None:
         self.protocol.data_received(data)
@@ -61,7 +62,10 @@ class Inner(asyncio.Transport):
             return  # its client is gone: nobody to tell
         client.transport.write(data)
         if not self.for_good:
-            self._parser.feed_data(data)
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.for_good = True  # where its answers end is unknown: aiohttp's for good
 
     def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(lines))
@@ -109,12 +113,17 @@ class Inner(asyncio.Transport):
             return  # an interim answer (100 Continue): the response goes on
         self._ended, self.client = self.client, None
         # Not while aiohttp is inside its write: the next request may start at once.
-        asyncio.get_running_loop().call_soon(self._hand_back)
+        asyncio.get_running_loop().call_soon(self._hand_back, self._parser.should_keep_alive())
 
-    def _hand_back(self) -> None:
+    def _hand_back(self, keep_alive: bool) -> None:
         client, self._ended = self._ended, None
-        if client is not None:  # (unless aiohttp closed the connection meanwhile)
+        if client is None:  # aiohttp closed the connection meanwhile
+            return
+        if keep_alive:
             client.inner_done(self)
+        else:  # `Connection: close`: aiohttp closes this one; the client's ends with it
+            self.pool.forget(self)
+            client.inner_closed()
 
 
 class InnerPool:

@@ -116,6 +116,22 @@ async def test_a_connection_that_used_the_fast_path_can_still_be_held(
         assert (await _read_response(reader))[0] == 200
 
 
+async def test_other_routes_on_the_same_connection(supervisor_factory, http, connect) -> None:
+    """GETs of the aiohttp application between fast requests, the last with
+    `Connection: close` (as urllib sends it): each answered, then the connection ends."""
+    sup = await supervisor_factory({"chat-fast": {}})
+    await _ready(sup, http, "chat-fast")
+    reader, writer = await connect(sup.url)
+    for close in (False, False, True):
+        writer.write(_post(chat("chat-fast")))
+        assert (await _read_response(reader))[0] == 200
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n"
+                     + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+        status, _, body = await _read_response(reader)
+        assert status == 200 and b"supervisor_requests_total" in body
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
 async def test_bad_input_gets_the_full_paths_errors(supervisor_factory, http, connect) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     await _ready(sup, http, "chat-fast")

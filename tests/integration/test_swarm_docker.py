@@ -362,4 +362,5 @@ def test_check_config_asks_the_manager_about_the_example_stack(
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert ("models.chat-small.service: 'chat-big' is not a service of stack 'models' on the "
-            "Swarm manager (it has: chat-small, step-audio-64k)") in done.stdout + done.stderr
+            "Swarm manager (it has: chat-small, step-audio-64k, voxcpm)"
+            ) in done.stdout + done.stderr
