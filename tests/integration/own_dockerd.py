@@ -68,12 +68,7 @@ class OwnDockerd:
             raise DaemonUnavailable("no dockerd binary on PATH")
         if os.geteuid() != 0:
             raise DaemonUnavailable("a second dockerd needs root")
-        interfaces = {name for _, name in socket.if_nameindex()}
-        if interfaces - {"lo"}:
-            raise RuntimeError(
-                "refusing to start a second dockerd beside network interfaces "
-                f"({', '.join(sorted(interfaces))}): in the machine's network namespace it "
-                "would delete the main daemon's docker0; run it under `unshare --net`")
+        self._refuse_the_machines_namespace()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -82,8 +77,18 @@ class OwnDockerd:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
                 self._stop_process()
-                raise DaemonUnavailable(f"dockerd did not come up:\n{tail}")
+                raise DaemonUnavailable(f"dockerd did not come up{self.where}:\n{tail}")
             time.sleep(0.1)
+
+    where = ""  # where it runs, for the error that says it did not come up
+
+    def _refuse_the_machines_namespace(self) -> None:
+        interfaces = {name for _, name in socket.if_nameindex()}
+        if interfaces - {"lo"}:
+            raise RuntimeError(
+                "refusing to start a second dockerd beside network interfaces "
+                f"({', '.join(sorted(interfaces))}): in the machine's network namespace it "
+                "would delete the main daemon's docker0; run it under `unshare --net`")
 
     def load_empty_image(self) -> None:
         save = subprocess.Popen(["docker", "save", EMPTY_IMAGE], stdout=subprocess.PIPE)

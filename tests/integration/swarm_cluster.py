@@ -34,7 +34,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,24 +87,16 @@ class NodeDaemon(OwnDockerd):
         self.netns = netns
         self.args = ["nsenter", f"--net={netns}", *self.args]
 
-    def start(self, within: float = 60) -> None:
-        if shutil.which("dockerd") is None:
-            raise DaemonUnavailable("no dockerd binary on PATH")
+    @property
+    def where(self) -> str:
+        return f" in {self.netns}"
+
+    def _refuse_the_machines_namespace(self) -> None:
         if (self.netns.parent != NETNS_DIR or not self.netns.name.startswith("msw")
                 or _netns_inode(self.netns) == _netns_inode("/proc/self/ns/net")):
             raise RuntimeError(f"refusing to start dockerd --bridge=none outside a node "
                                f"namespace of a test cluster ({self.netns}): in the machine's "
                                "own namespace it would delete the main daemon's docker0")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + within
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
-                self._stop_process()
-                raise DaemonUnavailable(f"dockerd did not come up in {self.netns}:\n{tail}")
-            time.sleep(0.1)
 
     def node_id(self) -> str:
         return self.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
