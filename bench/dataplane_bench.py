@@ -14,7 +14,10 @@ backends and supervisors get cores of their own (sched_setaffinity), so the figu
 what the supervisor processes can do, not what they leave to the others.
 
     python bench/dataplane_bench.py [--workers 1 2 4] [--loadgens 4] [--backends 3]
-                                    [--connections 64] [--duration 5]
+                                    [--connections 64] [--duration 5] [--mode fleet]
+
+`--mode fleet` runs ONE supervisor with `workers: K` instead of K copies: the owner and
+K - 1 worker processes it spawns, so the coordination is in the figures.
 
 Prints a table; writes bench/results/dataplane.json. Needs no Docker, nginx or wrk.
 """
@@ -122,31 +125,44 @@ class _ReadyRuntime:
         yield ""
 
 
-async def _supervisor(port: int, backend_port: int, fast_path: bool) -> None:
+async def _supervisor(port: int, backend_port: int, fast_path: bool, workers: int = 1) -> None:
+    """One supervisor; with `workers` > 1 it spawns workers - 1 forwarding processes of its
+    own (the real coordination: mirrors, relays, fences), which read the config file."""
+    import tempfile
+
     from supervisor.app import start_server
-    from supervisor.appkeys import REGISTRY
-    from supervisor.config import Config
+    from supervisor.appkeys import CONTROL, REGISTRY
+    from supervisor.config import load_config
     from supervisor.lifecycle.table import State
 
-    config = Config.model_validate({
+    raw = {
         "listen": f"127.0.0.1:{port}", "admin": {"listen": "127.0.0.1:0"},
         "compose": {"file": str(HERE / "compose.yml"), "project": "planebench"},
         "models": {MODEL: {"service": MODEL, "upstream": f"http://127.0.0.1:{backend_port}",
                            "idle_timeout": "1h"}},
-        "log_level": "WARNING", "fast_path": fast_path,
-    })
-    runner = await start_server(config, _ReadyRuntime(), reuse_port=True)  # type: ignore[arg-type]
+        "log_level": "WARNING", "fast_path": fast_path, "workers": workers,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        json.dump(raw, f)  # JSON is YAML
+    path = Path(f.name)
+    config = load_config(path)
+    runner = await start_server(config, _ReadyRuntime(), config_path=path,  # type: ignore[arg-type]
+                                reuse_port=True)
     handle = runner.app[REGISTRY].handles[MODEL]
+    fleet = runner.app[CONTROL].fleet
     deadline = time.monotonic() + 30
-    while handle.state is not State.READY:
+    while handle.state is not State.READY or (
+            fleet is not None and not all(link.alive for link in fleet.links)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the model is {handle.state}, not ready")
+            raise RuntimeError(f"the model is {handle.state}, or a worker did not start")
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the workers' first table
     print("ready", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        os.unlink(path)
 
 
 # ---- load generator -------------------------------------------------------------------------
@@ -283,6 +299,9 @@ def main() -> int:
     add("--duration", type=float, default=5.0)
     add("--warmup", type=float, default=1.0)
     add("--no-fast-path", action="store_true", help="the aiohttp path, for comparison")
+    add("--mode", choices=["copies", "fleet"], default="copies",
+        help="copies: K independent supervisors on the port (the forwarding alone); fleet: "
+             "one supervisor with `workers: K` (the real coordination)")
     add("--pin", choices=["auto", "yes", "no"], default="auto")
     add("--json", type=Path, default=HERE / "results" / "dataplane.json")
     args = parser.parse_args()
@@ -307,13 +326,18 @@ def main() -> int:
         for k in args.workers:
             port = _free_port()
             first = args.loadgens + args.backends
-            sups = [_spawn(["supervisor", str(port), str(backend_port),
-                            "0" if args.no_fast_path else "1"], core(first + i))
-                    for i in range(k)]
+            fast = "0" if args.no_fast_path else "1"
+            if args.mode == "fleet":  # one process; its workers inherit its cores
+                own = [c for i in range(k) for c in (core(first + i) or [])] or None
+                sups = [_spawn(["supervisor", str(port), str(backend_port), fast, str(k)],
+                               own)]
+            else:
+                sups = [_spawn(["supervisor", str(port), str(backend_port), fast, "1"],
+                               core(first + i)) for i in range(k)]
             with _running(sups, "supervisor"):
                 res = _measure(port, args, gen_cores)
             res["vs_direct"] = res["rps"] / direct["rps"]
-            rows.append({"path": "supervisor", "workers": k, **res})
+            rows.append({"path": args.mode, "workers": k, **res})
             print(f"supervisor x{k}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.3f} ms",
                   flush=True)
     one = next((r["rps"] for r in rows if r["workers"] == 1), None)
@@ -339,7 +363,8 @@ if __name__ == "__main__":
         _loop_run(_backend(int(sys.argv[2])))
     elif len(sys.argv) > 2 and sys.argv[1] == "supervisor":
         sys.path.insert(0, str(REPO))
-        _loop_run(_supervisor(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"))
+        _loop_run(_supervisor(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1",
+                              int(sys.argv[5])))
     elif len(sys.argv) > 2 and sys.argv[1] == "load":
         load_spec = json.loads(sys.argv[2])
         Path(load_spec["out"]).write_text(json.dumps(_loop_run(_load(load_spec))))

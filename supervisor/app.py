@@ -8,7 +8,10 @@ import asyncio
 import gc
 import logging
 import resource
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +19,7 @@ from aiohttp import web
 
 from supervisor.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.auth import admin_secrets, client_keys
-from supervisor.config import Config, host_port
+from supervisor.config import Config, ConfigError, host_port
 from supervisor.gate import Gate
 from supervisor.gpus.wiring import feed_measured, load_budget
 from supervisor.lifecycle.budget import GpuBudget
@@ -26,7 +29,7 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry, build_model, snapshot_rows
 from supervisor.lifecycle.units import units_of
 from supervisor.lifecycle.watcher import watch
-from supervisor.limits import LimitedSite, connection_limit
+from supervisor.limits import LimitedServer, LimitedSite, connection_limit
 from supervisor.observe.gpu import GpuSampler
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.ops.admin import build_admin_app, healthz, readyz
@@ -37,6 +40,7 @@ from supervisor.proxy.fastpath import Context, DataPlane
 from supervisor.proxy.routes import add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.factory import runtime_for
+from supervisor.workers.owner import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,14 @@ async def start_server(config: Config, runtime: Runtime | None = None,
     Past the connection limit (limits.py) new clients get 503 before any request handling."""
     app = build_app(config, runtime, config_path)
     plane = DataPlane()
+    workers = config.workers if config.fast_path else 1
+    stops: list[Callable[[], Awaitable[None]]] = []  # the workers', once they are started
+
+    async def stop_workers(app: web.Application) -> None:
+        for stop in stops:
+            await stop()
+
+    app.on_shutdown.append(stop_workers)  # before the fast path's shutdown
     app.on_shutdown.append(plane.shutdown)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -173,9 +185,45 @@ async def start_server(config: Config, runtime: Runtime | None = None,
         protocol = plane.protocol
     limit = connection_limit(config.max_connections, config.fd_reserve)
     site = LimitedSite(runner, *host_port(config.listen), limit=limit, label="proxy",
-                       backlog=1024, protocol=protocol, reuse_port=reuse_port)
+                       backlog=1024, protocol=protocol, reuse_port=reuse_port or workers > 1)
     await site.start()
+    if workers > 1:
+        assert site.server is not None
+        stops.append(await start_workers(app, site.server, workers, config_path))
     return runner
+
+
+async def start_workers(app: web.Application, server: LimitedServer, count: int,
+                        config_path: Path | None) -> Callable[[], Awaitable[None]]:
+    """Spawn count - 1 workers on the port, and the private socket they relay to (accepted
+    by the proxy's own server, so its connection limit covers relayed connections too);
+    returns what stops them."""
+    if config_path is None:
+        raise ConfigError(["workers: a worker reads the config file: start the supervisor "
+                           "with one (model-supervisor serve --config)"])
+    # mkdtemp makes it 0700: the private socket skips client limits, so nobody else may
+    # reach it.
+    private = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="model-supervisor-"))
+    path = str(private / "owner.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1024)
+    server.adopt(listener)
+    fleet = Fleet(count, _absolute(config_path), path, app[REGISTRY], app[METRICS],
+                  app[GATE])
+    app[CONTROL].fleet = fleet
+    fleet.start()
+
+    async def stop() -> None:
+        await fleet.stop()
+        await asyncio.to_thread(shutil.rmtree, private, ignore_errors=True)
+
+    log.info("%d worker processes share the proxy port", count - 1)
+    return stop
+
+
+def _absolute(path: Path) -> str:
+    return str(path.absolute())  # the workers' working directory may differ one day
 
 
 def admin_url(runner: web.AppRunner) -> str:

@@ -1,4 +1,4 @@
-"""`model-supervisor serve | check-config | schema`, and the admin commands: status, start,
+"""`model-supervisor serve | check-config | schema | worker`, and the admin commands: status, start,
 stop, pin, unpin, sleep, wake, drain, undrain, reload."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from supervisor.config import Config, ConfigError, load_config
 from supervisor.ops import config_schema
 from supervisor.ops.admin_client import AdminClient, AdminError, status_table
 from supervisor.ops.checks import check
+from supervisor.workers.worker import run_worker
 
 MODEL_COMMANDS = {  # command -> (method, path suffix, body)
     "start": ("POST", "start", None),
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd = sub.add_parser("check-config", help="validate a config without starting anything")
     check_cmd.add_argument("config")
     sub.add_parser("schema", help="print the config's JSON Schema (model-supervisor.schema.json)")
+    worker = sub.add_parser("worker", help="(spawned by serve with `workers: N`) a forwarding "
+                                           "worker process")
+    worker.add_argument("--config", "-c", required=True)
+    worker.add_argument("--fd", type=int, required=True, help="the control channel's socket")
+    worker.add_argument("--owner", required=True, help="the owner's private Unix socket")
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", "-c", help="the supervisor's config (admin.listen, token)")
     admin.add_argument("--admin", help="admin API URL (default: $SUPERVISOR_ADMIN_URL, "
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         sys.stdout.write(config_schema.render())
         return 0
-    if args.command != "serve":
+    if args.command not in ("serve", "worker"):
         return _admin(args)
     config = _load(args.config)
     if config is None:
@@ -143,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "worker":
+        raise_open_files_limit()
+        _run(run_worker(config, args.fd, args.owner))
+        return 0
     try:
         _run(_serve(config, args.config))
     except ConfigError as exc:

@@ -403,6 +403,10 @@ class Config(BaseSettings):
     # Small JSON requests for a ready model are forwarded by the listener itself
     # (proxy/fastpath.py), everything else by the aiohttp application; false: all by it.
     fast_path: bool = True
+    # Processes forwarding on the proxy port: this one (the lifecycle owner) and workers - 1
+    # that it spawns, each on the port with SO_REUSEPORT (docs/multi-worker.md). Needs
+    # fast_path (a worker is a fast path and nothing else).
+    workers: int = Field(1, ge=1, le=256)
 
     @classmethod
     def settings_customise_sources(
@@ -440,6 +444,13 @@ class Config(BaseSettings):
             problem = schedule_problem(self, schedule)
             if problem:
                 raise ValueError(f"schedules.{name}.{problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_the_fast_path(self) -> Config:
+        if self.workers > 1 and not self.fast_path:
+            raise ValueError("workers: more than 1 needs fast_path: true (a worker runs "
+                             "only the fast path)")
         return self
 
     @model_validator(mode="after")

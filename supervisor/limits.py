@@ -156,6 +156,14 @@ class LimitedServer(asyncio.AbstractServer):
             self._loop.add_reader(sock.fileno(), self._on_readable, sock)
         self._serving = True
 
+    def adopt(self, sock: socket.socket) -> None:
+        """Accept on one more listening socket, under the same limit (the owner's private
+        socket that workers relay to: each of those connections costs what a client does)."""
+        sock.setblocking(False)
+        self._sockets.append(sock)
+        if self._serving:
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock)
+
     async def serve_forever(self) -> None:
         await self.start_serving()
         await self._loop.create_future()  # until cancelled

@@ -11,6 +11,7 @@ handle dispatches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -28,6 +29,7 @@ from supervisor.lifecycle.lease import (
     Held,
     HoldRejected,
     Lease,
+    Observer,
     stopped_error,
 )
 from supervisor.lifecycle.liveness import Liveness
@@ -97,6 +99,10 @@ class ModelHandle:
         self._next_profile: str | None = None  # the profile an operator asked for
         self._pending: ModelConfig | None = None  # a reloaded definition, for the next start
         self._flights: list[Flight] = []
+        # Worker processes forward for it too (workers/owner.py): told of every change, and
+        # asked to fence them before a decision that needs "nothing in flight".
+        self.observer: Observer | None = None
+        self._armed = 0  # bumped at each arming of the idle timers
         self._retiring = False
         self.retired = asyncio.Event()  # set once a retiring model is down and unused
 
@@ -190,6 +196,18 @@ class ModelHandle:
 
     def release(self, lease: Lease) -> None:
         self._release(lease.flight)
+
+    def add_flight(self, task: Cancellable) -> Flight:
+        """A request that another process forwards counts in flight here (a worker's
+        "busy"): the idle timers, DRAINED and the GPU budget see it; `end_flight` ends it."""
+        self.last_request_at = self.clock.now()
+        flight = Flight(task)
+        self.in_flight += 1
+        self._flights.append(flight)
+        return flight
+
+    def end_flight(self, flight: Flight) -> None:
+        self._release(flight)
 
     async def _acquire(self, tokens: int | None) -> Lease:
         began = self.clock.now()
@@ -335,7 +353,18 @@ class ModelHandle:
 
     def evict(self, sleep: bool, why: str) -> None:
         """The GPU budget needs its memory: put it to sleep, or stop it (gracefully: the
-        planner picks idle models only, and a request that came meanwhile still ends)."""
+        planner picks idle models only, and a request that came meanwhile still ends).
+        With workers, only once they have said what they forward for it (the fence)."""
+        if self.observer is None:
+            self._evict(sleep, why)
+            return
+
+        def then() -> None:
+            with contextlib.suppress(Conflict):  # its state moved on during the fence
+                self._evict(sleep, why)
+        self.observer.fence(self, then)
+
+    def _evict(self, sleep: bool, why: str) -> None:
         log.info("model=%s evicted %s", self.name, why)
         self.metrics.eviction(self.name, "sleep" if sleep else "stop")
         if sleep and self.state is State.READY:
@@ -462,6 +491,8 @@ class ModelHandle:
                     State.READY, State.ASLEEP, State.SLEEPING):
                 self._liveness.watch(self.profile, self.config.liveness)
             self._check_retired()
+        if self.observer is not None:
+            self.observer.changed(self)
 
     def _apply(self, effect: Effect, error: Refusal | None, reason: str) -> None:
         if effect in (Effect.START, Effect.AWAIT_READY):
@@ -647,12 +678,27 @@ class ModelHandle:
         if fresh:
             self.idle_since = now
         idle = now - self.idle_since
+        self._armed += 1
         self._idle_timer = self.clock.call_later(max(0.0, self.idle_timeout - idle),
-                                                 self._dispatch, Event.IDLE)
+                                                 self._idle_due, Event.IDLE, self._armed)
         after = self.config.sleep.after
         if self.state is State.READY and self.config.sleep.enabled and after is not None:
             self._sleep_timer = self.clock.call_later(max(0.0, after - idle),
-                                                      self._dispatch, Event.SLEEP_DUE)
+                                                      self._idle_due, Event.SLEEP_DUE,
+                                                      self._armed)
+
+    def _idle_due(self, event: Event, armed: int) -> None:
+        """An idle timer fired. With workers, fence first: a request one of them has just
+        leased is counted before the table sees "nothing in flight"; and a timer re-armed
+        meanwhile (a request came and went) makes this one void."""
+        if self.observer is None:
+            self._dispatch(event)
+            return
+
+        def then() -> None:
+            if armed == self._armed:
+                self._dispatch(event)
+        self.observer.fence(self, then)
 
     # -- supervisor start and shutdown ------------------------------------
 

@@ -4,6 +4,7 @@ in the hold queue, and the refusals a handle answers it with."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +22,17 @@ class HoldRejected(Refusal):
 
 class Cancellable(Protocol):
     def cancel(self, msg: Any | None = None) -> bool | None: ...
+
+
+class Observer(Protocol):
+    """Worker processes that forward for a handle too (workers/owner.py)."""
+
+    def changed(self, handle: ModelHandle) -> None:
+        """Its state (or profile, or upstream) may have changed: tell the workers."""
+
+    def fence(self, handle: ModelHandle, then: Callable[[], None]) -> None:
+        """Close it on every worker, wait until each has said so (every "busy" it sent
+        before has then arrived), run `then`, and open it again where it is ready."""
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TYPES = {"unknown": "untyped", "info": "gauge", "stateset": "gauge",
@@ -28,7 +28,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def render(registry: CollectorRegistry) -> bytes:
+def render(registry: Collector) -> bytes:
     out: list[str] = []
     for family in registry.collect():
         name = family.name + "_total" if family.type == "counter" else family.name

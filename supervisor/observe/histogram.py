@@ -50,10 +50,19 @@ class LoopHistogram(Collector):
     def describe(self) -> Iterable[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
+    @property
+    def series(self) -> dict[tuple[str, ...], list[float]]:
+        """Per label values: the count per bucket (not cumulative), then the sum."""
+        return self._series
+
     def collect(self) -> Iterable[Metric]:
+        return [self.family(self._series)]
+
+    def family(self, series: dict[tuple[str, ...], list[float]]) -> Metric:
+        """`series` (this histogram's, or its sum with workers') as a metric family."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         bucket, count, total = self.name + "_bucket", self.name + "_count", self.name + "_sum"
-        for values, counts in self._series.items():
+        for values, counts in series.items():
             labels = dict(zip(self.labelnames, values, strict=True))
             cumulative = 0.0
             for le, n in zip(self._les, counts, strict=False):
@@ -61,4 +70,4 @@ class LoopHistogram(Collector):
                 family.samples.append(Sample(bucket, {**labels, "le": le}, cumulative))
             family.samples.append(Sample(count, labels, cumulative))
             family.samples.append(Sample(total, labels, counts[-1]))
-        return [family]
+        return family

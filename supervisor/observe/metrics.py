@@ -119,6 +119,14 @@ class Metrics:
             ["model", "reason"], registry=r)
         self._live = LiveCollector(snapshots, gpu)
         r.register(self._live)
+        # What worker processes forwarded (workers/stats.py): added at each scrape.
+        self.workers: Callable[[], Collector] | None = None
+
+    @property
+    def forwarding(self) -> tuple[dict[str, Counter], dict[str, LoopHistogram]]:
+        """The series a worker process counts too, by family name."""
+        return ({"supervisor_requests": self._requests, "supervisor_refusals": self._refusals},
+                {h.name: h for h in (self._duration, self._ttfb, self._upstream)})
 
     # -- hooks --------------------------------------------------------------
 
@@ -176,7 +184,8 @@ class Metrics:
         async def metrics(request: web.Request) -> web.Response:
             # Uncompressed: gzip would double the scrape's time on the event loop, and
             # scrapes come over loopback or a LAN.
-            return web.Response(body=render(self.registry),
+            merged = self.workers() if self.workers is not None else self.registry
+            return web.Response(body=render(merged),
                                 headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
         return metrics

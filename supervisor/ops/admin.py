@@ -215,6 +215,10 @@ async def gpus(request: web.Request) -> web.Response:
     return web.json_response(gpu_view(request.app[CONTROL].metrics.registry))
 
 
+async def workers(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].workers())
+
+
 async def drain(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].drain(True))
 
@@ -287,6 +291,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/events", events),
     ("GET", "/admin/events/stream", events_stream),
     ("GET", "/admin/gpus", gpus),
+    ("GET", "/admin/workers", workers),
 ]
 
 

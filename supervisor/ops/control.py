@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
 from supervisor.config import (
@@ -35,6 +35,9 @@ from supervisor.ops.replicas_view import replicas_view
 from supervisor.ops.schedule import KeepWarm
 from supervisor.ops.state_file import StateFile
 from supervisor.proxy.estimate import load_estimator
+
+if TYPE_CHECKING:
+    from supervisor.workers.owner import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Control:
         self.state = StateFile(config.state_file)
         self.keep_warm = KeepWarm(self.find, config.timezone)
         self._retiring: set[asyncio.Task[None]] = set()
+        self.fleet: Fleet | None = None  # the worker processes (workers: N > 1)
 
     def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)
@@ -147,11 +151,18 @@ class Control:
 
     def drain(self, on: bool) -> dict[str, Any]:
         self.gate.draining = on
+        if self.fleet is not None:
+            self.fleet.push()
         log.warning("maintenance mode %s", "on: new requests get 503" if on else "off")
         in_flight = sum(h.in_flight for h in self.registry.handles.values())
         return {"draining": on, "in_flight": in_flight}
 
     # -- schedules ------------------------------------------------------------
+
+    def workers(self) -> dict[str, Any]:
+        """The processes on the proxy port: the owner (this one) and its workers."""
+        rows = self.fleet.describe() if self.fleet is not None else []
+        return {"workers": rows}
 
     def schedule_problem(self, schedule: ScheduleConfig) -> str | None:
         return schedule_problem(self.config, schedule)
@@ -188,7 +199,7 @@ class Control:
         for name, model in new.models.items():
             upstream_key(name, model)  # an unreadable key file refuses the reload
         old = self.config
-        restart = [k for k in ("listen", "runtime", "compose", "swarm", "admin") if
+        restart = [k for k in ("listen", "runtime", "compose", "swarm", "admin", "workers") if
                    getattr(old, k) != getattr(new, k)]
         added = [n for n in new.models if n not in old.models]
         removed = [n for n in old.models if n not in new.models]
@@ -205,6 +216,8 @@ class Control:
         self.gate.client_keys, self.gate.retry_after = keys, new.drain_retry_after
         self._reload_schedules(new)
         await self.persist()
+        if self.fleet is not None:
+            self.fleet.reload()  # a worker reads the config file when it starts
         log.info("config reloaded: added=%s removed=%s changed=%s", added, removed, changed)
         return {"added": added, "removed": removed, "changed": changed,
                 "restart_required": restart}

@@ -128,6 +128,26 @@ def _json(schema: Json, description: str) -> Json:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+WORKER: Json = {
+    "type": "object",
+    "required": ["slot", "role", "pid", "alive", "restarts", "requests_forwarded",
+                 "in_flight"],
+    "properties": {
+        "slot": {"type": "integer", "description": "0: the owner"},
+        "role": {"type": "string", "enum": ["owner", "worker"]},
+        "pid": {"type": ["integer", "null"], "description": "null before its first start"},
+        "alive": {"type": "boolean"},
+        "restarts": {"type": "integer"},
+        "requests_forwarded": {"type": "integer",
+                               "description": "requests it answered (any status), "
+                                              "across the slot's restarts"},
+        "in_flight": {"type": "integer",
+                      "description": "its requests in flight (a worker's: as of its last "
+                                     "report, at most a second old)"},
+    },
+}
+
+
 def _op(summary: str, ok: tuple[int, Json], *errors: int, body: Json | None = None,
         required: bool = True, public: bool = False) -> Json:
     responses = {str(ok[0]): _json(ok[1], "OK")}
@@ -241,5 +261,10 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "type": "object", "required": ["available", "gpus"],
                 "properties": {"available": {"type": "boolean"},
                                "gpus": {"type": "array", "items": GPU}}}))},
+            "/admin/workers": {"get": _op(
+                "The processes on the proxy port (`workers: N`): the owner, then each "
+                "worker slot; empty with one process", (200, {
+                    "type": "object", "required": ["workers"],
+                    "properties": {"workers": {"type": "array", "items": WORKER}}}))},
         },
     }

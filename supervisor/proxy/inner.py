@@ -124,11 +124,18 @@ class Inner(asyncio.Transport):
         else:  # `Connection: close`: aiohttp closes this one; the client's ends with it
             self.pool.forget(self)
             client.inner_closed()
+            if self.pool.close_after:
+                self.close()  # a relay (workers/relay.py) does not close by itself
 
 
 class InnerPool:
-    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
+    """`idle`: how many unused connections it keeps; `close_after`: its protocol does not
+    end a connection after a response that does not keep it alive, so the pool does."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], *, idle: int = MAX_IDLE,
+                 close_after: bool = False) -> None:
         self.factory = factory
+        self.idle, self.close_after = idle, close_after
         self._idle: list[Inner] = []
 
     def take(self) -> Inner:
@@ -141,7 +148,7 @@ class InnerPool:
     def put(self, inner: Inner) -> None:
         if inner.closed:
             return
-        if len(self._idle) >= MAX_IDLE:
+        if len(self._idle) >= self.idle:
             inner.close()
         else:
             self._idle.append(inner)

@@ -1,0 +1,125 @@
+"""`model-supervisor worker`: a process the owner spawns (workers/owner.py) that binds the
+proxy port with SO_REUSEPORT and runs only the fast path, against mirrors of the models
+(mirror.py) that the owner keeps up to date over the control channel; what it does not
+forward goes to the owner over its private Unix socket (relay.py). It exits when the
+channel ends: the owner is gone, and a worker without one must not serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from supervisor.auth import client_keys, upstream_key
+from supervisor.config import Config, host_port
+from supervisor.gate import Gate
+from supervisor.lifecycle.registry import Registry
+from supervisor.limits import LimitedServer, connection_limit, listen
+from supervisor.observe.metrics import Metrics
+from supervisor.proxy.estimate import load_estimator
+from supervisor.proxy.fastpath import Context, DataPlane
+from supervisor.proxy.inner import InnerPool
+from supervisor.workers import stats
+from supervisor.workers.messages import LINE_LIMIT, Message, encode, read
+from supervisor.workers.mirror import Mirror, Mirrors
+from supervisor.workers.relay import Relay
+
+log = logging.getLogger(__name__)
+
+STATS_SECONDS = 1.0
+GRACE_SECONDS = 5.0  # on SIGTERM: how long the requests it forwards may take to end
+RELAY_IDLE = 16  # unused connections to the owner it keeps (each is a descriptor there)
+
+
+async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
+    channel = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=channel, limit=LINE_LIMIT)
+
+    quiet = asyncio.Event()  # set when its last request in flight ended
+
+    def send(message: Message) -> None:
+        if message["t"] == "idle" and not any(m.in_flight for m in mirrors):
+            quiet.set()
+        if not writer.is_closing():
+            writer.write(encode(message))
+
+    mirrors = [Mirror(name, model, send) for name, model in config.models.items()]
+    for mirror in mirrors:
+        estimator = await asyncio.to_thread(load_estimator, mirror.config)
+        key = upstream_key(mirror.name, mirror.config)
+        mirror.configure(estimator, {"Authorization": f"Bearer {key}"} if key else {})
+    registry = Mirrors(mirrors)
+    metrics = Metrics()
+    gate = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
+    plane = DataPlane()
+    plane.start(lambda: Relay(owner_socket),
+                Context(cast(Registry, registry), metrics, gate))
+    plane.inner = InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True)
+    host, port = host_port(config.listen)
+    limit = connection_limit(config.max_connections, config.fd_reserve)
+    server = LimitedServer(plane.protocol, listen(host, port, 1024, reuse_port=True), limit,
+                           "worker listener")
+    await server.start_serving()
+    send({"t": "hello", "pid": os.getpid()})
+    reporter = asyncio.create_task(_report(metrics, mirrors, send))
+    loop = asyncio.get_running_loop()
+    control = asyncio.create_task(_obey(reader, registry, gate, send))
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    gc.collect()
+    gc.freeze()
+    await asyncio.wait((control, stopped), return_when=asyncio.FIRST_COMPLETED)
+    server.close()  # no new clients; the owner and the other workers take them
+    if not control.done():  # a stop, not a lost owner: let what it forwards end, still
+        await _drained(mirrors, quiet, GRACE_SECONDS)  # obeying (a fence, an abort)
+        control.cancel()
+    stopped.cancel()
+    reporter.cancel()
+    await plane.shutdown(None)
+    send({"t": "stats", "stats": stats.snapshot(metrics)})  # its last totals
+    writer.close()
+
+
+async def _drained(mirrors: list[Mirror], quiet: asyncio.Event, within: float) -> None:
+    """Until no request it forwards is in flight, or `within` seconds have passed."""
+    quiet.clear()
+    if any(m.in_flight for m in mirrors):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(quiet.wait(), within)
+
+
+async def _obey(reader: asyncio.StreamReader, registry: Mirrors, gate: Gate,
+                send: Callable[[Message], None]) -> None:
+    """The owner's messages, in order, until the channel ends."""
+    while (message := await read(reader)) is not None:
+        kind = message["t"]
+        if kind == "table":
+            registry.apply(message)
+            gate.draining = bool(message.get("draining"))
+        elif kind == "close":
+            mirror = registry.handles.get(message["m"])
+            if mirror is not None:
+                mirror.close()
+            send({"t": "ack", "id": message["id"]})
+        elif kind == "abort":
+            mirror = registry.handles.get(message["m"])
+            if mirror is not None:
+                mirror.abort(str(message.get("code") or "model_stopped"))
+    log.info("worker %d: the owner's channel ended; exiting", os.getpid())
+
+
+async def _report(metrics: Metrics, mirrors: list[Mirror],
+                  send: Callable[[Message], None]) -> None:
+    while True:
+        await asyncio.sleep(STATS_SECONDS)
+        send({"t": "stats", "stats": stats.snapshot(metrics),
+              "in_flight": sum(m.in_flight for m in mirrors)})

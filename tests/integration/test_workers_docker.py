@@ -1,0 +1,153 @@
+"""`workers: 3` (docs/multi-worker.md): the owner and two worker processes share the proxy
+port. Real `python -m supervisor serve`, real Docker and Compose, the stand-ins. Many
+connections spread over the three processes (the kernel's SO_REUSEPORT), so each check
+below meets the workers with near certainty (a third of the connections each)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.helpers import wait_for
+
+from .conftest import COMPOSE_FILE, MODELS, chat, compose_project
+from .supervisor_process import SupervisorProcess, http_get
+
+CONNECTIONS = 24
+MODEL = "chat-fast"
+
+
+@pytest.fixture
+def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
+    config = {
+        "compose": {"file": str(COMPOSE_FILE), "project": compose_project(project).name},
+        "workers": 3,
+        "models": {MODEL: {**MODELS[MODEL], "idle_timeout": "2s", "stop_timeout": "1s",
+                           "startup_timeout": "30s"}},
+    }
+    process = SupervisorProcess(tmp_path, config)
+    try:
+        process.start()
+        wait_until(lambda: sum(w["alive"] for w in workers(process)) == 3, 20)
+        yield process
+    finally:
+        process.stop()
+        print(f"supervisor log (tail):\n{process.log_tail(200)}")
+
+
+def wait_until(check: Any, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def workers(sup: SupervisorProcess) -> list[dict[str, Any]]:
+    return http_get(sup.admin + "/admin/workers")[1]["workers"]
+
+
+def state(sup: SupervisorProcess) -> str:
+    return http_get(sup.admin + f"/admin/models/{MODEL}")[1]["state"]
+
+
+def requests_total(sup: SupervisorProcess) -> int:
+    import urllib.request
+    with urllib.request.urlopen(sup.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return int(sum(float(v) for v in re.findall(
+        r'^supervisor_requests_total\{[^}]*model="chat-fast"[^}]*\} (\S+)$', text, re.M)))
+
+
+async def each_connection(sup: SupervisorProcess, n: int, body: dict[str, Any],
+                          per_connection: int = 1) -> list[tuple[int, Any]]:
+    """`per_connection` requests on each of `n` keep-alive connections at once."""
+    async def one() -> list[tuple[int, Any]]:
+        out = []
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1, force_close=False)) as http:
+            for _ in range(per_connection):
+                async with http.post(sup.url + "/v1/chat/completions", json=body) as r:
+                    out.append((r.status, await r.read()))
+        return out
+    results = await asyncio.gather(*(one() for _ in range(n)))
+    return [x for rows in results for x in rows]
+
+
+async def test_requests_spread_counted_and_a_killed_worker_comes_back(sup) -> None:
+    # A cold model: every process holds (a worker relays to the owner) and answers.
+    cold = await each_connection(sup, CONNECTIONS, chat(MODEL))
+    assert [s for s, _ in cold] == [200] * CONNECTIONS
+    hot = await each_connection(sup, CONNECTIONS, chat(MODEL), per_connection=20)
+    assert all(s == 200 for s, _ in hot)
+    sent = len(cold) + len(hot)
+    wait_until(lambda: requests_total(sup) == sent, 10)  # workers report once a second
+    rows = workers(sup)
+    assert sum(1 for w in rows if w["requests_forwarded"] > 0) > 1, rows
+    # Kill a worker: it is restarted, and the port keeps answering meanwhile.
+    victim = next(w for w in rows if w["role"] == "worker")
+    os.kill(victim["pid"], signal.SIGKILL)
+    # Once it is gone (clients queued at its listener when it died are reset, as with a
+    # crashed nginx worker), the others answer while its slot restarts.
+    wait_until(lambda: next(w for w in workers(sup) if w["slot"] == victim["slot"])
+               ["restarts"] == 1, 10)
+    again = await each_connection(sup, CONNECTIONS, chat(MODEL))
+    assert [s for s, _ in again] == [200] * CONNECTIONS
+    wait_until(lambda: all(w["alive"] for w in workers(sup)), 10)
+    assert requests_total(sup) >= sent  # the dead worker's totals are kept
+
+
+async def test_idle_stop_is_exact_and_force_stop_aborts_worker_requests(sup) -> None:
+    await each_connection(sup, 1, chat(MODEL))  # start it
+    assert state(sup) == "ready"
+    # Streams of ~4.5 s on every process, longer than idle_timeout (2 s).
+    stream = chat(MODEL, stream=True, max_tokens=15, stream_delay=0.3)
+    task = asyncio.ensure_future(each_connection(sup, CONNECTIONS, stream))
+    while not task.done():
+        assert await asyncio.to_thread(state, sup) == "ready"  # never stopped under one
+        await asyncio.sleep(0.1)
+    assert all(s == 200 and b"[DONE]" in body for s, body in task.result())
+    ended = time.monotonic()
+    await wait_for(lambda: _not_ready(sup), 10, "the idle stop")
+    assert 1.5 < time.monotonic() - ended < 4.5  # idle_timeout after the last request
+    await wait_for(lambda: _is(sup, "stopped"), 15, "the model to stop")
+    # Force stop under slow requests on every process: each is answered 503 model_stopped.
+    await each_connection(sup, 1, chat(MODEL))
+    slow = asyncio.ensure_future(each_connection(sup, CONNECTIONS, chat(MODEL, delay=5)))
+    await wait_for(lambda: _in_flight(sup), 5, "every request in flight on its process")
+    status, _ = await asyncio.to_thread(_force_stop, sup)
+    assert status == 202  # accepted: the stop goes on
+    answers = await slow
+    assert [s for s, _ in answers] == [503] * CONNECTIONS
+    assert all(b"model_stopped" in body for _, body in answers)
+
+
+async def _not_ready(sup: SupervisorProcess) -> bool:
+    return await asyncio.to_thread(state, sup) != "ready"
+
+
+async def _is(sup: SupervisorProcess, wanted: str) -> bool:
+    return await asyncio.to_thread(state, sup) == wanted
+
+
+async def _in_flight(sup: SupervisorProcess) -> bool:
+    rows = await asyncio.to_thread(workers, sup)
+    return sum(w["in_flight"] for w in rows) == CONNECTIONS
+
+
+def _force_stop(sup: SupervisorProcess) -> tuple[int, Any]:
+    import json
+    import urllib.request
+    req = urllib.request.Request(sup.admin + f"/admin/models/{MODEL}/stop",
+                                 data=json.dumps({"force": True}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, json.loads(r.read())
