@@ -532,6 +532,9 @@ class ModelHandle:
 
     def _spawn(self, kind: str, work: Coroutine[Any, Any, Outcome]) -> None:
         self._task = asyncio.create_task(self._run(kind, work))
+        # A task cancelled before it ran (a force stop right after a start) never awaited
+        # `work`: close it, or Python warns that it was never awaited.
+        self._task.add_done_callback(lambda _: work.close())
 
     async def _run(self, kind: str, work: Coroutine[Any, Any, Outcome]) -> None:
         """Await an effect and dispatch how it ended; one that raises fails its step like a

@@ -61,7 +61,11 @@ class Registry:
     def get(self, name: str) -> Model:
         handle = self._by_alias.get(name)
         if handle is None:
-            known = ", ".join(sorted(self.handles)) or "(none)"
-            raise Refusal(f"The model {name!r} does not exist. Known models: {known}",
-                          status=404, code="model_not_found")
+            raise unknown_model(name, self.handles)
         return handle
+
+
+def unknown_model(name: str, known: Iterable[str]) -> Refusal:
+    listed = ", ".join(sorted(known)) or "(none)"
+    return Refusal(f"The model {name!r} does not exist. Known models: {listed}",
+                   status=404, code="model_not_found")

@@ -17,10 +17,10 @@ from dataclasses import replace
 from typing import Any, cast
 
 from supervisor.config import ModelConfig
-from supervisor.errors import Refusal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Cancellable, Flight, Lease
 from supervisor.lifecycle.profiles import Profile, profiles_of, smallest_fitting
+from supervisor.lifecycle.registry import unknown_model
 from supervisor.proxy.estimate import Estimator
 from supervisor.workers.messages import Entry, Message
 
@@ -117,9 +117,7 @@ class Mirrors:
     def get(self, name: str) -> Any:
         mirror = self._by_alias.get(name)
         if mirror is None:
-            known = ", ".join(sorted(self.handles)) or "(none)"
-            raise Refusal(f"The model {name!r} does not exist. Known models: {known}",
-                          status=404, code="model_not_found")
+            raise unknown_model(name, self.handles)
         return mirror
 
     def apply(self, message: Message) -> None:
