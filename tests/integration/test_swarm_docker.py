@@ -21,6 +21,7 @@ from both services at 0 replicas. The node-loss test stops node 2 for good: it r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,19 +52,28 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def cluster(docker_engine: None) -> Iterator[SwarmCluster]:
+@contextlib.contextmanager
+def built_cluster(*stacks: tuple[Path, str]) -> Iterator[SwarmCluster]:
+    """A two-node cluster with `stacks` (file, namespace) deployed, removed afterwards; the
+    test is skipped, with the reason printed, where no cluster can be built."""
     cluster = SwarmCluster()
     try:
         try:
             cluster.start()
         except ClusterUnavailable as exc:
             unavailable(str(exc))
-        deploy(cluster, STACK_FILE, STACK)
-        deploy(cluster, REPO / "compose" / "swarm-stack.yml", "models")  # the example
+        for file, namespace in stacks:
+            deploy(cluster, file, namespace)
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_engine: None) -> Iterator[SwarmCluster]:
+    example = REPO / "compose" / "swarm-stack.yml"
+    with built_cluster((STACK_FILE, STACK), (example, "models")) as cluster:
+        yield cluster
 
 
 def deploy(cluster: SwarmCluster, file: Path, namespace: str) -> None:

@@ -19,18 +19,17 @@ from pathlib import Path
 import pytest
 
 from tests.integration.supervisor_process import http_get
-from tests.integration.swarm_cluster import ClusterUnavailable, SwarmCluster, run_in
+from tests.integration.swarm_cluster import SwarmCluster, run_in
 from tests.integration.test_swarm_docker import (
     STACK,
     STACK_FILE,
     NodeSupervisor,
     _post,
-    deploy,
+    built_cluster,
     poll,
     replicas,
     running_tasks,
     states,
-    unavailable,
 )
 
 PORT = 19304
@@ -40,16 +39,8 @@ CLIENTS, LOAD_SECONDS = 12, 5.0
 
 @pytest.fixture(scope="module")
 def cluster(docker_engine: None) -> Iterator[SwarmCluster]:
-    cluster = SwarmCluster()
-    try:
-        try:
-            cluster.start()
-        except ClusterUnavailable as exc:
-            unavailable(str(exc))
-        deploy(cluster, STACK_FILE, STACK)
+    with built_cluster((STACK_FILE, STACK)) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 @pytest.fixture
