@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*)(?::(?P<line>\d+))?\)$")
-_PREFIXES = ("site-packages/", "lib/python3", "/work/main/")
+_PREFIXES = ("site-packages/", "lib/python3", f"{Path(__file__).resolve().parent.parent}/")
 
 
 def py_spy() -> str | None:
