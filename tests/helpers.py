@@ -24,6 +24,15 @@ from supervisor.lifecycle.handle import ModelHandle
 EMPTY_IMAGE = "model-supervisor/empty:latest"
 
 
+def unavailable(what: str, reason: str) -> None:
+    """Skip, with the reason printed, where this machine cannot make `what`; fail on CI,
+    which can."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI needs {what}: {reason}")
+    print(f"skipped: {reason}")
+    pytest.skip(reason)
+
+
 def require_docker() -> None:
     """Skip without a Docker Engine, except in CI, where its absence is a failure."""
     try:

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.helpers import ComposeProject
 
 from .conftest import COMPOSE_FILE, chat
@@ -71,10 +72,7 @@ class Stack:
 
 
 def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs a second Docker daemon: {reason}")
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
+    helpers.unavailable("a second Docker daemon", reason)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.helpers import metric_value
 from tests.integration.supervisor_process import REPO, SupervisorProcess, http_get
 from tests.integration.swarm_cluster import ClusterUnavailable, SwarmCluster, run_in
@@ -46,10 +47,7 @@ STACK_FILE = Path(__file__).with_name("swarm-stack.yml")
 
 
 def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs a two-node swarm from network namespaces: {reason}")
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
+    helpers.unavailable("a two-node swarm from network namespaces", reason)
 
 
 @contextlib.contextmanager
