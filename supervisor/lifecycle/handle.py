@@ -469,6 +469,8 @@ class ModelHandle:
         step = next_step(before, event, load)
         if Effect.REFUSE in step.effects:
             raise Conflict(f"model {self.name!r} is {before.value}: cannot {event.value} now")
+        if Effect.START in step.effects:
+            self._choose_profile()  # before the transition is told: it names what starts
         self.state = step.state
         if step.state is State.READY:
             self._wanted = False
@@ -496,8 +498,6 @@ class ModelHandle:
 
     def _apply(self, effect: Effect, error: Refusal | None, reason: str) -> None:
         if effect in (Effect.START, Effect.AWAIT_READY):
-            if effect is Effect.START:
-                self._choose_profile()
             self._wanted = False
             self._spawn("start", self._start(compose_up=effect is Effect.START))
         elif effect is Effect.STOP:

@@ -130,10 +130,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    control = request.app[CONTROL]
-    return web.json_response({
-        "models": [control.describe(h) for h in control.registry.handles.values()],
-        "draining": control.gate.draining})
+    return web.json_response(request.app[CONTROL].models())
 
 
 async def get_model(request: web.Request) -> web.Response:

@@ -112,6 +112,11 @@ class Control:
 
     # -- reads ----------------------------------------------------------------
 
+    def models(self) -> dict[str, Any]:
+        """`GET /admin/models`, and the status page's first state."""
+        return {"models": [self.describe(h) for h in self.registry.handles.values()],
+                "draining": self.gate.draining}
+
     def describe(self, handle: Model) -> dict[str, Any]:
         snap = handle.snapshot()
         return {

@@ -1,7 +1,11 @@
 """The status page in a real headless Chromium (Debian's, driven by Playwright): it asks
 for the token and refuses a wrong one, shows a model going stopped -> starting -> ready
 live after a request, stops it with its button, and keeps the token in the tab's session
-storage, never in a URL. It writes docs/status-page.png, the README's picture."""
+storage, never in a URL. Without a token the page shows the models before any fetch.
+
+Its screenshot goes to a temporary folder, so that the tests leave the work tree as they
+found it; `bash scripts/status-page-picture.sh` sets MS_STATUS_PAGE_PICTURE to
+docs/status-page.png to refresh the README's picture."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,8 +21,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from .conftest import chat, container_running, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO / "docs" / "status-page.png"
+PICTURE_ENV = "MS_STATUS_PAGE_PICTURE"  # where the screenshot goes, when set
 TOKEN = "page-token-5f1c"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
@@ -56,7 +58,7 @@ async def sign_in(page: Page, token: str) -> None:
 
 
 async def test_the_status_page_follows_a_model_live_and_stops_it(
-        supervisor_factory, project, http, browser) -> None:
+        supervisor_factory, project, http, browser, tmp_path) -> None:
     sup = await supervisor_factory({"chat-slow": {}, "crashy": {}, "sleeper": {}, "ctx": {}})
     page = await browser.new_page(viewport={"width": 1500, "height": 860})
     errors: list[str] = []  # script errors, and what the page's CSP blocked
@@ -94,7 +96,8 @@ async def test_the_status_page_follows_a_model_live_and_stops_it(
     crashy = page.locator('tr[data-model="crashy"]')
     await expect(crashy.locator('[data-field="state"]')).to_have_text("failed")
     await expect(crashy.locator('[data-field="error"]')).not_to_be_empty()
-    await page.screenshot(path=SCREENSHOT, full_page=True)
+    await page.screenshot(path=os.environ.get(PICTURE_ENV) or tmp_path / "status-page.png",
+                          full_page=True)
 
     await row.get_by_role("button", name="Stop").click()
     await expect(page.locator("#notice")).to_contain_text("chat-slow: stop")
@@ -113,4 +116,34 @@ async def test_the_status_page_follows_a_model_live_and_stops_it(
     await page.reload()
     await expect(state).to_have_text("stopped")
     assert not any(TOKEN in url for url in urls)
+    assert errors == []
+
+
+async def test_without_a_token_the_page_shows_the_models_before_any_fetch(
+        supervisor_factory, http, browser, monkeypatch) -> None:
+    """The page arrives with its first state: a plain screenshot right after it loaded
+    shows the table, even when every call to the admin API fails."""
+    monkeypatch.delenv("SUPERVISOR_ADMIN_TOKEN")
+    sup = await supervisor_factory({"chat-slow": {}, "crashy": {}})
+    assert await request(http, sup.url, chat("chat-slow")) == 200  # a cold start: 2 events
+    page = await browser.new_page(viewport={"width": 1500, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    fetched: list[str] = []
+
+    async def refuse(route: Any) -> None:
+        fetched.append(route.request.url)
+        await route.abort()
+
+    await page.route("**/admin/**", refuse)
+    await page.goto(sup.admin + "/")
+    rows = page.locator("#models tr")
+    assert await rows.count() == 2  # now, without waiting
+    assert await rows.locator('[data-field="state"]').all_inner_texts() == ["ready", "stopped"]
+    events = await page.locator("#events li").all_inner_texts()
+    assert len(events) == 2 and "starting \u2192 ready" in events[0]
+    assert await page.locator("#gpus").inner_text() == "no GPU data"
+    assert await page.locator("#login").is_hidden()
+    await wait_for(lambda: fetched, 5, "the page's calls (refused: what it shows came "
+                   "with the page)")
     assert errors == []

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 
 from supervisor.observe.gpu import Device, GpuSample, ModelMemory
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.gpus import gpu_view
-from supervisor.ops.status_page import _page
+from supervisor.ops.status_page import FIRST_STATE, _page, render
 
 GIB = 1 << 30
 
@@ -44,8 +45,7 @@ def test_gpu_view_without_a_reading_or_without_nvml() -> None:
 
 
 def test_the_page_allows_exactly_its_own_script_and_style() -> None:
-    body, csp = _page()
-    html = body.decode()
+    html, csp = _page()
     policy = dict(part.split(" ", 1) for part in csp.split("; "))
     for tag, directive in (("script", "script-src"), ("style", "style-src")):
         (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
@@ -53,3 +53,26 @@ def test_the_page_allows_exactly_its_own_script_and_style() -> None:
         assert policy[directive] == f"'sha256-{digest}'"
     assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
     assert not re.search(r"<script[^>]+src=|<link[^>]+stylesheet|https?://(?!www\.w3)", html)
+
+
+def first_state_of(html: str) -> object:
+    """The page's first state, read back as the page's script does (JSON.parse)."""
+    (data,) = re.findall(r'<script type="application/json" id="first-state">(.*?)</script>',
+                         html, re.S)
+    return json.loads(data)
+
+
+def test_the_page_carries_its_first_state_in_a_data_block_no_string_can_end() -> None:
+    html, csp = _page()
+    assert html.count(FIRST_STATE) == 1
+    assert first_state_of(render(html, None)) is None  # with a token: nothing in the page
+    error = "</script><script>alert(1)</script> & <!-- -->"
+    state = {"models": [{"name": "m", "state": "failed", "last_error": error}],
+             "draining": False, "events": [], "gpus": {"available": False, "gpus": []}}
+    page = render(html, state)
+    assert first_state_of(page) == state
+    assert "</script><script>alert" not in page and "<!-- -->" not in page
+    # The data block is not a script the policy must allow: the hashes stay the same.
+    assert re.findall(r"<script>(.*?)</script>", page, re.S) == re.findall(
+        r"<script>(.*?)</script>", html, re.S)
+    assert csp == _page()[1]

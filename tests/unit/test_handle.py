@@ -346,6 +346,27 @@ async def test_retry_on_a_larger_profile_swaps_to_it(make) -> None:
     assert handle.state is State.READY
 
 
+async def test_a_swap_is_told_under_the_profile_that_starts(make, caplog) -> None:
+    """The lifecycle events and log lines of a swap name, for each step, the profile it
+    is about: the old one while it stops, the new one from its start on."""
+    caplog.set_level(logging.INFO, logger="supervisor.lifecycle")
+    rig = make(CTX, ready=("short-ctx", "long-ctx"))
+    assert (await rig.serve(100)).profile.name == "short"
+    assert (await rig.serve(5000)).profile.name == "long"
+    steps = [(e["from"], e["to"], e["event"], e["profile"])
+             for e in rig.handle.metrics.events.recent()]
+    assert steps == [
+        ("stopped", "starting", "demand", "short"),
+        ("starting", "ready", "started", "short"),
+        ("ready", "stopping", "swap", "short"),  # nothing in flight: no drain
+        ("stopping", "starting", "stopped", "long"),
+        ("starting", "ready", "started", "long"),
+    ]
+    told = [r.getMessage() for r in caplog.records if " -> " in r.getMessage()]
+    assert "model=m profile=long stopping -> starting on stopped" in told
+    assert not any("profile=short stopping -> starting" in line for line in told)
+
+
 # -- clients and operators --------------------------------------------------
 
 
