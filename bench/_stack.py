@@ -265,3 +265,57 @@ class Stack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"model {model} is {now!r}, not {state!r}, after {timeout}s")
             time.sleep(0.05)
+
+
+class Baseline:
+    """The supervisor as it was at git revision `rev`, beside today's in the same run: its
+    files from `git archive` (the repository is not touched), one warm model on the same
+    fixed-answer backend, a Compose project of its own. What a change costs is read off
+    one run, not two runs on a machine whose speed drifts."""
+
+    def __init__(self, stack: Stack, rev: str) -> None:
+        self.stack = stack
+        self.rev = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        self.dir = stack.workdir / f"baseline-{self.rev}"
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.project = f"{stack.project}-base"
+        self.log = stack.workdir / "baseline.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.dir.mkdir()
+        archive = subprocess.run(["git", "archive", self.rev, "supervisor"], cwd=REPO,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(self.dir)], input=archive, check=True)
+        config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
+            "compose": {"file": str(COMPOSE_FILE), "project": self.project},
+            "models": {FAST_MODEL: {
+                "service": FAST_MODEL, "upstream": f"http://127.0.0.1:{self.stack.backend.port}",
+                "idle_timeout": "1h", "startup_timeout": "60s"}},
+            "log_level": "INFO",
+        }
+        path = self.dir / "supervisor.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "serve", "--config", str(path)],
+                cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(self.dir)}, start_new_session=True,
+            )  # fmt: skip
+        wait_listening(self.port, self.proc, f"baseline supervisor ({self.rev})", 30)
+        status, ttfb, _ = post(self.port, self.stack.body)
+        if status != 200:
+            raise RuntimeError(f"the baseline's warm-up request answered {status}")
+        print(f"baseline supervisor at {self.rev} started its model in {ttfb:.2f} s",
+              flush=True)
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+        with contextlib.suppress(Exception):
+            subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "-p", self.project,
+                            "--profile", "*", "down", "-t", "1"], capture_output=True,
+                           timeout=120)

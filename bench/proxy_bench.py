@@ -59,6 +59,7 @@ from _stack import (
     SLOW_PORT,
     STANDIN_MODEL,
     STREAM_MODEL,
+    Baseline,
     Stack,
     get,
     post,
@@ -97,14 +98,21 @@ def _summary(runs: list[LoadRun]) -> dict[str, Any]:
 
 
 def measure_load(stack: Stack, gen: LoadGen, levels: list[int], rounds: int,
-                 bases: dict[str, str], backend: str) -> list[dict]:
+                 bases: dict[str, str], backend: str, baseline: Baseline | None = None
+                 ) -> list[dict]:
     urls = {name: url + PATH for name, url in bases.items()}
+    names = PATHS
+    if baseline is not None:
+        urls["baseline"], names = baseline.url + PATH, (*PATHS, "baseline")
     rows = []
     for c in levels:
-        runs: dict[str, list[LoadRun]] = {name: [] for name in PATHS}
+        runs: dict[str, list[LoadRun]] = {name: [] for name in names}
         for r in range(rounds):
-            for name in PATHS if r % 2 == 0 else PATHS[::-1]:
-                run = gen.run(urls[name], c, stack.cpu_groups(backend))
+            for name in names if r % 2 == 0 else names[::-1]:
+                groups = stack.cpu_groups(backend)
+                if name == "baseline" and baseline is not None and baseline.proc is not None:
+                    groups["supervisor"] = [baseline.proc.pid]
+                run = gen.run(urls[name], c, groups)
                 runs[name].append(run)
                 print(
                     f"  c={c:<3} round {r + 1}/{rounds} {name:<10} p50 {run.p50_ms:7.3f} ms  "
@@ -113,7 +121,7 @@ def measure_load(stack: Stack, gen: LoadGen, levels: list[int], rounds: int,
                     + (f"  ({run.note})" if run.note else ""),
                     flush=True,
                 )
-        paths = {name: _summary(runs[name]) for name in PATHS}
+        paths = {name: _summary(runs[name]) for name in names}
         for s in paths.values():
             s["vs_direct"] = s["rps"] / paths["direct"]["rps"] if paths["direct"]["rps"] else 0
             s["vs_nginx"] = s["rps"] / paths["nginx"]["rps"] if paths["nginx"]["rps"] else 0
@@ -254,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--profile", type=Path, metavar="DIR",
         help="afterwards, sample the supervisor with py-spy (c=64 load, many streams) into DIR")
     add("--profile-native", action="store_true", help="py-spy --native: C frames too")
+    add("--baseline", metavar="REV",
+        help="also load the supervisor of git revision REV (fixed-answer backend only), "
+             "as the path 'baseline': what a change costs, from one run")
     add("--loadgen-child", help=argparse.SUPPRESS)
     return parser
 
@@ -281,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     streams: list[dict] = []
     standin: list[dict] = []
     cold = profiles = None
+    baseline: Baseline | None = None
     with tempfile.TemporaryDirectory(prefix="msbench-") as tmp:
         workdir = Path(tmp)
         gen = LoadGen(kind, workdir, args.warmup, args.duration, BODY, Path(__file__))
@@ -290,9 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack.start()
             print(stack.describe(), flush=True)
+            if args.baseline:
+                baseline = Baseline(stack, args.baseline)
+                baseline.start()
             print("load (POST /v1/chat/completions, fixed answer from nginx):", flush=True)
             load = measure_load(stack, gen, args.concurrency, args.rounds, stack.fixed_urls(),
-                                "nginx-backend")
+                                "nginx-backend", baseline)
             if args.standin_concurrency:
                 print("load on the stand-in backend (a Python OpenAI server):", flush=True)
                 gen_standin = LoadGen(kind, workdir, args.warmup, args.duration,
@@ -315,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"supervisor log tail:\n{stack.log_tail()}", file=sys.stderr)
             raise
         finally:
+            if baseline is not None:
+                baseline.stop()
             stack.teardown()
 
     targets = evaluate(load, streams, cold, standin)
@@ -351,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "rounds": args.rounds,
-            "order": "ABC in odd rounds, CBA in even rounds (direct, nginx, supervisor)",
+            "order": "ABC in odd rounds, CBA in even rounds (direct, nginx, supervisor"
+                     + (", baseline)" if baseline else ")"),
+            "baseline": baseline.rev if baseline else None,
             "aggregation": "median of per-round percentiles; req/s pooled over rounds",
             "request": {"method": "POST", "path": PATH, "body": json.loads(BODY)},
             "stack": stack.settings(),

@@ -84,7 +84,8 @@ def build_app(config: Config, runtime: Runtime | None = None,
         # sockets would break the two-descriptors-a-client budget of limits.py.
         session = aiohttp.ClientSession(
             auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
+                                          sock_read=config.http.upstream_read_timeout),
             connector=aiohttp.TCPConnector(limit=0, force_close=config.fast_path),
         )
         effects = Effects(rt, session, LoopClock())
@@ -166,7 +167,7 @@ async def start_server(config: Config, runtime: Runtime | None = None,
     """Start listening; a client that disconnects cancels its handler (and so leaves the hold).
     Past the connection limit (limits.py) new clients get 503 before any request handling."""
     app = build_app(config, runtime, config_path)
-    plane = DataPlane()
+    plane = DataPlane(config.http)
     workers = config.workers if config.fast_path else 1
     stops: list[Callable[[], Awaitable[None]]] = []  # the workers', once they are started
 
@@ -178,14 +179,12 @@ async def start_server(config: Config, runtime: Runtime | None = None,
     app.on_shutdown.append(plane.shutdown)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    protocol = None
-    if config.fast_path:
-        assert runner.server is not None
-        plane.start(runner.server, Context(app[REGISTRY], app[METRICS], app[GATE]))
-        protocol = plane.protocol
+    assert runner.server is not None
+    plane.start(runner.server, Context(app[REGISTRY], app[METRICS], app[GATE]),
+                fast=config.fast_path)
     limit = connection_limit(config.max_connections, config.fd_reserve)
     site = LimitedSite(runner, *host_port(config.listen), limit=limit, label="proxy",
-                       backlog=1024, protocol=protocol, reuse_port=reuse_port or workers > 1)
+                       backlog=1024, protocol=plane.protocol, reuse_port=reuse_port or workers > 1)
     await site.start()
     if workers > 1:
         assert site.server is not None

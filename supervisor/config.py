@@ -59,6 +59,7 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
 _UNIT_BYTES = {
@@ -351,6 +352,29 @@ class AdminConfig(_Strict):
     token_file: Path | None = None
 
 
+class HttpConfig(_Strict):
+    """The proxy listener's limits and timeouts; the defaults are nginx's, the bar users
+    know. Past a limit the proxy answers 414 / 431 / 400 itself and closes."""
+
+    header_timeout: PositiveDuration = 60.0  # a request's whole head (slow heads: slowloris)
+    body_timeout: PositiveDuration = 60.0  # a gap while reading a body
+    keepalive_timeout: PositiveDuration = 75.0  # a connection idle between requests
+    # A gap between two reads from a model server (never a total: generations run long).
+    upstream_read_timeout: PositiveDuration = 600.0
+    websocket_idle_timeout: PositiveDuration = 600.0  # no byte either way on a WebSocket
+    # After an early answer (404, 401, 413 ... before the body was read): the rest of the
+    # body is read and dropped, up to max_discard bytes with body_timeout gaps, keeping
+    # the connection; past that it is closed, lingering (reading and dropping what still
+    # comes, gaps of lingering_timeout, lingering_time at most) so the answer is not lost.
+    max_discard: Annotated[ByteSize, Field(ge=0)] = 1 << 20
+    lingering_time: PositiveDuration = 30.0
+    lingering_timeout: PositiveDuration = 5.0
+    max_request_line: Annotated[ByteSize, Field(ge=256)] = 8192
+    max_header_size: Annotated[ByteSize, Field(ge=256)] = 8192  # one field line
+    max_headers: Annotated[int, Field(ge=8)] = 128
+    max_head_size: Annotated[ByteSize, Field(ge=1024)] = 65536
+
+
 class ClientAuthConfig(_Strict):
     """API keys the proxy accepts (`Authorization: Bearer`); none configured: no check."""
 
@@ -381,6 +405,7 @@ class Config(BaseSettings):
     models: dict[str, ModelConfig] = Field(min_length=1)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin: AdminConfig = AdminConfig()
+    http: HttpConfig = HttpConfig()
     client_auth: ClientAuthConfig = ClientAuthConfig()
     drain_retry_after: Duration = 30.0  # Retry-After while in maintenance (drain) mode
     timezone: TimeZone = "UTC"  # for schedules

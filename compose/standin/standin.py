@@ -4,18 +4,21 @@
 Integration tests and the demo run it inside a bare container that only has the host's
 ``/usr/bin/python3``, so nothing outside the standard library may be imported. It mimics the
 parts of vLLM the supervisor cares about: a slow start before the port opens, crashes during
-load, context-length errors, streaming, and large multipart uploads.
+load, context-length errors, streaming, large multipart uploads, and WebSockets (a realtime
+endpoint that echoes).
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import collections
 import hashlib
 import json
 import os
 import re
 import signal
+import struct
 import sys
 import threading
 import time
@@ -32,6 +35,7 @@ DEFAULT_STREAM_CHUNKS = 5
 DEFAULT_MAX_TOKENS = 16  # what vLLM assumes for the context check when max_tokens is absent
 REPLY = "stand-in reply"
 _MODEL_FIELD = re.compile(rb'[;\s]name="?model"?[;\r\n]')
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
 class BadBody(Exception):
@@ -224,6 +228,11 @@ class Handler(BaseHTTPRequestHandler):
             # vLLM would hang here; answering 503 makes a proxy that forgot to wake it fail fast.
             self._read_body()
             return self._error(503, "the stand-in is asleep", "sleeping")
+        if path.startswith("/v1/") and "websocket" in self.headers.get("Upgrade", "").lower():
+            return self._websocket()
+        if path == "/v1/realtime":
+            self._read_body()
+            return self._error(426, "GET /v1/realtime needs Upgrade: websocket", "upgrade_required")
         if path == "/v1/echo" or path.startswith("/v1/echo/"):
             return self._echo()
         if method == "POST" and path == "/v1/audio/transcriptions":
@@ -487,6 +496,78 @@ class Handler(BaseHTTPRequestHandler):
                 "body_sha256": sha.hexdigest(),
             },
         )
+
+    # ---- WebSocket (RFC 6455): GET /v1/realtime and any /v1/... with Upgrade: websocket --
+
+    def _websocket(self) -> None:
+        """Take the connection over: echo text as JSON, binary as binary, until a close."""
+        self.close_connection = True  # the request loop must never read this socket again
+        key = self.headers.get("Sec-WebSocket-Key", "").strip()
+        if self.command != "GET" or not key:
+            return self._error(400, "a WebSocket handshake needs GET and Sec-WebSocket-Key",
+                               "bad_handshake")
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()  # flushed: wfile is unbuffered
+        print(f"standin: websocket open {self.path}", flush=True)
+        try:
+            self._ws_loop()
+        except (OSError, EOFError):
+            pass  # the peer went away without a close frame
+        finally:
+            print("standin: websocket closed", flush=True)  # the server then closes the socket
+
+    def _ws_read(self, n: int) -> bytes:
+        data = self.rfile.read(n)  # rfile may already hold bytes read after the handshake
+        if len(data) < n:
+            raise EOFError
+        return data
+
+    def _ws_send(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode])  # FIN; a server's frames are not masked
+        if n < 126:
+            head += bytes([n])
+        elif n < 1 << 16:
+            head += bytes([126]) + struct.pack("!H", n)
+        else:
+            head += bytes([127]) + struct.pack("!Q", n)
+        self.wfile.write(head + payload)
+
+    def _ws_loop(self) -> None:
+        message, kind = b"", 0  # a fragmented message is gathered until its FIN
+        while True:
+            b0, b1 = self._ws_read(2)
+            fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._ws_read(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._ws_read(8))[0]
+            mask = self._ws_read(4) if b1 & 0x80 else b"\0\0\0\0"
+            data = bytes(c ^ mask[i % 4] for i, c in enumerate(self._ws_read(length)))
+            if opcode == 0x8:  # close: answer with the same code, then end
+                self._ws_send(0x8, data[:2])
+                return
+            if opcode == 0x9:  # ping
+                self._ws_send(0xA, data)
+                continue
+            if opcode == 0xA:  # an unsolicited pong
+                continue
+            if opcode in (0x1, 0x2):
+                message, kind = data, opcode
+            else:  # 0x0: continuation
+                message += data
+            if not fin:
+                continue
+            if kind == 0x1:
+                reply = {"type": "echo", "model": CONFIG.model, "path": self.path,
+                         "data": message.decode("utf-8", "replace")}
+                self._ws_send(0x1, json.dumps(reply).encode())
+            else:
+                self._ws_send(0x2, message)
 
 
 START_TIME = time.time()

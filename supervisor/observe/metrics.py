@@ -117,6 +117,13 @@ class Metrics:
         self._refusals = Counter(
             "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
             ["model", "reason"], registry=r)
+        self._paths = Counter(
+            "supervisor_proxy_requests", "Requests by the path that answered them: fast (the "
+            "listener forwards it), app (the aiohttp application), websocket (a tunnel).",
+            ["path"], registry=r)
+        self._rejected = Counter(
+            "supervisor_proxy_rejected", "Requests the listener refused itself (malformed, "
+            "past a limit, too slow), by reason.", ["reason"], registry=r)
         self._live = LiveCollector(snapshots, gpu)
         r.register(self._live)
         # What worker processes forwarded (workers/stats.py): added at each scrape.
@@ -125,7 +132,9 @@ class Metrics:
     @property
     def forwarding(self) -> tuple[dict[str, Counter], dict[str, LoopHistogram]]:
         """The series a worker process counts too, by family name."""
-        return ({"supervisor_requests": self._requests, "supervisor_refusals": self._refusals},
+        return ({"supervisor_requests": self._requests, "supervisor_refusals": self._refusals,
+                 "supervisor_proxy_requests": self._paths,
+                 "supervisor_proxy_rejected": self._rejected},
                 {h.name: h for h in (self._duration, self._ttfb, self._upstream)})
 
     # -- hooks --------------------------------------------------------------
@@ -165,6 +174,13 @@ class Metrics:
 
     def hold(self, model: str, seconds: float) -> None:
         self._hold.observe((model,), seconds)
+
+    def served_by(self, path: str) -> Callable[[], None]:
+        """The counter of one path, bound once: it is called for every request."""
+        return self._paths.labels(path).inc
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(reason).inc()
 
     def refusal(self, model: str, reason: RefusalReason) -> None:
         """A request refused before reaching the model; `model` "" when unknown."""

@@ -2,10 +2,12 @@
 
 It is the upstream connection's `Sink` and what the handle cancels when a force stop or a
 dead server ends the requests in flight. It answers with an error of its own only when
-the server fails under the request; when the request never reached a server (a refused
-connect, a pooled connection the server had closed) or the server said the request is
-too long for a profile a larger one could take, the request goes to the aiohttp path
-instead, which holds it through a restart or retries it on the larger profile.
+the server fails under the request (502, or 504 when it fell silent for the upstream
+read timeout). A request is sent again only when it cannot have reached the server: a
+refused connect goes to the aiohttp path, which holds it through a restart. Once written,
+a request is never sent again (RFC 9110 9.2.2: a POST is not idempotent; the server may
+have run it), except where the server answered that it is too long for its profile and a
+larger one exists: that answer is the server's, and the retry goes to the larger profile.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from supervisor.proxy.fastpath import Context, FastPath, Target
+    from supervisor.proxy.connection import ClientConnection
+    from supervisor.proxy.fastpath import Context, Target
+    from supervisor.proxy.request import Request
 
 log = logging.getLogger("supervisor.proxy.routes")
 
@@ -32,19 +36,19 @@ CONTEXT_ERROR_TEXT = b"maximum context length"  # vLLM's 400 past max_model_len
 
 class Exchange:
     __slots__ = ("began", "chunked", "client", "close", "conn", "context", "first_byte",
-                 "head", "held_head", "lease", "model", "out", "over", "peek", "raw", "server",
-                 "status", "target", "tokens")
+                 "head", "held_head", "lease", "model", "out", "over", "peek", "request",
+                 "server", "status", "target", "tokens")
 
-    def __init__(self, client: FastPath, context: Context, model: Model, raw: bytes,
-                 tokens: int | None, close: bool) -> None:
+    def __init__(self, client: ClientConnection, context: Context, model: Model,
+                 request: Request, tokens: int | None) -> None:
         self.client = client
         self.context = context
         self.model = model  # what the lease came from (a handle, or a replica set)
         self.server: ModelHandle | None = None  # the replica that granted it
         self.target: Target | None = None
-        self.raw = raw  # the client's request as it came, for a hand-over
+        self.request = request  # what the client sent, for a hand-over
         self.tokens = tokens
-        self.close = close  # the client asked to close after this answer
+        self.close = not request.keep_alive  # the client asked to close after this answer
         self.lease: Lease | None = None
         self.conn: UpstreamConnection | None = None
         self.began = 0.0
@@ -132,6 +136,12 @@ class Exchange:
         self.out.append(head)
         self.head = True
 
+    def response_interim(self, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> None:
+        """103 Early Hints go on to the client; 100 Continue was for a body already sent."""
+        if status == 103 and self.peek is None:
+            self.out.append(fastwire.interim_head(status, reason, headers))
+
     def response_body(self, data: bytes) -> None:
         if self.first_byte is None:
             self.first_byte = fastwire.now()
@@ -169,17 +179,16 @@ class Exchange:
         self.response_flush()
         self._finish(self.status, close=self.close)
 
-    def upstream_lost(self, error: str, answered: bool) -> None:
+    def upstream_lost(self, error: str, answered: bool, *, timed_out: bool = False) -> None:
         if self.over:
             return
-        conn = self.conn
-        if not answered and conn is not None and conn.reused:
-            self._hand_back()  # a kept-alive connection the server had closed meanwhile
-        elif self.head:
+        assert self.server is not None
+        if self.head:
             self.response_flush()
             self._finish(self.status, close=True)  # cut: the client sees a short answer
+        elif timed_out:
+            self._refuse(fastwire.timed_out(self.server, error), counted=True)
         else:
-            assert self.server is not None
             self.client.plane.spawn(self.server.upstream_failed())
             self._refuse(fastwire.unreachable(self.server, error), counted=True)
 
@@ -198,7 +207,7 @@ class Exchange:
     def _hand_back(self, tokens: int | None = None) -> None:
         self._drop_conn()
         self._release()
-        self.client.hand_back(self.raw, tokens)
+        self.client.to_app(self.request, tokens)
 
     def _drop_conn(self) -> None:
         if self.conn is not None and self.conn.sink is self:
@@ -217,4 +226,5 @@ class Exchange:
             ttfb = self.first_byte - self.began if self.first_byte else None
             self.context.metrics.request(self.model.name, status, end - self.began, ttfb,
                                          cold_start=False, first=lease.first)
-        self.client.finished(close=close)
+        self.client.plane.count_fast()
+        self.client.answered(close=close)

@@ -66,6 +66,17 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     return b"".join(lines), chunked
 
 
+def interim_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A 1xx relayed to the client, less its hop-by-hop fields."""
+    drop = _HOP_BY_HOP | _listed(headers)
+    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in drop:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 def error_response(refusal: Refusal, *, close: bool) -> bytes:
     """The OpenAI error shape, as routes.py's refusals answer it."""
     body = orjson.dumps(error_payload(refusal.status, refusal.message, refusal.code))
@@ -80,6 +91,11 @@ def error_response(refusal: Refusal, *, close: bool) -> bytes:
     if close:
         head.append("Connection: close")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def timed_out(handle: ModelHandle, error: str) -> Refusal:
+    return Refusal(f"model {handle.name!r} did not answer in time at {handle.upstream}: "
+                   f"{error}", status=504, code="upstream_timeout", model=handle.name)
 
 
 def unreachable(handle: ModelHandle, error: str) -> Refusal:

@@ -1,14 +1,14 @@
 """In-memory connections to the aiohttp application, for the requests the fast path does
 not forward itself.
 
-A request that must be held, a large or multipart body, an error, another route: the fast
-path (fastpath.py) feeds its bytes to aiohttp's own protocol over one of these transports,
-and what aiohttp writes goes straight to the client's socket. The response is parsed on
-the way out (httptools) only to see where it ends; then the connection goes back to the
-fast path for the client's next request, and this one waits in a pool for the next
-request that needs aiohttp, like a keep-alive connection to an internal server, but with
-no socket and no file descriptor. A client that pipelines, upgrades, or sends what does
-not parse is given to aiohttp for good (`for_good`).
+A request that must be held, a large or multipart body, an error, another route: the
+client's connection (connection.py) feeds it, as parsed and re-framed, to aiohttp's own
+protocol over one of these transports, and what aiohttp writes goes straight to the
+client's socket. The response is parsed on the way out (httptools) only to see where it
+ends; then the client's connection takes its next request, and this one waits in a pool
+for the next request that needs aiohttp, like a keep-alive connection to an internal
+server, but with no socket and no file descriptor. It goes back to the pool only when
+aiohttp read the whole request: one answered before its body ended is dropped (`detach`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 if TYPE_CHECKING:
-    from supervisor.proxy.fastpath import FastPath
+    from supervisor.proxy.connection import ClientConnection
 
 MAX_IDLE = 256
 
@@ -29,9 +29,10 @@ class Inner(asyncio.Transport):
     def __init__(self, pool: InnerPool) -> None:
         super().__init__()
         self.pool = pool
-        self.client: FastPath | None = None
-        self._ended: FastPath | None = None  # the client whose response just ended
-        self.for_good = False
+        self.client: ClientConnection | None = None
+        self._ended: ClientConnection | None = None  # the client whose response just ended
+        self.head_only = False  # the answer to a HEAD: it ends with its head
+        self.wrote = False
         self.tokens: int | None = None  # the request needs a larger profile than it met
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
@@ -39,9 +40,17 @@ class Inner(asyncio.Transport):
         self.protocol = pool.factory()
         self.protocol.connection_made(self)
 
-    def attach(self, client: FastPath, *, for_good: bool, tokens: int | None = None) -> None:
-        self.client, self.for_good, self.tokens = client, for_good, tokens
+    def attach(self, client: ClientConnection, *, head_only: bool,
+               tokens: int | None = None) -> None:
+        self.client, self.head_only, self.tokens = client, head_only, tokens
+        self.wrote = False  # a byte of this answer went out
         self._parser = httptools.HttpResponseParser(self)  # nothing left of the last answer
+
+    def detach(self) -> None:
+        """Its request was answered before aiohttp read all of it: aiohttp still waits for
+        the rest, so this connection can serve nobody else."""
+        self.client = self._ended = None
+        self.close()
 
     def feed(self, data: bytes) -> None:
         self.protocol.data_received(data)
@@ -60,12 +69,12 @@ class Inner(asyncio.Transport):
         client = self.client
         if client is None or client.transport is None:
             return  # its client is gone: nobody to tell
+        self.wrote = True
         client.transport.write(data)
-        if not self.for_good:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserError:
-                self.for_good = True  # where its answers end is unknown: aiohttp's for good
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()  # where its answer ends is unknown (never seen): end it
 
     def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(lines))
@@ -84,7 +93,7 @@ class Inner(asyncio.Transport):
         client = self.client or self._ended  # a response with `Connection: close` ended
         self.client = self._ended = None
         if client is not None:
-            client.inner_closed()
+            client.inner_closed(self)
         else:
             self.pool.forget(self)
         asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
@@ -107,6 +116,8 @@ class Inner(asyncio.Transport):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if self.head_only and self._status >= 200:
+            self.on_message_complete()  # a HEAD's answer has no body, whatever its length
 
     def on_message_complete(self) -> None:
         if self._status < 200 or self.client is None:
@@ -119,13 +130,12 @@ class Inner(asyncio.Transport):
         client, self._ended = self._ended, None
         if client is None:  # aiohttp closed the connection meanwhile
             return
-        if keep_alive:
-            client.inner_done(self)
-        else:  # `Connection: close`: aiohttp closes this one; the client's ends with it
+        if not keep_alive:  # `Connection: close`: aiohttp closes this one
             self.pool.forget(self)
-            client.inner_closed()
             if self.pool.close_after:
+                self._ended = None
                 self.close()  # a relay (workers/relay.py) does not close by itself
+        client.inner_done(self, keep_alive)
 
 
 class InnerPool:
@@ -146,6 +156,7 @@ class InnerPool:
         return Inner(self)
 
     def put(self, inner: Inner) -> None:
+        inner.client = None
         if inner.closed:
             return
         if len(self._idle) >= self.idle:

@@ -191,7 +191,16 @@ async def _forward(
     except aiohttp.ClientError as exc:
         if lease.aborted:
             return await _aborted(request, handle, lease, committed)
+        if isinstance(exc, aiohttp.ServerTimeoutError):  # alive, but silent too long
+            metrics.request(handle.name, 504, time.monotonic() - began, None,
+                            cold_start=lease.cold_start)
+            message = f"model {handle.name!r} did not answer in time at {replica.upstream}"
+            if committed is not None:
+                return await progress.end_with_error(committed, 504, message,
+                                                     "upstream_timeout")
+            return error_response(504, message, "upstream_timeout")
         dead = await replica.upstream_failed()
+        # Sent again only when it cannot have reached the server: the connect failed.
         if dead and retry and isinstance(exc, aiohttp.ClientConnectorError):
             raise _Again(tokens, f"its container was {dead}; starting it again") from None
         metrics.request(handle.name, 502, time.monotonic() - began, None,

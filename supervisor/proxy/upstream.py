@@ -16,6 +16,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from supervisor.proxy.deadline import Deadline
+
 IDLE_SECONDS = 4.0
 MAX_IDLE_PER_UPSTREAM = 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -29,6 +31,10 @@ class Sink(Protocol):
     def response_head(self, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes]]) -> None: ...
 
+    def response_interim(self, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx before the final answer (103 Early Hints, 100 Continue)."""
+
     def response_body(self, data: bytes) -> None: ...
 
     def response_flush(self) -> None:
@@ -36,13 +42,15 @@ class Sink(Protocol):
 
     def response_done(self) -> None: ...
 
-    def upstream_lost(self, error: str, answered: bool) -> None:
-        """The connection failed; `answered` once any byte of the response came."""
+    def upstream_lost(self, error: str, answered: bool, *, timed_out: bool = False) -> None:
+        """The connection failed; `answered` once any byte of the response came;
+        `timed_out`: the server sent nothing for `read_timeout`."""
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_headers", "_reason", "_until_close", "answered", "closed", "idle_since",
-                 "key", "parser", "pool", "reused", "sink", "transport")
+    __slots__ = ("_done", "_extra", "_headers", "_interim", "_keep", "_reason", "_until_close",
+                 "answered", "closed", "deadline", "idle_since", "key", "parser", "pool",
+                 "reused", "sink", "transport")
 
     def __init__(self, pool: UpstreamPool, key: Key) -> None:
         self.pool = pool
@@ -57,6 +65,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._until_close = False  # the response's body ends when the server closes
+        self._interim = False  # the message being parsed is a 1xx
+        self._done = False  # the final answer ended in the bytes being parsed
+        self._extra = False  # ... and more bytes came after it
+        self._keep = False  # ... and the server keeps the connection alive
+        self.deadline = Deadline(self._timed_out)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -69,20 +82,27 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.answered = True
+        self.deadline.after(self.pool.read_timeout)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.sink = None
-            self.close()
-            sink.upstream_lost(f"invalid HTTP from the server: {exc}", True)
-            return
-        sink.response_flush()
+            if not self._done:
+                self.sink = None
+                self.close()
+                sink.upstream_lost(f"invalid HTTP from the server: {exc}", True)
+                return
+            self._extra = True  # garbage after the answer: the answer stands, not the socket
+        if self._done:
+            self._finish(sink)
+        else:
+            sink.response_flush()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed keep-alive connection is of no further use
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.deadline.cancel()
         sink, self.sink = self.sink, None
         if sink is None:
             return
@@ -92,7 +112,18 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_lost(str(exc) if exc else "the server closed the connection",
                                self.answered)
 
+    def _timed_out(self) -> None:
+        sink, self.sink = self.sink, None
+        self.close()
+        if sink is not None:
+            sink.upstream_lost(f"the server sent nothing for {self.pool.read_timeout:g}s",
+                               self.answered, timed_out=True)
+
     # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            self._extra = True  # a second answer to one request: out of step with us
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -101,25 +132,44 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._done:
+            return
         status = self.parser.get_status_code()
-        self._until_close = status >= 200 and status not in (204, 304) and not any(
+        if status == 101:
+            raise httptools.HttpParserError("101 Switching Protocols without an Upgrade")
+        if status < 200:
+            self._interim = True
+            if self.sink is not None:
+                self.sink.response_interim(status, self._reason, self._headers)
+            return
+        self._until_close = status not in (204, 304) and not any(
             name.lower() in (b"content-length", b"transfer-encoding")
             for name, _ in self._headers)
         if self.sink is not None:
             self.sink.response_head(status, self._reason, self._headers)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
+        if self.sink is not None and not self._done:
             self.sink.response_body(body)
 
     def on_message_complete(self) -> None:
-        sink, self.sink = self.sink, None
-        self._headers, self._reason, self._until_close = [], b"", False
-        if sink is None:
-            return
-        if self.parser.should_keep_alive() and not self.closed:
-            self.pool.put(self)  # before the exchange ends: its client's next request may
-        else:                    # come at once and want it
+        self._headers, self._reason = [], b""
+        if self._interim:
+            self._interim = False  # the final answer follows
+        elif not self._done:
+            self._done = True
+            self._keep = self.parser.should_keep_alive()  # gone once the parser moves on
+
+    def _finish(self, sink: Sink) -> None:
+        """The answer ended: pool the connection if it is clean, then tell the exchange
+        (its client's next request may come at once and want the connection)."""
+        self.sink = None
+        clean = self._keep and not self._extra and not self._until_close
+        self._done = self._extra = self._until_close = False
+        self.deadline.clear()
+        if clean and not self.closed:
+            self.pool.put(self)
+        else:
             self.close()
         sink.response_done()
 
@@ -129,20 +179,26 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.sink = sink
         self.answered = False
+        self.deadline.after(self.pool.read_timeout)
         self.transport.write(data)
 
     def pause(self) -> None:
+        """The client reads slower than the server sends: not the server's silence."""
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
+            self.deadline.clear()
 
     def resume(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            if self.sink is not None:
+                self.deadline.after(self.pool.read_timeout)
 
     def close(self) -> None:
         """End it (an exchange given up, or a response that leaves it unusable)."""
         self.sink = None
         self.closed = True
+        self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -150,8 +206,9 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle connections by (host, port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_timeout: float = 600.0) -> None:
         self._idle: dict[Key, list[UpstreamConnection]] = {}
+        self.read_timeout = read_timeout
 
     def take(self, key: Key) -> UpstreamConnection | None:
         idle = self._idle.get(key)
@@ -160,7 +217,8 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if (not conn.closed and now - conn.idle_since < IDLE_SECONDS
+                    and conn.transport is not None and not conn.transport.is_closing()):
                 conn.reused = True
                 return conn
             conn.close()

@@ -58,9 +58,10 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     registry = Mirrors(mirrors)
     metrics = Metrics()
     gate = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
-    plane = DataPlane()
+    plane = DataPlane(config.http)
     plane.start(lambda: Relay(owner_socket),
                 Context(cast(Registry, registry), metrics, gate))
+    plane.relay_to = owner_socket  # WebSockets go to the owner, which holds them
     plane.inner = InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True)
     host, port = host_port(config.listen)
     limit = connection_limit(config.max_connections, config.fd_reserve)

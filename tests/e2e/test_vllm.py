@@ -13,6 +13,7 @@ import aiohttp
 import openai
 import pytest
 import pytest_asyncio
+import websockets
 from tokenizers import Tokenizer
 
 from supervisor.lifecycle.table import State
@@ -90,6 +91,30 @@ async def test_warm_request_is_answered_without_a_hold(first: Supervisor) -> Non
     assert raw.parse().choices[0].message.content
     assert "X-Supervisor-Cold-Start" not in raw.headers
     await client.close()
+
+
+async def _upgrade_status(url: str) -> int:
+    """What a WebSocket handshake to `url` is answered (101 when it opens)."""
+    try:
+        async with websockets.connect(url, open_timeout=30):
+            return 101
+    except websockets.exceptions.InvalidStatus as refused:
+        return refused.response.status_code
+
+
+async def test_a_websocket_upgrade_reaches_vllm_and_its_answer_the_client(
+    first: Supervisor,
+) -> None:
+    """vLLM's CPU build serves /v1/realtime only for speech-recognition models; for SmolLM2
+    it refuses the upgrade. Through the supervisor the client gets exactly vLLM's own
+    answer (the upgrade was passed on, not answered by the proxy), and the socket's flight
+    ends with it."""
+    direct = await _upgrade_status("ws://127.0.0.1:9201/v1/realtime")
+    proxied = await _upgrade_status(
+        first.url.replace("http://", "ws://") + "/v1/realtime?model=smollm2")
+    assert proxied == direct and proxied != 101
+    handle = first.handle("smollm2")
+    await wait_for(lambda: handle.in_flight == 0, 10, "the refused socket's flight to end")
 
 
 async def test_streaming_through_the_openai_client_arrives_incrementally(

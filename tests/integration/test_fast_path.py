@@ -1,6 +1,8 @@
 """The listener's fast path on the wire (supervisor/proxy/fastpath.py): what a client of a
 ready model sees, byte for byte, and how requests it cannot take reach the full path on the
-same connection without the client noticing."""
+same connection without the client noticing. Each test proves which path answered through
+`supervisor_proxy_requests_total{path}`: with the fast path off, these answers would be
+the same, only slower."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import metric_value, scrape, wait_for
 
 from .conftest import chat
 
@@ -58,10 +60,35 @@ async def _ready(sup, http: aiohttp.ClientSession, model: str) -> None:
         assert r.status == 200
 
 
+async def _served(http: aiohttp.ClientSession, sup) -> dict[str, float]:
+    """Requests answered so far by each path (the series must be exported)."""
+    text = await scrape(http, sup)
+    return {path: metric_value(text, "supervisor_proxy_requests_total", path=path)
+            for path in ("fast", "app")}
+
+
+class _Paths:
+    """How many requests each path answered since `start`."""
+
+    def __init__(self, http: aiohttp.ClientSession, sup) -> None:
+        self.http, self.sup = http, sup
+        self.before: dict[str, float] = {}
+
+    async def start(self) -> _Paths:
+        self.before = await _served(self.http, self.sup)
+        return self
+
+    async def moved(self) -> dict[str, float]:
+        after = await _served(self.http, self.sup)
+        app = after["app"] - self.before["app"] - 1  # the scrape itself is aiohttp's
+        return {"fast": after["fast"] - self.before["fast"], "app": app}
+
+
 async def test_an_answer_keeps_its_length_and_a_stream_its_chunks(
         supervisor_factory, http, connect) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
     for _ in range(3):  # one keep-alive connection, several requests
         writer.write(_post(chat("chat-fast")))
@@ -75,28 +102,33 @@ async def test_an_answer_keeps_its_length_and_a_stream_its_chunks(
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     assert headers["content-type"].startswith("text/event-stream")
     assert body.count(b"data: ") == 4 and body.endswith(b"data: [DONE]\n\n")
+    assert await paths.moved() == {"fast": 4, "app": 0}
 
 
 async def test_pipelined_requests_are_answered_in_order(supervisor_factory, http,
                                                         connect) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
     writer.write(_post(chat("chat-fast", max_tokens=1)) + _post(chat("chat-fast", max_tokens=2))
                  + _post(chat("nope")))
     answers = [await _read_response(reader) for _ in range(3)]
     assert [status for status, _, _ in answers] == [200, 200, 404]
     assert json.loads(answers[2][2])["error"]["code"] == "model_not_found"
+    assert await paths.moved() == {"fast": 2, "app": 1}
 
 
 async def test_connection_close_is_honoured(supervisor_factory, http, connect) -> None:
     sup = await supervisor_factory({"chat-fast": {}})
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
     writer.write(_post(chat("chat-fast"), extra="Connection: close\r\n"))
     status, headers, _ = await _read_response(reader)
     assert status == 200 and headers["connection"] == "close"
     assert await asyncio.wait_for(reader.read(), 5) == b""  # the supervisor closed it
+    assert await paths.moved() == {"fast": 1, "app": 0}
 
 
 async def test_a_connection_that_used_the_fast_path_can_still_be_held(
@@ -105,6 +137,7 @@ async def test_a_connection_that_used_the_fast_path_can_still_be_held(
     is held through a cold start, and the connection goes on serving both."""
     sup = await supervisor_factory({"chat-fast": {}, "chat-slow": {}})
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
     writer.write(_post(chat("chat-fast")))
     assert (await _read_response(reader))[0] == 200
@@ -114,6 +147,7 @@ async def test_a_connection_that_used_the_fast_path_can_still_be_held(
     for model in ("chat-fast", "chat-slow"):
         writer.write(_post(chat(model)))
         assert (await _read_response(reader))[0] == 200
+    assert await paths.moved() == {"fast": 3, "app": 1}  # only the held one took aiohttp
 
 
 async def test_other_routes_on_the_same_connection(supervisor_factory, http, connect) -> None:
@@ -121,6 +155,7 @@ async def test_other_routes_on_the_same_connection(supervisor_factory, http, con
     `Connection: close` (as urllib sends it): each answered, then the connection ends."""
     sup = await supervisor_factory({"chat-fast": {}})
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
     for close in (False, False, True):
         writer.write(_post(chat("chat-fast")))
@@ -130,6 +165,7 @@ async def test_other_routes_on_the_same_connection(supervisor_factory, http, con
         status, _, body = await _read_response(reader)
         assert status == 200 and b"supervisor_requests_total" in body
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert await paths.moved() == {"fast": 3, "app": 3}
 
 
 async def test_bad_input_gets_the_full_paths_errors(supervisor_factory, http, connect) -> None:
@@ -141,6 +177,7 @@ async def test_bad_input_gets_the_full_paths_errors(supervisor_factory, http, co
                  + str(len(bad)).encode() + b"\r\n\r\n" + bad)
     status, _, body = await _read_response(reader)
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+    assert (await _served(http, sup))["app"] >= 2  # the cold start, then this one
 
 
 async def test_a_client_that_leaves_mid_stream_is_not_counted_in_flight(
@@ -155,6 +192,7 @@ async def test_a_client_that_leaves_mid_stream_is_not_counted_in_flight(
     assert handle.in_flight == 1
     writer.close()
     await wait_for(lambda: handle.in_flight == 0, 5, "the request to leave the flight count")
+    assert (await _served(http, sup))["fast"] == 1
 
 
 class _ClosesAfterOne(asyncio.Protocol):
@@ -181,18 +219,28 @@ class _ClosesAfterOne(asyncio.Protocol):
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-async def test_a_pooled_connection_the_server_closed_is_not_an_error(
-        supervisor_factory, http) -> None:
+async def test_a_post_the_server_may_have_run_is_not_sent_again(supervisor_factory,
+                                                                 http) -> None:
+    """A pooled connection that the server closes under a POST: the POST may have run
+    (RFC 9110 9.2.2), so the client gets 502 and the server saw it once; the next request
+    gets a new connection and its answer."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_ClosesAfterOne, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         sup = await supervisor_factory({"chat-fast": {
             "upstream": f"http://127.0.0.1:{port}", "health": "/health"}})
+        await _ready(sup, http, "chat-fast")
+        _ClosesAfterOne.requests = 0
+        statuses = []
         for _ in range(4):
             async with http.post(sup.url + "/v1/chat/completions", json=chat("chat-fast")) as r:
-                assert r.status == 200, await r.text()
-        assert _ClosesAfterOne.requests >= 5  # some were sent twice: once into a closing socket
+                statuses.append(r.status)
+                if r.status == 502:
+                    assert (await r.json())["error"]["code"] == "upstream_unreachable"
+        assert statuses == [200, 502, 200, 502]  # each second one met a pooled connection
+        assert _ClosesAfterOne.requests == 4  # none sent twice
+        assert (await _served(http, sup))["fast"] == 4
     finally:
         server.close()
 
@@ -201,11 +249,14 @@ async def test_without_the_fast_path_the_same_answers(supervisor_factory, http,
                                                       connect) -> None:
     sup = await supervisor_factory({"chat-fast": {}}, fast_path=False)
     await _ready(sup, http, "chat-fast")
+    paths = await _Paths(http, sup).start()
     reader, writer = await connect(sup.url)
-    writer.write(_post(chat("chat-fast")))
-    status, headers, body = await _read_response(reader)
-    assert status == 200 and headers["x-supervisor-profile"] == "default"
-    assert json.loads(body)["object"] == "chat.completion"
+    for _ in range(2):
+        writer.write(_post(chat("chat-fast")))
+        status, headers, body = await _read_response(reader)
+        assert status == 200 and headers["x-supervisor-profile"] == "default"
+        assert json.loads(body)["object"] == "chat.completion"
+    assert await paths.moved() == {"fast": 0, "app": 2}
 
 
 class _Refuses(asyncio.Protocol):
@@ -242,6 +293,7 @@ async def test_a_400_that_is_not_about_length_reaches_the_client_whole(
             status, headers, body = await _read_response(reader)
             assert status == 400 and headers["x-supervisor-profile"] == "short"
             assert json.loads(body)["message"] == "temperature must be positive"
+        assert (await _served(http, sup))["fast"] == 2
     finally:
         server.close()
 
@@ -303,6 +355,7 @@ async def test_a_client_that_reads_slowly_slows_the_server_down(supervisor_facto
         status, headers, body = await asyncio.wait_for(_read_response(reader), 60)
         assert status == 200 and headers["transfer-encoding"] == "chunked"
         assert body == _Flood.EVENT * _Flood.EVENTS
+        assert (await _served(http, sup))["fast"] == 1
     finally:
         server.close()
 

@@ -1,0 +1,499 @@
+"""One client connection of the proxy listener: the single owner of its framing.
+
+Every byte a client sends is parsed here, by one llhttp parser, whatever path answers
+it; nothing else ever parses a client's bytes, so a body can never be read as a request.
+Each parsed request is checked once (request.py) and answered in order by one of:
+- the fast path (fastpath.py `forward`, an `Exchange`): small JSON POSTs for ready models;
+- the aiohttp application, over an in-memory connection (inner.py), fed the request as
+  parsed, re-framed: holds, errors, large bodies, every other route;
+- a tunnel (tunnel.py): a WebSocket upgrade on /v1, passed through to the model.
+
+The next request is taken only once the answer before it has ended. A request answered
+before its body was read has the rest read and dropped (at most `max_discard` bytes), or
+the connection is closed, lingering so the answer is not lost to a reset. Limits and
+timeouts are nginx's (HttpConfig); a refused request is answered by the listener itself
+with the OpenAI error shape and `Connection: close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from supervisor.proxy import fastwire
+from supervisor.proxy.deadline import Deadline
+from supervisor.proxy.request import Rejected, Request, app_head, check, malformed
+
+if TYPE_CHECKING:
+    from supervisor.proxy.exchange import Exchange
+    from supervisor.proxy.fastpath import DataPlane
+    from supervisor.proxy.inner import Inner
+    from supervisor.proxy.tunnel import Tunnel
+
+GONE_AFTER_EOF_SECONDS = 1.0
+MAX_PIPELINED = 64  # requests parsed ahead of their answers; past it the rest is not read
+FAST_FIELDS_OFF = frozenset((b"transfer-encoding", b"expect", b"content-encoding"))
+_REQUEST_TIMEOUT = Rejected(408, "request_timeout", "The request was not sent in time",
+                            "header_timeout")
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback: parse no further (the reason is on the connection)."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        http = plane.http
+        self.max_line, self.max_header = http.max_request_line, http.max_header_size
+        self.max_headers, self.max_head = http.max_headers, http.max_head_size
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.reading: Request | None = None  # whose bytes the parser reads now
+        self.queue: deque[Request] = deque()  # parsed, not yet answered; [0] is answered first
+        self.answering = False  # queue[0]'s answer is under way
+        self.exchange: Exchange | None = None
+        self.inner: Inner | None = None
+        self.tunnel: Tunnel | None = None
+        self.in_head = False
+        self.head_bytes = self.head_size = self.fields = self.heads = 0
+        self.head_deadline = 0.0
+        self.rejection: Rejected | None = None  # why parsing stopped
+        self.stopped = False  # nothing more is parsed; close once the queue is answered
+        self.eof = False  # the client half-closed
+        self.lingering = False
+        self.linger_end = 0.0
+        self.linger_left = 0
+        self.reading_paused = False
+        self.paused = False  # the client reads its answers slower than they are written
+        self.closed = False
+        self.deadline = Deadline(self._timed_out)
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.deadline.after(self.plane.http.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+        elif self.lingering:
+            self._linger(len(data))
+        elif not self.stopped:
+            self._feed(data)
+            if not self.closed:
+                if self.answering and (self.in_head or len(self.queue) > 1):
+                    self._pause_reading()  # a pipelined request waits for the answer
+                self._watch()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.tunnel is not None:
+            return self.tunnel.client_eof()
+        reading = self.reading
+        if reading is not None:  # a request that can never be whole now
+            if self.answering and self.queue[0] is reading:
+                self._abort()  # aiohttp was reading its body: its request is cut
+                return False
+            if reading in self.queue:
+                self.queue.remove(reading)
+            self.reading, self.in_head = None, False
+        if self.answering and self.inner is not None and not self.inner.wrote:
+            # Closed, or only half-closed? A client that gave up on a held request looks
+            # the same: one whose answer has not begun within a second is taken as gone.
+            self.deadline.after(GONE_AFTER_EOF_SECONDS)
+        return bool(self.answering or self.queue)  # answer what came, then close (_next)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.exchange is not None:
+            self.exchange.pause()
+        if self.inner is not None:
+            self.inner.protocol.pause_writing()
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.exchange is not None:
+            self.exchange.resume()
+        if self.inner is not None:
+            self.inner.protocol.resume_writing()
+        if self.tunnel is not None:
+            self.tunnel.resume_upstream()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        if self.exchange is not None:
+            self.exchange.client_gone()
+            self.exchange = None
+        if self.inner is not None:
+            self.inner.lost(exc)
+            self.inner = None
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+
+    # -- parsing -------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        """Parse `data`, never keeping more than `max_head` bytes of a head that does not end."""
+        while data:
+            cut = self.in_head and len(data) > self.max_head - self.head_bytes
+            if cut:
+                room = max(0, self.max_head - self.head_bytes)
+                piece, data = data[:room], data[room:]
+            else:
+                piece, data = data, b""
+            if self.in_head:
+                self.head_bytes += len(piece)
+            heads = self.heads
+            if not self._parse(piece, data):
+                return
+            if cut and self.in_head and heads == self.heads:
+                self._refuse(Rejected(431, "request_header_fields_too_large",
+                                      f"The request head is larger than {self.max_head} bytes",
+                                      "headers_too_large"))
+                return
+
+    def _parse(self, piece: bytes, rest: bytes) -> bool:
+        try:
+            self.parser.feed_data(piece)
+            return True
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(piece[upgrade.args[0]:] + rest)
+        except httptools.HttpParserError as exc:
+            if self.rejection is not None or not self.stopped:
+                self._refuse(self.rejection or malformed(str(exc) or type(exc).__name__))
+            elif not self.answering:
+                self._next()  # too many pipelined, or too much to drop: close when answered
+        return False
+
+    def on_message_begin(self) -> None:
+        if self.stopped:
+            raise _Stop  # closing: what follows is not read
+        if len(self.queue) >= MAX_PIPELINED:
+            self.stopped = True  # answered in order, then closed: the client sends the rest again
+            raise _Stop
+        self.reading = Request()
+        self.in_head = True
+        self.head_bytes = self.head_size = self.fields = 0
+        self.heads += 1
+        self.head_deadline = asyncio.get_running_loop().time() + self.plane.http.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        request = self.reading
+        assert request is not None
+        request.url += url
+        if len(request.url) > self.max_line:
+            self._stop(Rejected(414, "uri_too_long", f"The request target is longer than "
+                                f"{self.max_line} bytes", "line_too_long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.reading
+        assert request is not None
+        size = len(name) + len(value) + 4
+        self.fields += 1
+        self.head_size += size
+        if size > self.max_header or self.fields > self.max_headers or (
+                self.head_size + len(request.url) > self.max_head):
+            self._stop(Rejected(431, "request_header_fields_too_large",
+                                f"A request may have {self.max_headers} header fields of "
+                                f"{self.max_header} bytes each, {self.max_head} bytes in all",
+                                "headers_too_large"))
+        request.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.reading
+        assert request is not None
+        self.in_head = False
+        parser = self.parser
+        upgrading = parser.should_upgrade()
+        try:
+            check(request, parser.get_method(), parser.get_http_version(), upgrading)
+        except Rejected as rejected:
+            self._stop(rejected)
+        request.keep_alive = parser.should_keep_alive()
+        if upgrading:
+            return  # HttpParserUpgrade follows: _upgrade
+        self._classify(request)
+        self.queue.append(request)
+        if not self.answering and len(self.queue) == 1 and not request.fast:
+            self._answer(request)  # aiohttp reads its body as it comes
+
+    def _classify(self, request: Request) -> None:
+        """A small, plain HTTP/1.1 POST to a /v1 route that forwards may take the fast path."""
+        if (not self.plane.fast or request.method != b"POST" or request.version != "1.1"
+                or not request.url.startswith(b"/v1/") or request.url.startswith(b"/v1/models")
+                or request.length is None or request.length > self.plane.fast_body):
+            return
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower in FAST_FIELDS_OFF or (
+                    lower == b"content-type" and value[:10].lower() == b"multipart/"):
+                return
+            if lower == b"authorization":
+                request.authorization = value
+        context = self.plane.context  # refused by the gate: aiohttp answers without the body
+        request.fast = context is not None and context.admits(request.authorization)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.reading
+        assert request is not None
+        if request.sink is not None:
+            self._to_inner(request, body)
+        elif request.discard:
+            request.discard += len(body)
+            if request.discard > self.plane.http.max_discard + 1:
+                self.stopped = True
+                raise _Stop  # too much to drop: the connection closes (lingering)
+        else:
+            request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self.reading
+        assert request is not None
+        request.complete = True
+        if request.upgrade is not None:
+            return  # HttpParserUpgrade follows: _upgrade
+        self.reading = None
+        if request.sink is not None:
+            if request.chunked:
+                cast("Inner", request.sink).feed(b"0\r\n\r\n")
+            request.sink = None
+        elif request.discard:
+            self._next()  # its answer went out before its body ended
+        elif not self.answering and self.queue and self.queue[0] is request:
+            self._answer(request)
+
+    def _stop(self, rejected: Rejected) -> None:
+        self.rejection = rejected
+        raise _Stop
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _answer(self, request: Request) -> None:
+        self.answering = True
+        if request.upgrade is not None:
+            from supervisor.proxy.tunnel import Tunnel
+            self.tunnel = Tunnel(self, request)
+        elif not (request.fast and self.plane.forward(self, request)):
+            self.to_app(request)
+
+    def to_app(self, request: Request, tokens: int | None = None) -> None:
+        """The aiohttp application answers it: fed the head as parsed, its body re-framed."""
+        self.exchange = None
+        self.plane.count_app()
+        inner = self.inner = self.plane.inner.take()
+        inner.attach(self, head_only=request.method == b"HEAD", tokens=tokens)
+        if self.paused:
+            inner.protocol.pause_writing()
+        inner.feed(app_head(request))
+        body, request.body = request.body, []
+        for data in body:
+            self._to_inner(request, data, inner)
+        if request.complete:
+            if request.chunked:
+                inner.feed(b"0\r\n\r\n")
+        else:
+            request.sink = inner
+
+    def _to_inner(self, request: Request, data: bytes, inner: Inner | None = None) -> None:
+        sink = inner or cast("Inner", request.sink)
+        sink.feed(b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else data)
+
+    def inner_done(self, inner: Inner, keep_alive: bool) -> None:
+        """aiohttp's answer ended."""
+        if self.inner is not inner:
+            return
+        self.inner = None
+        request = self.queue[0]
+        if not request.complete:  # answered before its body ended: aiohttp still waits
+            inner.detach()        # for the rest, so that connection serves nobody else
+            request.sink, request.discard = None, 1
+        elif keep_alive:
+            self.plane.inner.put(inner)
+        self.answered(close=not keep_alive)
+
+    def inner_closed(self, inner: Inner) -> None:
+        """aiohttp ended the connection (`Connection: close`, or a failure)."""
+        if self.inner is inner:
+            self.inner = None
+            if self.queue and self.queue[0].sink is inner:
+                self.queue[0].sink = None
+            self.answered(close=True)
+
+    def answered(self, *, close: bool) -> None:
+        """The answer to queue[0] has ended: take the next request, or end the connection."""
+        self.exchange = None
+        self.answering = False
+        if self.queue:
+            self.queue.popleft()
+        if close:
+            self.stopped = True
+            self.queue.clear()
+        self._next()
+
+    def _next(self) -> None:
+        if self.closed:
+            return
+        if self.queue:
+            first = self.queue[0]
+            if not self.answering and (not first.fast or first.complete):
+                self._answer(first)
+        elif self.stopped or self.eof:
+            if self.rejection is not None and self.transport is not None:
+                self._reply(self.rejection)
+            self._close()
+            return
+        if self.reading_paused and len(self.queue) <= 1:
+            self._resume_reading()
+        if self.in_head:  # a pipelined head waited for this answer: its time starts now
+            self.head_deadline = asyncio.get_running_loop().time() + (
+                self.plane.http.header_timeout)
+        self._watch()
+
+    # -- refusing, timing out, closing ---------------------------------------------------
+
+    def _refuse(self, rejected: Rejected) -> None:
+        """A request the listener refuses itself: answered after those before it, then the
+        connection closes."""
+        self.plane.rejected(self, rejected)
+        reading = self.reading
+        if reading is not None and not self._unanswer(reading):
+            self._abort()  # its answer began before the rest of it turned out bad
+            return
+        self.stopped, self.rejection = True, rejected
+        if reading is not None and reading in self.queue:
+            self.queue.remove(reading)
+        if not self.answering:
+            self._next()
+
+    def _unanswer(self, request: Request) -> bool:
+        """Take back the answer under way to `request` (aiohttp's, while it read the body),
+        if none of it went out yet; False: too late, the answer began."""
+        inner = self.inner
+        if not (self.answering and self.queue and self.queue[0] is request):
+            return True
+        if inner is None or inner.wrote:
+            return False
+        self.inner = None
+        request.sink = None
+        inner.lost(None)  # aiohttp cancels its handler (a held request leaves the hold)
+        self.answering = False
+        return True
+
+    def _reply(self, rejected: Rejected) -> None:
+        assert self.transport is not None
+        self.transport.write(fastwire.error_response(rejected, close=True))
+
+    def _watch(self) -> None:
+        """Arm the timeout that applies now: the head's, a gap in a body, or keep-alive.
+        While an answer is under way the upstream's timeout governs instead."""
+        if self.closed or self.tunnel is not None or self.lingering:
+            return
+        http = self.plane.http
+        reading = self.reading
+        outstanding = self.answering or self.queue
+        if reading is not None and not self.in_head and (
+                reading.discard or not outstanding or self.queue[0] is reading):
+            self.deadline.after(http.body_timeout)  # the body being read or dropped
+        elif outstanding:
+            self.deadline.clear()
+        elif self.in_head:
+            self.deadline.set(self.head_deadline)
+        else:
+            self.deadline.after(http.keepalive_timeout)
+
+    def _timed_out(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.idle()
+            return
+        if self.lingering or self.transport is None:
+            self._abort()
+            return
+        if self.answering:  # armed by eof_received: the client left while it waited
+            if self.inner is not None and not self.inner.wrote:
+                self._abort()  # aiohttp cancels the request (a held one leaves the hold)
+            return
+        reading = self.reading
+        if reading is None or reading.discard:
+            self._close()  # idle keep-alive, or a dropped body that stalled
+            return
+        rejected = _REQUEST_TIMEOUT
+        if not self.in_head:
+            rejected = Rejected(408, "request_timeout", "The request body stalled",
+                                "body_timeout")
+        self._refuse(rejected)
+
+    def _close(self) -> None:
+        """End the connection once what was written is out; while the client may still be
+        sending, close lingering (nginx's lingering close)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.stopped = True
+        reading = self.reading
+        if reading is not None and not reading.complete and transport.can_write_eof():
+            transport.write_eof()
+            self.lingering = True
+            http = self.plane.http
+            now = asyncio.get_running_loop().time()
+            self.linger_end = now + http.lingering_time
+            self.linger_left = http.max_discard
+            self._resume_reading()
+            self.deadline.set(min(now + http.lingering_timeout, self.linger_end))
+            return
+        self.closed = True
+        transport.close()
+        self.deadline.cancel()
+
+    def _linger(self, size: int) -> None:
+        """Read and drop what the client still sends, in bounded time and bytes."""
+        self.linger_left -= size
+        if self.linger_left < 0:
+            self._abort()
+            return
+        http = self.plane.http
+        now = asyncio.get_running_loop().time()
+        self.deadline.set(min(now + http.lingering_timeout, self.linger_end))
+
+    def _abort(self) -> None:
+        self.stopped = True
+        if self.transport is not None:
+            self.transport.close()
+        self.deadline.cancel()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- upgrades ------------------------------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        """llhttp stopped at an upgrade's head: a WebSocket on /v1 is passed through;
+        anything else (h2c) is answered over HTTP/1.1 as if it had not asked."""
+        request = self.reading
+        assert request is not None
+        self.reading = None
+        if (request.upgrade == b"websocket" and request.method == b"GET"
+                and request.url.startswith(b"/v1/") and self.plane.tunnels):
+            request.body = [rest] if rest else []
+            self.stopped = True  # no more HTTP on this connection
+            self.queue.append(request)
+            self._pause_reading()
+            if not self.answering and len(self.queue) == 1:
+                self._answer(request)
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self._feed(app_head(request) + rest)
