@@ -21,7 +21,7 @@ from supervisor.lifecycle.table import State
 from supervisor.observe.events import EventLog
 from supervisor.observe.exposition import CONTENT_TYPE, render
 from supervisor.observe.gpu import GpuSample
-from supervisor.observe.histogram import LoopHistogram
+from supervisor.observe.histogram import LoopCounter, LoopHistogram
 
 STATES = tuple(s.value for s in State)
 RefusalReason = Literal[
@@ -88,9 +88,9 @@ class Metrics:
         self._cold_starts = LoopHistogram(
             "supervisor_model_cold_start_seconds", "From start to ready (or to failure).",
             ["model", "profile", "outcome"], COLD_START_BUCKETS, r)
-        self._requests = Counter(
+        self._requests = LoopCounter(
             "supervisor_requests", "Forwarded requests by status class.",
-            ["model", "code_class"], registry=r)
+            ["model", "code_class"], r)
         self._duration = LoopHistogram(
             "supervisor_request_duration_seconds", "Request to end of response, hold included.",
             ["model", "cold_start"], LATENCY_BUCKETS, r)
@@ -117,10 +117,10 @@ class Metrics:
         self._refusals = Counter(
             "supervisor_refusals", "Requests answered by the supervisor itself with an error.",
             ["model", "reason"], registry=r)
-        self._paths = Counter(
+        self.paths = LoopCounter(
             "supervisor_proxy_requests", "Requests by the path that answered them: fast (the "
             "listener forwards it), app (the aiohttp application), websocket (a tunnel).",
-            ["path"], registry=r)
+            ["path"], r, preset=(("fast",), ("app",), ("websocket",)))
         self._rejected = Counter(
             "supervisor_proxy_rejected", "Requests the listener refused itself (malformed, "
             "past a limit, too slow), by reason.", ["reason"], registry=r)
@@ -130,10 +130,10 @@ class Metrics:
         self.workers: Callable[[], Collector] | None = None
 
     @property
-    def forwarding(self) -> tuple[dict[str, Counter], dict[str, LoopHistogram]]:
+    def forwarding(self) -> tuple[dict[str, Counter | LoopCounter], dict[str, LoopHistogram]]:
         """The series a worker process counts too, by family name."""
         return ({"supervisor_requests": self._requests, "supervisor_refusals": self._refusals,
-                 "supervisor_proxy_requests": self._paths,
+                 "supervisor_proxy_requests": self.paths,
                  "supervisor_proxy_rejected": self._rejected},
                 {h.name: h for h in (self._duration, self._ttfb, self._upstream)})
 
@@ -163,7 +163,7 @@ class Metrics:
     ) -> None:
         """A forwarded request ended; `ttfb` None when no byte came back."""
         cold = "true" if cold_start else "false"
-        self._requests.labels(model, code_class(status)).inc()
+        self._requests.inc((model, code_class(status)))
         self._duration.observe((model, cold), seconds)
         self._upstream.observe((model, "first" if first else "warm"), max(0.0, seconds - hold))
         if ttfb is not None:
@@ -174,10 +174,6 @@ class Metrics:
 
     def hold(self, model: str, seconds: float) -> None:
         self._hold.observe((model,), seconds)
-
-    def served_by(self, path: str) -> Callable[[], None]:
-        """The counter of one path, bound once: it is called for every request."""
-        return self._paths.labels(path).inc
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(reason).inc()

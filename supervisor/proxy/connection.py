@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from supervisor.proxy import fastwire
-from supervisor.proxy.deadline import Deadline
-from supervisor.proxy.request import Rejected, Request, app_head, check, malformed
+from supervisor.proxy.request import APP, Rejected, Request, app_head, check, malformed
 
 if TYPE_CHECKING:
     from supervisor.proxy.exchange import Exchange
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 GONE_AFTER_EOF_SECONDS = 1.0
 MAX_PIPELINED = 64  # requests parsed ahead of their answers; past it the rest is not read
-FAST_FIELDS_OFF = frozenset((b"transfer-encoding", b"expect", b"content-encoding"))
 _REQUEST_TIMEOUT = Rejected(408, "request_timeout", "The request was not sent in time",
                             "header_timeout")
 
@@ -60,23 +58,26 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.in_head = False
         self.head_bytes = self.head_size = self.fields = self.heads = 0
-        self.head_deadline = 0.0
+        self.head_since = 0.0  # when the head being read began (the sweeper's clock)
         self.rejection: Rejected | None = None  # why parsing stopped
         self.stopped = False  # nothing more is parsed; close once the queue is answered
         self.eof = False  # the client half-closed
         self.lingering = False
-        self.linger_end = 0.0
+        self.linger_since = 0.0
         self.linger_left = 0
         self.reading_paused = False
         self.paused = False  # the client reads its answers slower than they are written
         self.closed = False
-        self.deadline = Deadline(self._timed_out)
+        self.sweeper = plane.sweeper
+        self.limit = 0.0  # timeouts.Timed: how long it may stay as it is now
+        self.since = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.deadline.after(self.plane.http.header_timeout)
+        self.sweeper.watch(self)
+        self.limit, self.since = self.plane.http.header_timeout, self.sweeper.now
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -84,8 +85,16 @@ class ClientConnection(asyncio.Protocol):
         elif self.lingering:
             self._linger(len(data))
         elif not self.stopped:
-            self._feed(data)
-            if not self.closed:
+            if self.in_head:
+                self._feed(data)
+            else:  # the usual read: whole requests, or a body's next bytes
+                try:
+                    self.parser.feed_data(data)
+                except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                    self._parsing_stopped(exc, data)
+            if self.exchange is not None and self.reading is None and len(self.queue) == 1:
+                self.limit = 0.0  # the usual case, forwarded: the upstream's timeout governs
+            elif not self.closed:
                 if self.answering and (self.in_head or len(self.queue) > 1):
                     self._pause_reading()  # a pipelined request waits for the answer
                 self._watch()
@@ -105,7 +114,7 @@ class ClientConnection(asyncio.Protocol):
         if self.answering and self.inner is not None and not self.inner.wrote:
             # Closed, or only half-closed? A client that gave up on a held request looks
             # the same: one whose answer has not begun within a second is taken as gone.
-            self.deadline.after(GONE_AFTER_EOF_SECONDS)
+            self.limit, self.since = GONE_AFTER_EOF_SECONDS, self.sweeper.now
         return bool(self.answering or self.queue)  # answer what came, then close (_next)
 
     def pause_writing(self) -> None:
@@ -128,7 +137,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.cancel()
+        self.sweeper.forget(self)
         if self.exchange is not None:
             self.exchange.client_gone()
             self.exchange = None
@@ -141,7 +150,8 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing -------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        """Parse `data`, never keeping more than `max_head` bytes of a head that does not end."""
+        """Parse `data`, never keeping more than `max_head` bytes of a head that does not end
+        (a head that begins in this read is bounded by the read, and by the next one)."""
         while data:
             cut = self.in_head and len(data) > self.max_head - self.head_bytes
             if cut:
@@ -164,14 +174,18 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(piece)
             return True
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(piece[upgrade.args[0]:] + rest)
-        except httptools.HttpParserError as exc:
-            if self.rejection is not None or not self.stopped:
-                self._refuse(self.rejection or malformed(str(exc) or type(exc).__name__))
-            elif not self.answering:
-                self._next()  # too many pipelined, or too much to drop: close when answered
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parsing_stopped(exc, piece, rest)
         return False
+
+    def _parsing_stopped(self, exc: Exception, piece: bytes,
+                         rest: bytes = b"") -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            self._upgrade(piece[exc.args[0]:] + rest)
+        elif self.rejection is not None or not self.stopped:
+            self._refuse(self.rejection or malformed(str(exc) or type(exc).__name__))
+        elif not self.answering:
+            self._next()  # too many pipelined, or too much to drop: close when answered
 
     def on_message_begin(self) -> None:
         if self.stopped:
@@ -183,12 +197,13 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = self.head_size = self.fields = 0
         self.heads += 1
-        self.head_deadline = asyncio.get_running_loop().time() + self.plane.http.header_timeout
+        self.head_since = self.sweeper.now
 
     def on_url(self, url: bytes) -> None:
         request = self.reading
         assert request is not None
         request.url += url
+        self.head_size += len(url)
         if len(request.url) > self.max_line:
             self._stop(Rejected(414, "uri_too_long", f"The request target is longer than "
                                 f"{self.max_line} bytes", "line_too_long"))
@@ -200,7 +215,7 @@ class ClientConnection(asyncio.Protocol):
         self.fields += 1
         self.head_size += size
         if size > self.max_header or self.fields > self.max_headers or (
-                self.head_size + len(request.url) > self.max_head):
+                self.head_size > self.max_head):
             self._stop(Rejected(431, "request_header_fields_too_large",
                                 f"A request may have {self.max_headers} header fields of "
                                 f"{self.max_header} bytes each, {self.max_head} bytes in all",
@@ -226,20 +241,14 @@ class ClientConnection(asyncio.Protocol):
             self._answer(request)  # aiohttp reads its body as it comes
 
     def _classify(self, request: Request) -> None:
-        """A small, plain HTTP/1.1 POST to a /v1 route that forwards may take the fast path."""
-        if (not self.plane.fast or request.method != b"POST" or request.version != "1.1"
-                or not request.url.startswith(b"/v1/") or request.url.startswith(b"/v1/models")
-                or request.length is None or request.length > self.plane.fast_body):
-            return
-        for name, value in request.headers:
-            lower = name.lower()
-            if lower in FAST_FIELDS_OFF or (
-                    lower == b"content-type" and value[:10].lower() == b"multipart/"):
-                return
-            if lower == b"authorization":
-                request.authorization = value
-        context = self.plane.context  # refused by the gate: aiohttp answers without the body
-        request.fast = context is not None and context.admits(request.authorization)
+        """A small, plain HTTP/1.1 POST to a /v1 route that forwards may take the fast path;
+        one the gate refuses is aiohttp's at once (it answers without reading the body)."""
+        if (self.plane.fast and request.plain and request.method == b"POST"
+                and request.version == "1.1" and request.url.startswith(b"/v1/")
+                and not request.url.startswith(b"/v1/models") and request.length is not None
+                and request.length <= self.plane.fast_body):
+            context = self.plane.context
+            request.fast = context is not None and context.admits(request.authorization)
 
     def on_body(self, body: bytes) -> None:
         request = self.reading
@@ -268,7 +277,9 @@ class ClientConnection(asyncio.Protocol):
         elif request.discard:
             self._next()  # its answer went out before its body ended
         elif not self.answering and self.queue and self.queue[0] is request:
-            self._answer(request)
+            self.answering = True  # what _answer does, for the usual request
+            if not (request.fast and self.plane.forward(self, request)):
+                self.to_app(request)
 
     def _stop(self, rejected: Rejected) -> None:
         self.rejection = rejected
@@ -287,7 +298,7 @@ class ClientConnection(asyncio.Protocol):
     def to_app(self, request: Request, tokens: int | None = None) -> None:
         """The aiohttp application answers it: fed the head as parsed, its body re-framed."""
         self.exchange = None
-        self.plane.count_app()
+        self.plane.served[APP] += 1
         inner = self.inner = self.plane.inner.take()
         inner.attach(self, head_only=request.method == b"HEAD", tokens=tokens)
         if self.paused:
@@ -331,11 +342,19 @@ class ClientConnection(asyncio.Protocol):
         """The answer to queue[0] has ended: take the next request, or end the connection."""
         self.exchange = None
         self.answering = False
-        if self.queue:
-            self.queue.popleft()
+        queue = self.queue
+        if queue:
+            queue.popleft()
         if close:
             self.stopped = True
-            self.queue.clear()
+            queue.clear()
+        elif not queue and self.reading is None and not (self.stopped or self.eof
+                                                          or self.closed):
+            # The usual case: nothing more asked yet. Idle until the next request.
+            self.limit, self.since = self.plane.http.keepalive_timeout, self.sweeper.now
+            if self.reading_paused:
+                self._resume_reading()
+            return
         self._next()
 
     def _next(self) -> None:
@@ -353,8 +372,7 @@ class ClientConnection(asyncio.Protocol):
         if self.reading_paused and len(self.queue) <= 1:
             self._resume_reading()
         if self.in_head:  # a pipelined head waited for this answer: its time starts now
-            self.head_deadline = asyncio.get_running_loop().time() + (
-                self.plane.http.header_timeout)
+            self.head_since = self.sweeper.now
         self._watch()
 
     # -- refusing, timing out, closing ---------------------------------------------------
@@ -392,7 +410,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(fastwire.error_response(rejected, close=True))
 
     def _watch(self) -> None:
-        """Arm the timeout that applies now: the head's, a gap in a body, or keep-alive.
+        """Set the timeout that applies now: the head's, a gap in a body, or keep-alive.
         While an answer is under way the upstream's timeout governs instead."""
         if self.closed or self.tunnel is not None or self.lingering:
             return
@@ -401,22 +419,23 @@ class ClientConnection(asyncio.Protocol):
         outstanding = self.answering or self.queue
         if reading is not None and not self.in_head and (
                 reading.discard or not outstanding or self.queue[0] is reading):
-            self.deadline.after(http.body_timeout)  # the body being read or dropped
+            self.limit, self.since = http.body_timeout, self.sweeper.now  # a body read or dropped
         elif outstanding:
-            self.deadline.clear()
+            self.limit = 0.0
         elif self.in_head:
-            self.deadline.set(self.head_deadline)
+            self.limit, self.since = http.header_timeout, self.head_since
         else:
-            self.deadline.after(http.keepalive_timeout)
+            self.limit, self.since = http.keepalive_timeout, self.sweeper.now
 
-    def _timed_out(self) -> None:
+    def expired(self) -> None:
+        """The timeout `_watch` (or eof_received, or a tunnel) set has passed."""
         if self.tunnel is not None:
             self.tunnel.idle()
             return
         if self.lingering or self.transport is None:
             self._abort()
             return
-        if self.answering:  # armed by eof_received: the client left while it waited
+        if self.eof and self.answering:  # set by eof_received: it left while it waited
             if self.inner is not None and not self.inner.wrote:
                 self._abort()  # aiohttp cancels the request (a held one leaves the hold)
             return
@@ -440,33 +459,30 @@ class ClientConnection(asyncio.Protocol):
         reading = self.reading
         if reading is not None and not reading.complete and transport.can_write_eof():
             transport.write_eof()
-            self.lingering = True
             http = self.plane.http
-            now = asyncio.get_running_loop().time()
-            self.linger_end = now + http.lingering_time
-            self.linger_left = http.max_discard
+            self.lingering = True
+            self.linger_since, self.linger_left = self.sweeper.now, http.max_discard
+            self.limit, self.since = http.lingering_timeout, self.sweeper.now
             self._resume_reading()
-            self.deadline.set(min(now + http.lingering_timeout, self.linger_end))
             return
         self.closed = True
+        self.limit = 0.0
         transport.close()
-        self.deadline.cancel()
 
     def _linger(self, size: int) -> None:
         """Read and drop what the client still sends, in bounded time and bytes."""
         self.linger_left -= size
-        if self.linger_left < 0:
+        now = self.sweeper.now
+        if self.linger_left < 0 or now - self.linger_since > self.plane.http.lingering_time:
             self._abort()
             return
-        http = self.plane.http
-        now = asyncio.get_running_loop().time()
-        self.deadline.set(min(now + http.lingering_timeout, self.linger_end))
+        self.since = now
 
     def _abort(self) -> None:
         self.stopped = True
+        self.limit = 0.0
         if self.transport is not None:
             self.transport.close()
-        self.deadline.cancel()
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:

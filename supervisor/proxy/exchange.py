@@ -22,6 +22,7 @@ from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import fastwire
 from supervisor.proxy.refusals import aborted, reason
+from supervisor.proxy.request import FAST
 from supervisor.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -226,5 +227,5 @@ class Exchange:
             ttfb = self.first_byte - self.began if self.first_byte else None
             self.context.metrics.request(self.model.name, status, end - self.began, ttfb,
                                          cold_start=False, first=lease.first)
-        self.client.plane.count_fast()
+        self.client.plane.served[FAST] += 1
         self.client.answered(close=close)

@@ -37,8 +37,9 @@ from supervisor.proxy import fastwire
 from supervisor.proxy.connection import ClientConnection
 from supervisor.proxy.exchange import Exchange
 from supervisor.proxy.inner import InnerPool
-from supervisor.proxy.request import Rejected, Request, Warnings
+from supervisor.proxy.request import APP, FAST, WEBSOCKET, Rejected, Request, Warnings
 from supervisor.proxy.router import INLINE_ESTIMATE_BYTES, route_inline
+from supervisor.proxy.timeouts import Sweeper
 from supervisor.proxy.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class DataPlane:
         self.http = http or HttpConfig()
         self.inner = InnerPool(_unset)
         self.context: Context | None = None
-        self.pool = UpstreamPool(self.http.upstream_read_timeout)
+        self.sweeper = Sweeper()
+        self.pool = UpstreamPool(self.http.upstream_read_timeout, self.sweeper)
         self.fast = True
         self.fast_body = FAST_BODY_BYTES
         self.tunnels = True
@@ -94,26 +96,14 @@ class DataPlane:
         self._targets: dict[str, Target | None] = {}
         self._extra: dict[str, tuple[dict[str, str], frozenset[bytes], bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._served: tuple[Callable[[], None], ...] = ()
+        # Requests by the path that answered (the metrics' counts once started).
+        self.served: dict[tuple[str, ...], float] = dict.fromkeys((FAST, APP, WEBSOCKET), 0)
 
     def start(self, aiohttp: Callable[[], asyncio.Protocol], context: Context, *,
               fast: bool = True) -> None:
         """`aiohttp` makes the application's protocol for an in-memory connection."""
         self.inner, self.context, self.fast = InnerPool(aiohttp), context, fast
-        count = context.metrics.served_by
-        self._served = (count("fast"), count("app"), count("websocket"))
-
-    def count_fast(self) -> None:
-        if self._served:
-            self._served[0]()
-
-    def count_app(self) -> None:
-        if self._served:
-            self._served[1]()
-
-    def count_websocket(self) -> None:
-        if self._served:
-            self._served[2]()
+        self.served = context.metrics.paths.counts
 
     def rejected(self, conn: ClientConnection, rejected: Rejected) -> None:
         """A request the listener refused itself: one rate-limited WARNING line, counted."""
@@ -155,8 +145,8 @@ class DataPlane:
     def forward(self, conn: ClientConnection, request: Request) -> bool:
         """Forward a complete small request for a ready model here; False: the aiohttp
         application answers it (it must wait, or be refused)."""
-        context = self.context
-        if context is None or not context.admits(request.authorization):
+        context = self.context  # the gate admitted it when its head came (_classify)
+        if context is None:
             return False
         body = b"".join(request.body)
         try:
@@ -185,3 +175,4 @@ class DataPlane:
         self.context = None
         self.pool.close()
         self.inner.close()
+        self.sweeper.stop()

@@ -21,6 +21,10 @@ from supervisor.errors import Refusal
 log = logging.getLogger("supervisor.proxy.edge")
 
 WARN_EVERY_SECONDS = 10.0
+# The paths a request is answered by: supervisor_proxy_requests{path} (DataPlane.served).
+FAST, APP, WEBSOCKET = ("fast",), ("app",), ("websocket",)
+# A body the fast path cannot forward as it is: it must be decoded, or asked for first.
+_NOT_PLAIN = frozenset((b"expect", b"content-encoding"))
 
 
 class Rejected(Refusal):
@@ -40,8 +44,8 @@ class Request:
     """What the listener knows of one request; its body bytes go where `sink` says."""
 
     __slots__ = ("authorization", "body", "chunked", "complete", "discard", "fast",
-                 "headers", "keep_alive", "length", "method", "sink", "upgrade", "url",
-                 "version")
+                 "headers", "keep_alive", "length", "method", "plain", "sink", "upgrade",
+                 "url", "version")
 
     def __init__(self) -> None:
         self.method = b""
@@ -54,6 +58,7 @@ class Request:
         self.keep_alive = True
         self.complete = False  # its body was read to its end
         self.fast = False  # small enough, and plain enough, for the fast path
+        self.plain = True  # no coding, multipart, Expect: its body goes out as it came
         self.authorization: bytes | None = None
         self.upgrade: bytes | None = None  # the Upgrade it asks for (llhttp upgrades)
         self.sink: object | None = None  # the in-memory connection its body streams to
@@ -84,6 +89,12 @@ def check(request: Request, method: bytes, version: str, upgrading: bool) -> Non
             request.length = int(value)  # llhttp checked its digits and that it is alone
         elif lower == b"transfer-encoding":
             request.chunked = True  # llhttp checked that `chunked` is the final coding
+            request.plain = False
+        elif lower == b"authorization":
+            request.authorization = value
+        elif lower in _NOT_PLAIN or (
+                lower == b"content-type" and value[:10].lower() == b"multipart/"):
+            request.plain = False
         elif lower == b"upgrade" and upgrading:
             request.upgrade = value.strip().lower()
     if upgrading and request.upgrade is None:

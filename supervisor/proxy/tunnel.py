@@ -24,7 +24,7 @@ from supervisor.errors import BadRequest, Refusal
 from supervisor.lifecycle.lease import Lease
 from supervisor.proxy import fastwire
 from supervisor.proxy.refusals import reason
-from supervisor.proxy.request import Request
+from supervisor.proxy.request import WEBSOCKET, Request
 
 if TYPE_CHECKING:
     from supervisor.proxy.connection import ClientConnection
@@ -45,7 +45,7 @@ class Tunnel:
         self.open = False  # the 101 went out: bytes flow both ways
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.model = ""  # the model it was routed to, once known
-        conn.deadline.clear()
+        conn.limit = 0.0  # held: hold_timeout governs
         self.task = conn.plane.spawn(self._run())
 
     # -- the client's side (called by the connection) ------------------------------------
@@ -182,7 +182,7 @@ class Tunnel:
     def opened(self) -> None:
         """The server switched protocols: the client's bytes flow from now on."""
         self.open = True
-        self.conn.plane.count_websocket()
+        self.conn.plane.served[WEBSOCKET] += 1
         self.conn._resume_reading()
         self._active()
 
@@ -194,7 +194,8 @@ class Tunnel:
             self._active()
 
     def _active(self) -> None:
-        self.conn.deadline.after(self.conn.plane.http.websocket_idle_timeout)
+        conn = self.conn
+        conn.limit, conn.since = conn.plane.http.websocket_idle_timeout, conn.sweeper.now
 
     def _refuse(self, refusal: Refusal) -> None:
         """An error answer in place of the 101 (before any byte of the server's answer)."""
@@ -212,7 +213,7 @@ class Tunnel:
         if self.upstream is not None:
             self.upstream.close()
         conn = self.conn
-        conn.deadline.cancel()
+        conn.limit = 0.0
         if conn.transport is not None and not conn.closed:
             conn.transport.close()
 

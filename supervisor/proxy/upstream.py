@@ -16,7 +16,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from supervisor.proxy.deadline import Deadline
+from supervisor.proxy.timeouts import Sweeper
 
 IDLE_SECONDS = 4.0
 MAX_IDLE_PER_UPSTREAM = 1024
@@ -49,8 +49,8 @@ class Sink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_done", "_extra", "_headers", "_interim", "_keep", "_reason", "_until_close",
-                 "answered", "closed", "deadline", "idle_since", "key", "parser", "pool",
-                 "reused", "sink", "transport")
+                 "answered", "closed", "idle_since", "key", "limit", "parser", "pool",
+                 "reused", "since", "sink", "sweeper", "transport")
 
     def __init__(self, pool: UpstreamPool, key: Key) -> None:
         self.pool = pool
@@ -69,12 +69,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False  # the final answer ended in the bytes being parsed
         self._extra = False  # ... and more bytes came after it
         self._keep = False  # ... and the server keeps the connection alive
-        self.deadline = Deadline(self._timed_out)
+        self.sweeper = pool.sweeper
+        self.limit = 0.0  # timeouts.Timed: read_timeout while an answer is awaited
+        self.since = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.sweeper.watch(self)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
@@ -82,7 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.answered = True
-        self.deadline.after(self.pool.read_timeout)
+        self.since = self.sweeper.now
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -92,17 +95,27 @@ class UpstreamConnection(asyncio.Protocol):
                 sink.upstream_lost(f"invalid HTTP from the server: {exc}", True)
                 return
             self._extra = True  # garbage after the answer: the answer stands, not the socket
-        if self._done:
-            self._finish(sink)
-        else:
+        if not self._done:
             sink.response_flush()
+            return
+        # The answer ended: pool the connection if it is clean, then tell the exchange (its
+        # client's next request may come at once and want the connection).
+        self.sink = None
+        clean = self._keep and not self._extra and not self._until_close
+        self._done = self._extra = self._until_close = False
+        self.limit = 0.0
+        if clean and not self.closed:
+            self.pool.put(self)
+        else:
+            self.close()
+        sink.response_done()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed keep-alive connection is of no further use
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.cancel()
+        self.sweeper.forget(self)
         sink, self.sink = self.sink, None
         if sink is None:
             return
@@ -112,7 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_lost(str(exc) if exc else "the server closed the connection",
                                self.answered)
 
-    def _timed_out(self) -> None:
+    def expired(self) -> None:
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
@@ -160,45 +173,33 @@ class UpstreamConnection(asyncio.Protocol):
             self._done = True
             self._keep = self.parser.should_keep_alive()  # gone once the parser moves on
 
-    def _finish(self, sink: Sink) -> None:
-        """The answer ended: pool the connection if it is clean, then tell the exchange
-        (its client's next request may come at once and want the connection)."""
-        self.sink = None
-        clean = self._keep and not self._extra and not self._until_close
-        self._done = self._extra = self._until_close = False
-        self.deadline.clear()
-        if clean and not self.closed:
-            self.pool.put(self)
-        else:
-            self.close()
-        sink.response_done()
-
     # -- use -----------------------------------------------------------------------------
 
     def send(self, sink: Sink, data: bytes) -> None:
         assert self.transport is not None
         self.sink = sink
         self.answered = False
-        self.deadline.after(self.pool.read_timeout)
+        self.limit, self.since = self.pool.read_timeout, self.sweeper.now
         self.transport.write(data)
 
     def pause(self) -> None:
         """The client reads slower than the server sends: not the server's silence."""
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
-            self.deadline.clear()
+            self.limit = 0.0
 
     def resume(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
             if self.sink is not None:
-                self.deadline.after(self.pool.read_timeout)
+                self.limit, self.since = self.pool.read_timeout, self.sweeper.now
 
     def close(self) -> None:
         """End it (an exchange given up, or a response that leaves it unusable)."""
         self.sink = None
         self.closed = True
-        self.deadline.cancel()
+        self.limit = 0.0
+        self.sweeper.forget(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -206,9 +207,10 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle connections by (host, port)."""
 
-    def __init__(self, read_timeout: float = 600.0) -> None:
+    def __init__(self, read_timeout: float = 600.0, sweeper: Sweeper | None = None) -> None:
         self._idle: dict[Key, list[UpstreamConnection]] = {}
         self.read_timeout = read_timeout
+        self.sweeper = sweeper or Sweeper()
 
     def take(self, key: Key) -> UpstreamConnection | None:
         idle = self._idle.get(key)

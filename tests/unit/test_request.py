@@ -1,5 +1,5 @@
 """The one definition of a valid request (proxy/request.py), the head the aiohttp
-application is fed, the rate-limited warning, and the lazy deadline."""
+application is fed, the rate-limited warning, and the sweeper of timeouts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from supervisor.proxy.deadline import Deadline
 from supervisor.proxy.request import Rejected, Request, Warnings, app_head, check, malformed
+from supervisor.proxy.timeouts import Sweeper
 
 
 def _request(*headers: tuple[bytes, bytes], url: bytes = b"/v1/x") -> Request:
@@ -80,26 +80,45 @@ def test_warnings_are_one_line_at_most_every_ten_seconds(caplog: pytest.LogCaptu
     assert record.exc_info is None and "Invalid header value char" in record.getMessage()
 
 
-async def test_a_deadline_moved_later_fires_once_at_its_end() -> None:
-    fired: list[float] = []
+class _Quiet:
+    """Something with a timeout, as a connection is."""
+
+    def __init__(self, sweeper: Sweeper, limit: float) -> None:
+        self.sweeper, self.limit, self.since = sweeper, limit, sweeper.now
+        self.fired: list[float] = []
+        self.rang = asyncio.Event()
+
+    def expired(self) -> None:
+        self.fired.append(asyncio.get_running_loop().time())
+        self.rang.set()
+
+
+async def test_a_timeout_moved_later_fires_once_near_its_end() -> None:
+    sweeper = Sweeper(resolution=0.02)
     loop = asyncio.get_running_loop()
-    rang = asyncio.Event()
-
-    def fire() -> None:
-        fired.append(loop.time())
-        rang.set()
-
-    deadline = Deadline(fire)
+    quiet = _Quiet(sweeper, 0.1)
+    sweeper.watch(quiet)
+    quiet.since = sweeper.now
     began = loop.time()
-    deadline.after(0.05)
-    for _ in range(5):  # pushed away five times while its timer is armed
-        await asyncio.sleep(0.02)
-        deadline.after(0.05)
-    end = deadline.at
-    assert end is not None
-    await asyncio.wait_for(rang.wait(), 5)
-    assert fired[0] >= end and fired[0] - began >= 0.15
-    deadline.after(0.01)
-    deadline.clear()
+    for _ in range(5):  # activity: pushed away five times
+        await asyncio.sleep(0.04)
+        quiet.since = sweeper.now
+    last = loop.time()
+    await asyncio.wait_for(quiet.rang.wait(), 5)
+    assert quiet.fired[0] - began >= 0.2  # it did not fire while it was active
+    assert 0.1 - 0.02 - 0.01 <= quiet.fired[0] - last <= 0.1 + 0.1  # within a resolution
+    assert quiet.limit == 0.0  # fired once: it is not due again until it is set again
+    await asyncio.sleep(0.1)
+    assert len(quiet.fired) == 1
+    sweeper.forget(quiet)
     await asyncio.sleep(0.05)
-    assert len(fired) == 1  # a cleared deadline does not fire
+    assert sweeper._handle is None  # nothing watched: it stops sweeping
+
+
+async def test_no_timeout_while_the_limit_is_zero() -> None:
+    sweeper = Sweeper(resolution=0.01)
+    quiet = _Quiet(sweeper, 0.0)
+    sweeper.watch(quiet)
+    await asyncio.sleep(0.1)
+    assert quiet.fired == []
+    sweeper.stop()
