@@ -94,7 +94,8 @@ class DataPlane:
         self.relay_to: str | None = None
         self.warn = Warnings()
         self._targets: dict[str, Target | None] = {}
-        self._extra: dict[str, tuple[dict[str, str], frozenset[bytes], bytes]] = {}
+        self._extra: dict[str, tuple[dict[str, str], frozenset[bytes], frozenset[bytes],
+                                     bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # Requests by the path that answered (the metrics' counts once started).
         self.served: dict[tuple[str, ...], float] = dict.fromkeys((FAST, APP, WEBSOCKET), 0)
@@ -124,14 +125,21 @@ class DataPlane:
         return self._targets[upstream]
 
     def upstream_headers(self, handle: ModelHandle) -> tuple[frozenset[bytes], bytes]:
-        """The server's own key as header lines, and the names they replace."""
+        """What a request to `handle`'s server loses (fastwire.request_drops: hop-by-hop
+        fields and the names the server's own key replaces), and that key's lines."""
         cached = self._extra.get(handle.name)
         if cached is None or cached[0] is not handle.upstream_headers:
             headers = handle.upstream_headers
-            cached = (headers, frozenset(k.lower().encode() for k in headers),
+            replaced = frozenset(k.lower().encode() for k in headers)
+            cached = (headers, fastwire.request_drops(replaced), replaced,
                       b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()))
             self._extra[handle.name] = cached
-        return cached[1], cached[2]
+        return cached[1], cached[3]
+
+    def replaced(self, handle: ModelHandle) -> frozenset[bytes]:
+        """The header names the server's own key replaces (lower case)."""
+        self.upstream_headers(handle)
+        return self._extra[handle.name][2]
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -164,9 +172,9 @@ class DataPlane:
             model.release(lease)
             return False
         conn.exchange = exchange
-        replaced, extra = self.upstream_headers(server)
+        drops, extra = self.upstream_headers(server)
         head = fastwire.request_head(target.prefix + request.url, request.headers,
-                                     target.host, len(data), replaced, extra)
+                                     target.host, len(data), drops, extra, request.connection)
         exchange.send(lease, target, head + data)
         return True
 

@@ -21,19 +21,42 @@ _NO_BODY = frozenset((204, 304))
 now = time.monotonic
 
 
-def _listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Fields the Connection header names: hop-by-hop too."""
+_DROPS: dict[tuple[frozenset[bytes], bytes | None], frozenset[bytes]] = {}
+
+
+def dropped(base: frozenset[bytes], connection: bytes | None) -> frozenset[bytes]:
+    """`base` and the fields a Connection header names (hop-by-hop too), cached: servers
+    and clients send the same few values again and again."""
+    key = (base, connection)
+    drop = _DROPS.get(key)
+    if drop is None:
+        if len(_DROPS) > 256:  # values a client chose: keep the cache bounded
+            _DROPS.clear()
+        listed = (frozenset(t.strip().lower() for t in connection.split(b","))
+                  if connection else frozenset())
+        drop = _DROPS[key] = base | listed
+    return drop
+
+
+def _connection(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     for name, value in headers:
         if name.lower() == b"connection":
-            return frozenset(t.strip().lower() for t in value.split(b","))
-    return frozenset()
+            return value
+    return None
+
+
+def request_drops(replaced: frozenset[bytes]) -> frozenset[bytes]:
+    """What a forwarded request loses besides its own Connection's fields: hop-by-hop
+    fields, Host and Content-Length (written anew), the server's own key (`replaced`)."""
+    return _REQUEST_DROPS | replaced
 
 
 def request_head(url: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
-                 length: int, replaced: frozenset[bytes], extra: bytes) -> bytes:
-    """A POST's head for the server: the client's end-to-end fields, less those the
-    server's own key replaces (`replaced`, lower case), plus `extra` (that key)."""
-    drop = _REQUEST_DROPS | replaced | _listed(headers)
+                 length: int, drops: frozenset[bytes], extra: bytes,
+                 connection: bytes | None) -> bytes:
+    """A POST's head for the server: the client's end-to-end fields, less `drops`
+    (request_drops) and what its `connection` header names, plus `extra` (the key)."""
+    drop = dropped(drops, connection)
     lines = [b"POST ", url, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: ",
              b"%d" % length, b"\r\n"]
     for name, value in headers:
@@ -47,7 +70,7 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
                   profile: Profile, close: bool) -> tuple[bytes, bool]:
     """The client's response head, and whether its body goes chunked (the server's had no
     length: it was chunked, or it ran until the server closed)."""
-    drop = _HOP_BY_HOP | _listed(headers)
+    drop = dropped(_HOP_BY_HOP, _connection(headers))
     chunked = status >= 200 and status not in _NO_BODY
     lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
@@ -68,7 +91,7 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
 
 def interim_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A 1xx relayed to the client, less its hop-by-hop fields."""
-    drop = _HOP_BY_HOP | _listed(headers)
+    drop = dropped(_HOP_BY_HOP, _connection(headers))
     lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
         if name.lower() not in drop:

@@ -43,7 +43,7 @@ def malformed(detail: str) -> Rejected:
 class Request:
     """What the listener knows of one request; its body bytes go where `sink` says."""
 
-    __slots__ = ("authorization", "body", "chunked", "complete", "discard", "fast",
+    __slots__ = ("authorization", "body", "chunked", "complete", "connection", "discard", "fast",
                  "headers", "keep_alive", "length", "method", "plain", "sink", "upgrade",
                  "url", "version")
 
@@ -60,6 +60,7 @@ class Request:
         self.fast = False  # small enough, and plain enough, for the fast path
         self.plain = True  # no coding, multipart, Expect: its body goes out as it came
         self.authorization: bytes | None = None
+        self.connection: bytes | None = None  # its Connection header, when it has one
         self.upgrade: bytes | None = None  # the Upgrade it asks for (llhttp upgrades)
         self.sink: object | None = None  # the in-memory connection its body streams to
         self.discard = 0  # > 0: answered early; the rest of its body is dropped (bytes so far)
@@ -92,6 +93,8 @@ def check(request: Request, method: bytes, version: str, upgrading: bool) -> Non
             request.plain = False
         elif lower == b"authorization":
             request.authorization = value
+        elif lower == b"connection":
+            request.connection = value
         elif lower in _NOT_PLAIN or (
                 lower == b"content-type" and value[:10].lower() == b"multipart/"):
             request.plain = False

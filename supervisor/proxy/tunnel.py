@@ -134,7 +134,8 @@ class Tunnel:
         if target is None:
             raise Refusal(f"WebSockets to {server.upstream} are not supported (http only)",
                           status=502, code="upstream_unreachable")
-        replaced, extra = plane.upstream_headers(server)
+        _, extra = plane.upstream_headers(server)
+        replaced = plane.replaced(server)
         lines = [b"GET ", target.prefix + self.request.url, b" HTTP/1.1\r\nHost: ",
                  target.host, b"\r\n"]
         for name, value in self.request.headers:

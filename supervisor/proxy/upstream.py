@@ -23,6 +23,7 @@ MAX_IDLE_PER_UPSTREAM = 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 Key = tuple[str, int]
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 class Sink(Protocol):
@@ -155,9 +156,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self.sink is not None:
                 self.sink.response_interim(status, self._reason, self._headers)
             return
-        self._until_close = status not in (204, 304) and not any(
-            name.lower() in (b"content-length", b"transfer-encoding")
-            for name, _ in self._headers)
+        framed = status in (204, 304)
+        for name, _ in self._headers:  # a plain loop: a generator costs more per answer
+            if name.lower() in _FRAMING:
+                framed = True
+                break
+        self._until_close = not framed
         if self.sink is not None:
             self.sink.response_head(status, self._reason, self._headers)
 

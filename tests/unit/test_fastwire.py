@@ -32,8 +32,8 @@ def test_the_request_head_keeps_end_to_end_fields_and_replaces_the_key() -> None
               (b"Authorization", b"Bearer client"), (b"Connection", b"keep-alive, X-Hop"),
               (b"X-Hop", b"dropped"), (b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers")]
     head = fastwire.request_head(b"/prefix/v1/chat/completions", client, b"10.0.0.2:8000", 2,
-                                 frozenset({b"authorization"}),
-                                 b"Authorization: Bearer server\r\n")
+                                 fastwire.request_drops(frozenset({b"authorization"})),
+                                 b"Authorization: Bearer server\r\n", b"keep-alive, X-Hop")
     parsed = _Parsed()
     parser = httptools.HttpRequestParser(parsed)
     parser.feed_data(head + b"{}")
