@@ -273,6 +273,15 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             unit="s", description="Request to end of response; cold includes the hold."),
         timeseries("Time to first byte, cold vs warm", quantiles(
             "supervisor_request_ttfb_seconds", "le, cold_start", (0.5, 0.95, 0.99)), unit="s"),
+        timeseries("Requests by the path that answered", [target(
+            f"sum by (path) (rate(supervisor_proxy_requests_total{win}))", "{{path}}")],
+            unit="reqps", stack=True, description="fast: forwarded by the listener itself; "
+            "app: the aiohttp application (holds, errors, large bodies, other routes); "
+            "websocket: passed through."),
+        timeseries("Refused at the edge", [target(
+            f"sum by (reason) (increase(supervisor_proxy_rejected_total{win}))", "{{reason}}")],
+            bars=True, description="Malformed requests, heads past the limits and slow "
+            "clients, answered 400/414/431/408/505 by the listener (http: in the config)."),
     ]
     yield "vLLM", [
         timeseries("vLLM requests running and waiting", [

@@ -29,6 +29,9 @@ RefusalReason = Literal[
     "stopped", "upstream_died", "runtime_unavailable",
 ]
 REFUSAL_REASONS: frozenset[str] = frozenset(get_args(RefusalReason))
+# Why the listener refused a request itself (proxy/request.py `Rejected.reason`).
+REJECTED_REASONS = ("malformed", "line_too_long", "headers_too_large", "header_timeout",
+                    "body_timeout", "unsupported_version")
 
 # From 5 ms (a warm proxy hop) to an hour (a long generation streamed to the end). Few
 # enough that a scrape of 20 models stays small: every bucket is a series per label set.
@@ -121,9 +124,10 @@ class Metrics:
             "supervisor_proxy_requests", "Requests by the path that answered them: fast (the "
             "listener forwards it), app (the aiohttp application), websocket (a tunnel).",
             ["path"], r, preset=(("fast",), ("app",), ("websocket",)))
-        self._rejected = Counter(
+        self._rejected = LoopCounter(
             "supervisor_proxy_rejected", "Requests the listener refused itself (malformed, "
-            "past a limit, too slow), by reason.", ["reason"], registry=r)
+            "past a limit, too slow), by reason.", ["reason"], r,
+            preset=[(reason,) for reason in REJECTED_REASONS])
         self._live = LiveCollector(snapshots, gpu)
         r.register(self._live)
         # What worker processes forwarded (workers/stats.py): added at each scrape.
@@ -176,7 +180,7 @@ class Metrics:
         self._hold.observe((model,), seconds)
 
     def rejected(self, reason: str) -> None:
-        self._rejected.labels(reason).inc()
+        self._rejected.inc((reason,))
 
     def refusal(self, model: str, reason: RefusalReason) -> None:
         """A request refused before reaching the model; `model` "" when unknown."""
