@@ -102,7 +102,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
         control = Control(config, config_path, effects, metrics, app[REGISTRY], app[GATE],
-                          vram)
+                          vram, state)
         app[CONTROL] = control
         try:
             running = await rt.running_services()

@@ -54,7 +54,8 @@ async def configure(handle: Model) -> None:
 
 class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
-                 metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf) -> None:
+                 metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf,
+                 state: StateFile | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -64,7 +65,7 @@ class Control:
         self.gate = gate
         self.vram = vram
         self.admin_secrets: Secrets = admin_secrets(config)
-        self.state = StateFile(config.state_file)
+        self.state = state or StateFile(config.state_file)  # the app's one, shared
         self.keep_warm = KeepWarm(self.find, config.timezone)
         self._retiring: set[asyncio.Task[None]] = set()
         self.fleet: Fleet | None = None  # the worker processes (workers: N > 1)

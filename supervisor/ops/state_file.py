@@ -12,12 +12,20 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
+_LOCKS: dict[Path, threading.Lock] = {}  # one per file, whoever holds a StateFile on it
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 class StateFile:
@@ -25,7 +33,6 @@ class StateFile:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._lock = asyncio.Lock()
 
     def load(self) -> dict[str, Any]:
         """The saved state; empty when there is none or it cannot be read (logged)."""
@@ -46,17 +53,19 @@ class StateFile:
         file (the toggles of ops/control.py, the GPU `measured` peaks) are kept."""
         if self.path is None:
             return
-        async with self._lock:  # the last save wins, never interleaved
-            await asyncio.to_thread(self._merge_and_write, self.path, data)
+        await asyncio.to_thread(self._merge_and_write, self.path, data)
 
     async def save_section(self, name: str, value: Any) -> None:
         """Replace one top-level section, keeping the rest of the file."""
         await self.save({name: value})
 
     def _merge_and_write(self, path: Path, data: dict[str, Any]) -> None:
-        kept = {k: v for k, v in self.load().items() if k not in data and k != "version"}
-        text = json.dumps({**kept, **data, "version": VERSION}, indent=2, sort_keys=True)
-        write_atomically(path, text + "\n")
+        # Read, merge and write as one step per file: two savers of different sections
+        # (toggles and GPU measurements) must not each write back what the other replaced.
+        with _lock_for(path):
+            kept = {k: v for k, v in self.load().items() if k not in data and k != "version"}
+            text = json.dumps({**kept, **data, "version": VERSION}, indent=2, sort_keys=True)
+            write_atomically(path, text + "\n")
 
 
 def write_atomically(path: Path, text: str) -> None:
