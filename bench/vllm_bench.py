@@ -159,6 +159,13 @@ class Bench:
         return seconds
 
 
+def quantile_ms(values: list[float], q: str) -> float | None:
+    """p50 or p95 of `values`; None when too few answers were measured for it."""
+    if q == "p50":
+        return statistics.median(values) if values else None
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else None
+
+
 def at_least(low: int) -> Callable[[str], int]:
     def check(text: str) -> int:
         value = int(text)
@@ -207,12 +214,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"through supervisor {run['supervisor_s']:.2f} s", flush=True)
             bench.start_supervisor()
             assert request(bench.port, "/v1/chat/completions", BODY)[0] == 200  # warm it up
-            direct, proxied_warm = [], []
+            direct: list[float] = []
+            proxied_warm: list[float] = []
+            # A non-2xx answer is an error: counted, reported, and kept out of the latencies.
+            warm_errors = {"direct": 0, "supervisor": 0}
             for i in range(args.warm_requests):
                 for side in ((0, 1) if i % 2 else (1, 0)):
                     port = PORT if side == 0 else bench.port
-                    elapsed = request(port, "/v1/chat/completions", BODY)[1] * 1e3
-                    (direct if side == 0 else proxied_warm).append(elapsed)
+                    status, elapsed, _ = request(port, "/v1/chat/completions", BODY)
+                    if 200 <= status < 300:
+                        (direct if side == 0 else proxied_warm).append(elapsed * 1e3)
+                    else:
+                        warm_errors["direct" if side == 0 else "supervisor"] += 1
+                        print(f"warm request {i + 1} ({'direct' if side == 0 else 'supervisor'}"
+                              f"): HTTP {status}", file=sys.stderr, flush=True)
             wakes = [bench.wake() for _ in range(args.wake_runs)]
         finally:
             bench.stop_supervisor()
@@ -228,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "cold_backend_median_s": statistics.median(backend),
         "cold_supervisor_median_s": statistics.median(supervised),
         "cold_overhead_median_s": overhead,
-        "warm_direct_p50_ms": statistics.median(direct),
-        "warm_supervisor_p50_ms": statistics.median(proxied_warm),
-        "warm_direct_p95_ms": statistics.quantiles(direct, n=20)[-1],
-        "warm_supervisor_p95_ms": statistics.quantiles(proxied_warm, n=20)[-1],
+        "warm_direct_p50_ms": quantile_ms(direct, "p50"),
+        "warm_supervisor_p50_ms": quantile_ms(proxied_warm, "p50"),
+        "warm_direct_p95_ms": quantile_ms(direct, "p95"),
+        "warm_supervisor_p95_ms": quantile_ms(proxied_warm, "p95"),
+        "warm_errors": warm_errors,
+        "errors": sum(warm_errors.values()),
         "wake_s": wakes,
         "wake_median_s": statistics.median(wakes),
     }
@@ -245,12 +262,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['cold_supervisor_median_s']:11.2f} {overhead:+9.2f}")
     for q in ("p50", "p95"):
         d, s = result[f"warm_direct_{q}_ms"], result[f"warm_supervisor_{q}_ms"]
-        print(f"{'warm ' + q + ' (ms)':30} {d:10.1f} {s:11.1f} {s - d:+9.1f}")
+        if d is None or s is None:
+            print(f"{'warm ' + q + ' (ms)':30} {'n/a':>10} {'n/a':>11}  (too few 2xx answers)")
+        else:
+            print(f"{'warm ' + q + ' (ms)':30} {d:10.1f} {s:11.1f} {s - d:+9.1f}")
+    print(f"{'warm errors (non-2xx)':30} {warm_errors['direct']:10d} "
+          f"{warm_errors['supervisor']:11d}")
     print(f"{'asleep -> answered, median (s)':30} {'':>10} {result['wake_median_s']:11.2f} "
           f"(a cold start through the supervisor: {result['cold_supervisor_median_s']:.2f})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")
+    if result["errors"]:
+        print(f"FAILED: {result['errors']} warm request(s) answered non-2xx "
+              f"(direct {warm_errors['direct']}, supervisor {warm_errors['supervisor']})",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,6 +159,35 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pytest.fail(f"series {name}{{{wanted}}} is not exported; series of that name: "
                 f"{others or 'none'}")
+
+
+# The sample names a family of that name exports (a counter `x` exports `x_total`, ...).
+_SAMPLE_SUFFIXES = ("", "_total", "_created", "_count", "_sum", "_bucket", "_gcount", "_gsum",
+                    "_info")
+
+
+def series_sum(exposition: str, name: str, **labels: str) -> float:
+    """The sum over the series of `name` that carry (at least) `labels` in a Prometheus text
+    exposition. The metric family must be exported: a labelled counter shows its HELP and
+    TYPE before its first increment, so 0 here means "none counted", never "not exported";
+    a family that is absent fails the test."""
+    families = [f for f in text_string_to_metric_families(exposition)
+                if name in {f.name + suffix for suffix in _SAMPLE_SUFFIXES}]
+    if not families:
+        pytest.fail(f"metric family of {name} is not in the exposition")
+    return sum(sample.value for family in families for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+def poll(what: str, within: float, check: Callable[[], bool]) -> float:
+    """Seconds until `check()` holds (checked every 50 ms, blocking: for synchronous tests;
+    `wait_for` is the asynchronous one); fails naming `what` at the deadline."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > within:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - began
 
 
 async def model_status(

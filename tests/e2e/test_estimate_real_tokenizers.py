@@ -7,6 +7,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from supervisor.proxy.estimate import heuristic_tokens
+from tests.helpers import unavailable
 
 from .conftest import REPO
 
@@ -31,7 +32,8 @@ TEXTS = {
 def tokenizer(request: pytest.FixtureRequest) -> Tokenizer:
     path = MODELS / request.param / "tokenizer.json"
     if not path.is_file():
-        pytest.skip(f"{path} is missing: run scripts/prepare-vllm.sh")
+        unavailable(f"the {request.param} tokenizer", f"{path} is missing: run "
+                    "scripts/prepare-vllm.sh")
     tok = Tokenizer.from_file(str(path))
     tok.no_truncation()
     return tok

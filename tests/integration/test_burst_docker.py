@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.helpers import unavailable
+
 from .conftest import COMPOSE_FILE, chat, compose_project, starts
 from .supervisor_process import SupervisorProcess, http_get
 
@@ -33,7 +35,8 @@ def client_descriptors() -> None:
     want = BURST + 512
     if soft < want:
         if hard != resource.RLIM_INFINITY and hard < want:
-            pytest.skip(f"the test needs {want} open files; its hard limit is {hard}")
+            unavailable(f"{want} open files", f"the test needs {want} open files; its hard "
+                        f"limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 

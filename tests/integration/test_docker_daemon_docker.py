@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from tests import helpers
-from tests.helpers import ComposeProject
+from tests.helpers import ComposeProject, poll
 
 from .conftest import COMPOSE_FILE, chat
 from .own_dockerd import DaemonUnavailable, OwnDockerd
@@ -116,16 +116,6 @@ def post(sup: SupervisorProcess, model: str) -> tuple[int, dict[str, Any], dict[
 
 def ready(sup: SupervisorProcess) -> int:
     return http_get(sup.admin + "/readyz")[0]
-
-
-def poll(what: str, within: float, check: Callable[[], bool]) -> float:
-    """Seconds until `check()` holds; fails naming `what` at the deadline."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > within:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - began
 
 
 def states(sup: SupervisorProcess) -> dict[str, str]:

@@ -29,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.lifecycle.table import State
 from tests.helpers import (
@@ -39,6 +38,7 @@ from tests.helpers import (
     model_status,
     require_docker,
     scrape,
+    series_sum,
     start_supervisor,
     wait_for,
 )
@@ -161,14 +161,6 @@ async def ask(http: aiohttp.ClientSession, sup: Supervisor, model: str,
     async with http.post(sup.url + "/v1/chat/completions", json=chat(model, **extra)) as r:
         body = await r.json()
         return Answer(model, r.status, r.headers.get(EVICTED), body, time.monotonic())
-
-
-def series_sum(exposition: str, name: str, **labels: str) -> float:
-    """The sum over the series of `name` that carry `labels` (0 when none is exported:
-    a counter appears at its first increment)."""
-    return sum(sample.value for family in text_string_to_metric_families(exposition)
-               for sample in family.samples
-               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 def waits(caplog: pytest.LogCaptureFixture, model: str) -> list[str]:

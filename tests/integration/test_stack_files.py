@@ -8,8 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.helpers import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def test_model_services_start_only_when_named() -> None:
 
 def test_prometheus_scrapes_the_supervisor_and_the_example_models() -> None:
     if shutil.which("promtool") is None:
-        pytest.skip("promtool comes with Debian's prometheus package")
+        unavailable("promtool", "no promtool: it comes with Debian's prometheus package")
     subprocess.run(["promtool", "check", "config", "compose/prometheus.yml"], cwd=REPO,
                    check=True, capture_output=True, timeout=60)
     scrape = yaml.safe_load((REPO / "compose" / "prometheus.yml").read_text())

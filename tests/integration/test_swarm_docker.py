@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from tests import helpers
-from tests.helpers import metric_value
+from tests.helpers import metric_value, poll
 from tests.integration.supervisor_process import REPO, SupervisorProcess, http_get
 from tests.integration.swarm_cluster import ClusterUnavailable, SwarmCluster, run_in
 
@@ -139,16 +139,6 @@ def sup(cluster: SwarmCluster, node1: ThreadPoolExecutor, tmp_path: Path
 
 
 # -- what the test sees ------------------------------------------------------------
-
-
-def poll(what: str, within: float, check: Callable[[], bool]) -> float:
-    """Seconds until `check()` holds; fails naming `what` at the deadline."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > within:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - began
 
 
 def _post(url: str, model: str) -> tuple[int, dict[str, Any], dict[str, str]]:
