@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 
-from supervisor.config import HttpConfig
 from supervisor.errors import Refusal
 
 log = logging.getLogger("supervisor.proxy.edge")
@@ -145,7 +144,3 @@ class Warnings:
         log.warning("refused a request from %s: %d %s%s", peer, rejected.status,
                     rejected.message, more)
 
-
-def limits(config: HttpConfig) -> tuple[int, int, int, int]:
-    return (config.max_request_line, config.max_header_size, config.max_headers,
-            config.max_head_size)
