@@ -22,8 +22,8 @@ import aiohttp  # noqa: E402
 
 from supervisor.lifecycle.effects import Effects  # noqa: E402
 from supervisor.lifecycle.registry import Model, Registry, build_model  # noqa: E402
-from supervisor.lifecycle.table import State  # noqa: E402
 from supervisor.observe.metrics import Metrics  # noqa: E402
+from supervisor.rules.table import State  # noqa: E402
 from tests.fakes import FakeClock, FakeRuntime, model_config, until  # noqa: E402
 
 N_NOW, N_ASYNC = 200_000, 50_000

@@ -131,9 +131,9 @@ async def _supervisor(port: int, backend_port: int, fast_path: bool, workers: in
     import tempfile
 
     from supervisor.app import start_server
-    from supervisor.appkeys import CONTROL, REGISTRY
     from supervisor.config import load_config
-    from supervisor.lifecycle.table import State
+    from supervisor.proxy.appkeys import CONTROL, REGISTRY
+    from supervisor.rules.table import State
 
     raw = {
         "listen": f"127.0.0.1:{port}", "admin": {"listen": "127.0.0.1:0"},

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor.proxy.audio import HEAD_BYTES
-from supervisor.proxy.estimate import Estimator
 from supervisor.proxy.multipart import ModelFieldScanner, file_part_head
 from supervisor.proxy.router import FILE_HEAD_WINDOW
+from supervisor.tokens.audio import HEAD_BYTES
+from supervisor.tokens.estimate import Estimator
 
 REPO = Path(__file__).resolve().parents[1]
 BOUNDARY = "bench-boundary"

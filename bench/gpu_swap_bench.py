@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from supervisor.app import start_server  # noqa: E402
 from supervisor.config import ComposeConfig, Config  # noqa: E402
-from supervisor.lifecycle.table import State  # noqa: E402
+from supervisor.rules.table import State  # noqa: E402
 from supervisor.runtime.compose import ComposeRuntime  # noqa: E402
 from tests.helpers import ComposeProject  # noqa: E402
 

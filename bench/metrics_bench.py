@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 
 from supervisor.app import start_server
-from supervisor.appkeys import METRICS
 from supervisor.config import Config
+from supervisor.proxy.appkeys import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MS = 10.0

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from supervisor.lifecycle.registry import Registry  # noqa: E402
-from supervisor.proxy.estimate import load_estimator  # noqa: E402
+from supervisor.tokens.estimate import load_estimator  # noqa: E402
 from tests.fakes import make_handle  # noqa: E402
 
 MAX_BODY = 512 << 20
@@ -88,7 +88,7 @@ def registry() -> Registry:
 def app_for(router: ModuleType) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     try:
-        from supervisor.proxy.budget import BODY_BUDGET, BodyBudget
+        from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget
     except ImportError:  # the router before the body budget
         return app
     app[BODY_BUDGET] = BodyBudget(1 << 30)

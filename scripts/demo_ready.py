@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 from supervisor.config import AdminConfig, Config, load_config
-from supervisor.lifecycle.profiles import idle_timeout, profiles_of
+from supervisor.rules.profiles import idle_timeout, profiles_of
 
 
 def status(url: str) -> int | None:

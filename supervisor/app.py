@@ -17,29 +17,29 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from supervisor.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.auth import admin_secrets, client_keys
 from supervisor.config import Config, ConfigError, host_port
-from supervisor.gate import Gate
+from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.wiring import feed_measured, load_budget
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry, build_model, snapshot_rows
 from supervisor.lifecycle.units import units_of
 from supervisor.lifecycle.watcher import watch
-from supervisor.limits import LimitedServer, LimitedSite, connection_limit
 from supervisor.observe.gpu import GpuSampler
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import Control, configure
-from supervisor.ops.state_file import StateFile
-from supervisor.proxy.budget import BODY_BUDGET, BodyBudget
+from supervisor.proxy.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
+from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget
 from supervisor.proxy.fastpath import Context, DataPlane
+from supervisor.proxy.gate import Gate
+from supervisor.proxy.limits import LimitedServer, LimitedSite, connection_limit
 from supervisor.proxy.routes import add_routes
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.factory import runtime_for
+from supervisor.state_file import StateFile
 from supervisor.workers.owner import Fleet
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         # No total timeout: a generation may stream for many minutes. With the fast path
         # (which pools its own) this session keeps no idle connections: two pools of idle
-        # sockets would break the two-descriptors-a-client budget of limits.py.
+        # sockets would break the two-descriptors-a-client budget of proxy/limits.py.
         session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
@@ -165,7 +165,7 @@ async def start_server(config: Config, runtime: Runtime | None = None,
                        config_path: Path | None = None, *,
                        reuse_port: bool = False) -> web.AppRunner:
     """Start listening; a client that disconnects cancels its handler (and so leaves the hold).
-    Past the connection limit (limits.py) new clients get 503 before any request handling."""
+    Past the connection limit (proxy/limits.py) new clients get 503 before any request handling."""
     app = build_app(config, runtime, config_path)
     plane = DataPlane(config.http)
     workers = config.workers if config.fast_path else 1

@@ -25,8 +25,8 @@ from supervisor.config import ModelConfig
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
-from supervisor.lifecycle.profiles import profiles_of
 from supervisor.observe.metrics import Metrics
+from supervisor.rules.profiles import profiles_of
 from supervisor.runtime.base import RuntimeFailure, ServiceState, ServiceStatus
 
 # -- time -------------------------------------------------------------------

@@ -18,9 +18,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.app import admin_url, start_server
-from supervisor.appkeys import REGISTRY
 from supervisor.config import Config, load_config
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.proxy.appkeys import REGISTRY
 
 EMPTY_IMAGE = "model-supervisor/empty:latest"
 

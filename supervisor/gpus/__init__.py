@@ -1,4 +1,4 @@
-"""GPU placement inputs: which GPUs exist and how large they are (`inventory`), what each
-profile needs on which of them (`needs`, parsed from `docker compose config`), and the
-peaks measured at earlier runs (`measured`). The decision itself is pure and lives in
-`supervisor/lifecycle/placement.py`."""
+"""GPU memory as one budget: which GPUs exist and how large they are (`inventory`), what each
+profile needs on which of them (`needs`, parsed from `docker compose config`), the peaks
+measured at earlier runs (`measured`), the pure planner (`placement`) and the budget that
+admits starts and carries out evictions (`budget`)."""

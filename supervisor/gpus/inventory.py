@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.gpus.units import gib
+from supervisor.gpus.sizes import gib
 from supervisor.observe.gpu import Device, read_devices
 
 

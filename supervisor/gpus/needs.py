@@ -30,7 +30,7 @@ from typing import Any
 
 from supervisor.config import ModelConfig, SleepConfig
 from supervisor.gpus.inventory import Inventory
-from supervisor.gpus.units import gib
+from supervisor.gpus.sizes import gib
 
 VLLM_DEFAULT_UTILIZATION = 0.9
 _UTIL_FLAGS = ("--gpu-memory-utilization", "--gpu_memory_utilization")

@@ -16,10 +16,10 @@ from supervisor.config import Config
 from supervisor.gpus.inventory import Inventory, read_inventory
 from supervisor.gpus.measured import Measured
 from supervisor.gpus.needs import Need, asleep_vram, resolve_need
+from supervisor.gpus.placement import PerGpu, never_fits
 from supervisor.gpus.services import Services, read_services
-from supervisor.lifecycle.placement import PerGpu, never_fits
-from supervisor.lifecycle.table import DOWN, State
 from supervisor.lifecycle.units import unit_configs
+from supervisor.rules.table import DOWN, State
 
 
 class GpuNeeds:

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from supervisor.config import Config
+from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.measured import SECTION, Measured, by_profile
 from supervisor.gpus.resolver import GpuNeeds
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import Clock
-from supervisor.lifecycle.table import State
 from supervisor.observe.gpu import GpuSampler
-from supervisor.ops.state_file import StateFile
+from supervisor.rules.table import State
+from supervisor.state_file import StateFile
 
 if TYPE_CHECKING:
     from supervisor.lifecycle.handle import ModelHandle

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import aiohttp
 
 from supervisor.config import ModelConfig
-from supervisor.errors import Refusal, StartFailed
+from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle import sleep_mode, warmup
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.clock import Clock
-from supervisor.lifecycle.profiles import Profile
 from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
-from supervisor.lifecycle.table import Event
+from supervisor.refusal import Refusal, StartFailed
+from supervisor.rules.profiles import Profile
+from supervisor.rules.table import Event
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
 log = logging.getLogger("supervisor.lifecycle")

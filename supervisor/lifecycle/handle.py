@@ -19,8 +19,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
-from supervisor.errors import Conflict, Refusal, StartFailed
-from supervisor.lifecycle.budget import InsufficientGpuMemory
+from supervisor.gpus.budget import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.lifecycle.lease import (
@@ -33,7 +32,9 @@ from supervisor.lifecycle.lease import (
     stopped_error,
 )
 from supervisor.lifecycle.liveness import Liveness
-from supervisor.lifecycle.profiles import (
+from supervisor.observe.metrics import Metrics, ModelSnapshot
+from supervisor.refusal import Conflict, Refusal, StartFailed
+from supervisor.rules.profiles import (
     Decision,
     Profile,
     idle_timeout,
@@ -42,11 +43,10 @@ from supervisor.lifecycle.profiles import (
     route_on_running,
     smallest_fitting,
 )
-from supervisor.lifecycle.table import DOWN, Effect, Event, Load, State, next_step
-from supervisor.observe.metrics import Metrics, ModelSnapshot
+from supervisor.rules.table import DOWN, Effect, Event, Load, State, next_step
 
 if TYPE_CHECKING:
-    from supervisor.proxy.estimate import Estimator
+    from supervisor.tokens.estimate import Estimator
 
 log = logging.getLogger("supervisor.lifecycle")
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from supervisor.errors import Refusal, StartFailed
 from supervisor.lifecycle.clock import Timer
-from supervisor.lifecycle.profiles import Profile
+from supervisor.refusal import Refusal, StartFailed
+from supervisor.rules.profiles import Profile
 
 if TYPE_CHECKING:
     from supervisor.lifecycle.handle import ModelHandle

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from supervisor.config import LivenessConfig
 from supervisor.lifecycle.clock import Clock, Timer
 from supervisor.lifecycle.effects import Effects
-from supervisor.lifecycle.profiles import Profile
+from supervisor.rules.profiles import Profile
 
 log = logging.getLogger("supervisor.lifecycle")
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from supervisor.errors import StartFailed
+from supervisor.refusal import StartFailed
 from supervisor.runtime.base import Runtime, RuntimeFailure
 
 LOG_LINES = 20

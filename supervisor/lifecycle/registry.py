@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from supervisor.config import ModelConfig
-from supervisor.errors import Refusal
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.observe.metrics import Metrics, ModelSnapshot
+from supervisor.refusal import Refusal
 
 Model = ModelHandle | ReplicaSet
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.profiles import Profile
-from supervisor.lifecycle.table import DOWN, State
 from supervisor.observe.metrics import ModelSnapshot
+from supervisor.rules.profiles import Profile
+from supervisor.rules.table import DOWN, State
 
 KEPT = "min_replicas"  # the pin reason of the replicas min_replicas keeps running
 # The set's state is its most available replica's.

@@ -27,14 +27,14 @@ from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Cancellable, Lease
-from supervisor.lifecycle.replica_policy import UP, Kind, Replica, route, surplus, to_start
 from supervisor.lifecycle.replica_view import KEPT, ReplicaSetView
-from supervisor.lifecycle.table import DOWN, State
 from supervisor.lifecycle.units import Unit, kept_replicas, units_of
 from supervisor.observe.metrics import Metrics
+from supervisor.rules.replica_policy import UP, Kind, Replica, route, surplus, to_start
+from supervisor.rules.table import DOWN, State
 
 if TYPE_CHECKING:
-    from supervisor.proxy.estimate import Estimator
+    from supervisor.tokens.estimate import Estimator
 
 log = logging.getLogger("supervisor.lifecycle")
 

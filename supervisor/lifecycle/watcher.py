@@ -11,7 +11,7 @@ import logging
 from supervisor.lifecycle.clock import sleep
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.registry import Registry
-from supervisor.lifecycle.table import DOWN, State
+from supervisor.rules.table import DOWN, State
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger("supervisor.lifecycle")

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supervisor.lifecycle.table import State
 from supervisor.observe.events import EventLog
 from supervisor.observe.exposition import CONTENT_TYPE, render
 from supervisor.observe.gpu import GpuSample
 from supervisor.observe.histogram import LoopCounter, LoopHistogram
+from supervisor.rules.table import State
 
 STATES = tuple(s.value for s in State)
 RefusalReason = Literal[

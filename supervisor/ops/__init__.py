@@ -1,2 +1,2 @@
 """What operators drive: the admin API and its client, control of models, keep-warm
-schedules, the state file and `check-config`."""
+schedules and `check-config`."""

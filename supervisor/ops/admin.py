@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from supervisor.appkeys import CONTROL, Handler
 from supervisor.config import ConfigError, ScheduleConfig
-from supervisor.errors import BadRequest, NotFound, error_response, openai_errors
 from supervisor.lifecycle.registry import Model
 from supervisor.ops import event_stream
 from supervisor.ops.control import Control
 from supervisor.ops.gpus import gpu_view
 from supervisor.ops.openapi import MAX_EVENTS, spec
 from supervisor.ops.status_page import status_page
+from supervisor.proxy.appkeys import CONTROL, Handler
+from supervisor.refusal import BadRequest, NotFound, error_response, openai_errors
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ from supervisor.config import Config
 from supervisor.gpus.inventory import Inventory, read_inventory
 from supervisor.gpus.measured import SECTION, Measured
 from supervisor.gpus.needs import resolve_need
+from supervisor.gpus.placement import never_fits
 from supervisor.gpus.services import read_services
-from supervisor.lifecycle.placement import never_fits
 from supervisor.lifecycle.units import Unit, units_of
-from supervisor.ops.state_file import StateFile
 from supervisor.runtime.base import split_slot
 from supervisor.runtime.swarm import read_services as swarm_services
 from supervisor.runtime.swarm_tasks import replicas as swarm_replicas
+from supervisor.state_file import StateFile
 
 
 def context_limit(model_dir: Path) -> tuple[int, str] | None:

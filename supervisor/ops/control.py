@@ -23,8 +23,6 @@ from supervisor.config import (
     load_config,
     schedule_problem,
 )
-from supervisor.errors import BadRequest, Conflict, NotFound
-from supervisor.gate import Gate
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Model, Registry, build_model
@@ -33,8 +31,10 @@ from supervisor.observe.metrics import Metrics
 from supervisor.ops.placement_view import placement_view
 from supervisor.ops.replicas_view import replicas_view
 from supervisor.ops.schedule import KeepWarm
-from supervisor.ops.state_file import StateFile
-from supervisor.proxy.estimate import load_estimator
+from supervisor.proxy.gate import Gate
+from supervisor.refusal import BadRequest, Conflict, NotFound
+from supervisor.state_file import StateFile
+from supervisor.tokens.estimate import load_estimator
 
 if TYPE_CHECKING:
     from supervisor.workers.owner import Fleet

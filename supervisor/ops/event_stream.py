@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from supervisor.errors import BadRequest
 from supervisor.observe.events import EventLog
+from supervisor.refusal import BadRequest
 
 HEARTBEAT = 15.0
 RETRY_MS = 2000  # the client's reconnect delay (the SSE `retry` field)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.gpus.needs import MemorySource
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 
 Json = dict[str, Any]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.lifecycle.budget import GpuBudget
+from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle.handle import ModelHandle
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.lifecycle.budget import GpuBudget
+from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle.replicas import ReplicaSet
-from supervisor.lifecycle.table import State
 from supervisor.ops.placement_view import placement_view
+from supervisor.rules.table import State
 
 
 def replicas_view(budget: GpuBudget, vram: Callable[[str], int | None],

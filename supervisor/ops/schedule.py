@@ -21,8 +21,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from supervisor.config import ScheduleConfig
-from supervisor.errors import Conflict
 from supervisor.lifecycle.registry import Model
+from supervisor.refusal import Conflict
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from supervisor.errors import BadRequest, Refusal
-from supervisor.proxy.budget import BodyBudget, Reservation
+from supervisor.proxy.body_budget import BodyBudget, Reservation
 from supervisor.proxy.jsonmodel import ROOT, ModelFinder, ModelValue
 from supervisor.proxy.jsonscan import JsonError, JsonScanner, NotAnObject
 from supervisor.proxy.spool import BLOCK_BYTES, Spool
+from supervisor.refusal import BadRequest, Refusal
 
 __all__ = ["PARSE_FACTOR", "SMALL_BODY_BYTES", "SPOOL_RESERVE_BYTES", "Body", "Received",
            "Splice", "Unreadable", "chunks", "decoded_by_aiohttp", "invalid_json",

@@ -16,7 +16,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from supervisor.errors import Refusal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
@@ -24,6 +23,7 @@ from supervisor.proxy import fastwire
 from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.request import FAST
 from supervisor.proxy.upstream import UpstreamConnection
+from supervisor.refusal import Refusal
 
 if TYPE_CHECKING:
     from supervisor.proxy.connection import ClientConnection

@@ -28,19 +28,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import HttpConfig
-from supervisor.errors import Refusal
-from supervisor.gate import Gate
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy import fastwire
 from supervisor.proxy.connection import ClientConnection
 from supervisor.proxy.exchange import Exchange
+from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
 from supervisor.proxy.request import APP, FAST, WEBSOCKET, Rejected, Request, Warnings
 from supervisor.proxy.router import INLINE_ESTIMATE_BYTES, route_inline
 from supervisor.proxy.timeouts import Sweeper
 from supervisor.proxy.upstream import UpstreamPool
+from supervisor.refusal import Refusal
 
 log = logging.getLogger(__name__)
 

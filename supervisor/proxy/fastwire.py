@@ -8,9 +8,9 @@ from http import HTTPStatus
 
 import orjson
 
-from supervisor.errors import Refusal, error_payload
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.profiles import Profile
+from supervisor.refusal import Refusal, error_payload
+from supervisor.rules.profiles import Profile
 
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-authenticate",
                          b"proxy-authorization", b"proxy-connection", b"te", b"trailer",

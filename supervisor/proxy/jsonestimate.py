@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from supervisor.proxy.audio import HEAD_BYTES, duration_seconds
-from supervisor.proxy.estimate import Counter, Estimator, Need, heuristic_tokens
 from supervisor.proxy.jsonscan import JsonScanner, Kind, Role, safe_cut
 from supervisor.proxy.spool import BLOCK_BYTES, Spool
+from supervisor.tokens.audio import HEAD_BYTES, duration_seconds
+from supervisor.tokens.estimate import Counter, Estimator, Need, heuristic_tokens
 
 __all__ = ["PIECE_BYTES", "estimate_spooled"]
 

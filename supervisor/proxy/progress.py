@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from supervisor.errors import Refusal
 from supervisor.lifecycle.registry import Model
-from supervisor.lifecycle.table import State
 from supervisor.proxy.router import Body
+from supervisor.refusal import Refusal
+from supervisor.rules.table import State
 
 HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
            "X-Supervisor-Loading-Progress": "true"}

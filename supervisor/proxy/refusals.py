@@ -3,9 +3,9 @@ bounded `reason` label each is counted under."""
 
 from __future__ import annotations
 
-from supervisor.errors import Refusal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.observe.metrics import RefusalReason
+from supervisor.refusal import Refusal
 
 # Refusals by the error code the client sees, for the metrics' bounded `reason` label.
 _REASONS: dict[str, RefusalReason] = {

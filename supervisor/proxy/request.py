@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from supervisor.errors import Refusal
+from supervisor.refusal import Refusal
 
 log = logging.getLogger("supervisor.proxy.edge")
 

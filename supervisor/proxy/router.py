@@ -27,10 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from supervisor.errors import BadRequest, Refusal
-from supervisor.lifecycle.profiles import largest, max_audio_seconds
 from supervisor.lifecycle.registry import Model, Registry
-from supervisor.proxy.audio import HEAD_BYTES
 from supervisor.proxy.body import (
     SPOOL_RESERVE_BYTES,
     Body,
@@ -41,11 +38,14 @@ from supervisor.proxy.body import (
     invalid_json,
     receive_json,
 )
-from supervisor.proxy.budget import BODY_BUDGET, BodyBudget, Reservation
-from supervisor.proxy.estimate import Need, describe
+from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget, Reservation
 from supervisor.proxy.jsonestimate import estimate_spooled
 from supervisor.proxy.jsonmodel import MAX_MODEL_BYTES, encoded_name, locate_model, splice
 from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part_head
+from supervisor.refusal import BadRequest, Refusal
+from supervisor.rules.profiles import largest, max_audio_seconds
+from supervisor.tokens.audio import HEAD_BYTES
+from supervisor.tokens.estimate import Need, describe
 
 __all__ = ["FILE_HEAD_WINDOW", "Body", "Routed", "refuse_unfitting", "resolve", "route_inline"]
 

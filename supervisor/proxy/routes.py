@@ -17,16 +17,16 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from supervisor.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
-from supervisor.errors import Refusal, error_response, openai_errors
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.lifecycle.replicas import ReplicaSet
-from supervisor.lifecycle.table import State
 from supervisor.proxy import progress
+from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.inner import tokens_at_least
 from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.router import Body, resolve
+from supervisor.refusal import Refusal, error_response, openai_errors
+from supervisor.rules.table import State
 
 log = logging.getLogger(__name__)
 

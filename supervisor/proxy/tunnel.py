@@ -20,11 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-from supervisor.errors import BadRequest, Refusal
 from supervisor.lifecycle.lease import Lease
 from supervisor.proxy import fastwire
 from supervisor.proxy.refusals import reason
 from supervisor.proxy.request import WEBSOCKET, Request
+from supervisor.refusal import BadRequest, Refusal
 
 if TYPE_CHECKING:
     from supervisor.proxy.connection import ClientConnection

@@ -19,9 +19,9 @@ from typing import Any, cast
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Cancellable, Flight, Lease
-from supervisor.lifecycle.profiles import Profile, profiles_of, smallest_fitting
 from supervisor.lifecycle.registry import unknown_model
-from supervisor.proxy.estimate import Estimator
+from supervisor.rules.profiles import Profile, profiles_of, smallest_fitting
+from supervisor.tokens.estimate import Estimator
 from supervisor.workers.messages import Entry, Message
 
 Send = Callable[[Message], None]

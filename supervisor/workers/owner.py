@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.gate import Gate
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
-from supervisor.lifecycle.table import State
 from supervisor.observe.metrics import Metrics
+from supervisor.proxy.gate import Gate
+from supervisor.rules.table import State
 from supervisor.workers import stats
 from supervisor.workers.link import Link
 from supervisor.workers.messages import LINE_LIMIT, Entry, read, table

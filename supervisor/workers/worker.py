@@ -19,13 +19,13 @@ from typing import cast
 
 from supervisor.auth import client_keys, upstream_key
 from supervisor.config import Config, host_port
-from supervisor.gate import Gate
 from supervisor.lifecycle.registry import Registry
-from supervisor.limits import LimitedServer, connection_limit, listen
 from supervisor.observe.metrics import Metrics
-from supervisor.proxy.estimate import load_estimator
 from supervisor.proxy.fastpath import Context, DataPlane
+from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
+from supervisor.proxy.limits import LimitedServer, connection_limit, listen
+from supervisor.tokens.estimate import load_estimator
 from supervisor.workers import stats
 from supervisor.workers.messages import LINE_LIMIT, Message, encode, read
 from supervisor.workers.mirror import Mirror, Mirrors

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from supervisor.proxy.estimate import heuristic_tokens
+from supervisor.tokens.estimate import heuristic_tokens
 from tests.helpers import unavailable
 
 from .conftest import REPO

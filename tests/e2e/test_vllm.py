@@ -16,7 +16,7 @@ import pytest_asyncio
 import websockets
 from tokenizers import Tokenizer
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import (
     ComposeProject,
     Supervisor,

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from supervisor.appkeys import CONTROL
 from supervisor.cli import main as cli
-from supervisor.lifecycle.table import State
+from supervisor.proxy.appkeys import CONTROL
+from supervisor.rules.table import State
 from tests.helpers import start_supervisor_from_file
 
 from .conftest import COMPOSE_FILE, MODELS, chat, container_running, wait_for

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import metric_value, scrape
 
 from .conftest import chat, container_running, starts, wait_for

@@ -18,8 +18,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from supervisor.lifecycle.table import State
 from supervisor.ops.admin import ROUTES
+from supervisor.rules.table import State
 
 from .conftest import wait_for
 

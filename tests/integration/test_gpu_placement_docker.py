@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import (
     ComposeProject,
     Supervisor,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 
 from .conftest import chat, compose_project, starts, wait_for
 

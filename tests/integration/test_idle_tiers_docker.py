@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 
 from .conftest import chat, container_running, starts, wait_for
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 
 from .conftest import COMPOSE_FILE, MODELS, compose_project, container_running, wait_for
 

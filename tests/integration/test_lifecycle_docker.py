@@ -8,7 +8,7 @@ import aiohttp
 import openai
 import pytest
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import model_status
 
 from .conftest import chat, container_running, starts, wait_for

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from supervisor.lifecycle.replicas import ReplicaSet
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import (
     ComposeProject,
     Supervisor,

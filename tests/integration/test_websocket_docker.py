@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State as WsState
 
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 from tests.helpers import Supervisor, scrape
 
 from .conftest import chat, compose_project, container_running, starts, wait_for

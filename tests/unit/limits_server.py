@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiohttp import web
 
-from supervisor.limits import LimitedSite
+from supervisor.proxy.limits import LimitedSite
 
 
 async def main(nofile: int, limit: int | None) -> None:

@@ -13,7 +13,7 @@ from supervisor.app import build_app
 from supervisor.auth import Secrets, admin_secrets, admin_token, client_keys, is_loopback
 from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError
 from supervisor.ops.schedule import Clock, ClockTrigger, cron, window_open
-from supervisor.ops.state_file import StateFile, write_atomically
+from supervisor.state_file import StateFile, write_atomically
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MODELS = {"m": {"service": "m", "upstream": "http://127.0.0.1:1"}}

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from supervisor.errors import Refusal
-from supervisor.proxy.budget import BodyBudget
+from supervisor.proxy.body_budget import BodyBudget
+from supervisor.refusal import Refusal
 
 
 async def test_reservations_within_the_limit_are_granted_at_once_and_given_back() -> None:

@@ -11,15 +11,15 @@ import aiohttp
 import pytest
 
 from supervisor.config import Config
-from supervisor.errors import Refusal
+from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.inventory import Inventory
 from supervisor.gpus.measured import Measured
 from supervisor.gpus.resolver import GpuNeeds
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.table import State
 from supervisor.observe.metrics import Metrics
+from supervisor.refusal import Refusal
+from supervisor.rules.table import State
 from tests.fakes import Client, FakeClock, FakeRuntime, settle, until
 
 GIB = 1 << 30

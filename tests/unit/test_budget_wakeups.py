@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.errors import Refusal
-from supervisor.lifecycle.table import State
+from supervisor.refusal import Refusal
+from supervisor.rules.table import State
 from tests.fakes import Client, settle
 from tests.unit.test_budget import box, seed_004
 

@@ -11,8 +11,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from supervisor.config import ModelConfig
-from supervisor.proxy.audio import duration_seconds
-from supervisor.proxy.estimate import Estimator, heuristic_tokens, load_estimator
+from supervisor.tokens.audio import duration_seconds
+from supervisor.tokens.estimate import Estimator, heuristic_tokens, load_estimator
 
 DATA = Path(__file__).parent / "data"
 PROSE = (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httptools
 
-from supervisor.errors import Refusal
-from supervisor.lifecycle.profiles import Profile
 from supervisor.proxy import fastwire
+from supervisor.refusal import Refusal
+from supervisor.rules.profiles import Profile
 
 PROFILE = Profile("long", "svc", "http://127.0.0.1:1", "http://127.0.0.1:1/health", None, True)
 

@@ -24,9 +24,9 @@ from supervisor.gpus.needs import (
     vllm_utilization,
 )
 from supervisor.gpus.resolver import GpuNeeds
-from supervisor.lifecycle.table import State
 from supervisor.observe.gpu import Device, ModelMemory
-from supervisor.ops.state_file import StateFile
+from supervisor.rules.table import State
+from supervisor.state_file import StateFile
 
 GiB = 1 << 30
 DATA = Path(__file__).parent / "data"

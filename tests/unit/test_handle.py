@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from supervisor.errors import Refusal, StartFailed
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import HoldRejected, Lease
-from supervisor.lifecycle.table import State
+from supervisor.refusal import Refusal, StartFailed
+from supervisor.rules.table import State
 from supervisor.runtime.base import RuntimeFailure
 from tests.fakes import (
     CTX,

@@ -4,8 +4,8 @@ is followed by the next start. On fakes: no Docker, no HTTP."""
 
 from __future__ import annotations
 
-from supervisor.lifecycle.profiles import with_host
-from supervisor.lifecycle.table import State
+from supervisor.rules.profiles import with_host
+from supervisor.rules.table import State
 from tests.fakes import Client, make_handle, until
 
 SETTINGS = {"service": "chat", "upstream": "http://127.0.0.1:19201", "health": "/health"}

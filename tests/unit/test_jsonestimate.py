@@ -12,9 +12,9 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.proxy.estimate import Estimator
 from supervisor.proxy.jsonestimate import PIECE_BYTES, estimate_spooled
 from supervisor.proxy.spool import Spool
+from supervisor.tokens.estimate import Estimator
 
 ESTIMATOR = Estimator(None, reserved_tokens=7, tokens_per_audio_second=12.5,
                       default_output_tokens=16)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from supervisor.lifecycle.table import (
+from supervisor.rules.table import (
     Effect,
     Event,
     InvalidTransition,

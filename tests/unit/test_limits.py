@@ -1,4 +1,4 @@
-"""The proxy's connection limit and its accept loop (supervisor/limits.py), on real loopback
+"""The proxy's connection limit and its accept loop (supervisor/proxy/limits.py), on real loopback
 sockets, under asyncio and uvloop: past the limit a new client gets an immediate 503; when
 accept() itself runs out of descriptors the waiting clients get the same 503 (not a silent
 close) and the listener goes on accepting."""
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.limits import REFUSAL, connection_limit
+from supervisor.proxy.limits import REFUSAL, connection_limit
 
 SERVER = Path(__file__).with_name("limits_server.py")
 LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(

@@ -13,7 +13,7 @@ import pytest
 from supervisor.config import ModelConfig
 from supervisor.gpus.inventory import Inventory
 from supervisor.gpus.needs import resolve_need
-from supervisor.lifecycle.placement import (
+from supervisor.gpus.placement import (
     Action,
     Decision,
     Demand,
@@ -23,7 +23,7 @@ from supervisor.lifecycle.placement import (
     never_fits,
     plan,
 )
-from supervisor.lifecycle.table import State
+from supervisor.rules.table import State
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -18,17 +18,17 @@ import pytest
 import yaml
 
 from supervisor.config import Config
-from supervisor.gate import Gate
+from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.inventory import Inventory
 from supervisor.gpus.measured import Measured
 from supervisor.gpus.resolver import GpuNeeds
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.control import Control
 from supervisor.ops.openapi import MODEL
+from supervisor.proxy.gate import Gate
 from tests.fakes import Client, FakeClock, FakeRuntime
 
 GIB = 1 << 30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.config import ModelConfig
-from supervisor.lifecycle.profiles import (
+from supervisor.rules.profiles import (
     Decision,
     idle_timeout,
     max_audio_seconds,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.lifecycle.replica_policy import Choice, Kind, Replica, route, surplus, to_start
-from supervisor.lifecycle.table import State
+from supervisor.rules.replica_policy import Choice, Kind, Replica, route, surplus, to_start
+from supervisor.rules.table import State
 
 READY, STARTING, WAKING, ASLEEP = State.READY, State.STARTING, State.WAKING, State.ASLEEP
 STOPPED, FAILED, DRAINING, STOPPING = State.STOPPED, State.FAILED, State.DRAINING, State.STOPPING

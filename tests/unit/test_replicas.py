@@ -12,16 +12,16 @@ import aiohttp
 import pytest
 
 from supervisor.config import Config, ModelConfig
+from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.inventory import Inventory
 from supervisor.gpus.measured import Measured
 from supervisor.gpus.resolver import GpuNeeds
-from supervisor.lifecycle.budget import GpuBudget
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Model, Registry, build_model, snapshot_rows
 from supervisor.lifecycle.replicas import ReplicaSet
-from supervisor.lifecycle.table import State
 from supervisor.observe.metrics import Metrics
+from supervisor.rules.table import State
 from tests.fakes import Client, FakeClock, FakeRuntime, model_config, settle, until
 
 GIB = 1 << 30

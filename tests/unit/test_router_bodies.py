@@ -15,12 +15,12 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
-from supervisor.errors import Refusal
 from supervisor.lifecycle.registry import Registry
 from supervisor.proxy.body import SMALL_BODY_BYTES, SPOOL_RESERVE_BYTES, Body
-from supervisor.proxy.budget import BODY_BUDGET, BodyBudget
-from supervisor.proxy.estimate import load_estimator
+from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget
 from supervisor.proxy.router import resolve
+from supervisor.refusal import Refusal
+from supervisor.tokens.estimate import load_estimator
 from tests.fakes import make_handle
 
 MAX_BODY = 64 << 20

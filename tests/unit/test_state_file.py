@@ -8,7 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from supervisor.ops.state_file import StateFile
+from supervisor.state_file import StateFile
 
 
 async def test_concurrent_saves_of_two_sections_lose_neither(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from supervisor.errors import Refusal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Registry
-from supervisor.lifecycle.table import State
 from supervisor.lifecycle.watcher import watch
+from supervisor.refusal import Refusal
+from supervisor.rules.table import State
 from supervisor.runtime.base import RuntimeFailure
 from tests.fakes import SINGLE, Client, FakeClock, FakeRuntime, make_handle, until
 

@@ -11,13 +11,13 @@ from typing import Any, cast
 
 import pytest
 
-from supervisor.gate import Gate
 from supervisor.lifecycle.lease import Flight
 from supervisor.lifecycle.registry import Registry
-from supervisor.lifecycle.table import State
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.fastpath import DataPlane
+from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
+from supervisor.rules.table import State
 from supervisor.workers import link as link_module
 from supervisor.workers import messages, stats
 from supervisor.workers.link import Link

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from supervisor.gpus.units import gib
-from supervisor.lifecycle.table import State
+from supervisor.gpus.sizes import gib
+from supervisor.rules.table import State
 
 PerGpu = Mapping[int, int | None]  # bytes per GPU index; None: the whole GPU
 

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from supervisor.replicas_config import replica_defaults, replicas_problem, scalable_problem
+from supervisor.config.model import replica_defaults, replicas_problem, scalable_problem
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -417,7 +417,7 @@ class Config(BaseSettings):
     # test) or overrides what it reports. With neither, placement is off.
     gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
     # Request bodies held in memory at once (JSON bodies up to 1 MiB; larger ones go to
-    # TMPDIR and hold 2 MiB each). Past it, new bodies wait, then get 503 (proxy/budget.py).
+    # TMPDIR and hold 2 MiB each). Past it, new bodies wait, then get 503 (proxy/body_budget.py).
     max_body_memory: Annotated[ByteSize, Field(ge=16 << 20)] = 1 << 30
     # Open client connections on the proxy listener; past it a new client gets 503 at once
     # instead of taking the last file descriptor. None: (soft open-files limit - fd_reserve)

@@ -19,7 +19,7 @@ import math
 
 from aiohttp import web
 
-from supervisor.errors import Refusal
+from supervisor.refusal import Refusal
 
 __all__ = ["BODY_BUDGET", "DEFAULT_WAIT_SECONDS", "BodyBudget", "Reservation"]
 

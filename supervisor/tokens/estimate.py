@@ -23,7 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from supervisor.config import ModelConfig
-from supervisor.proxy.audio import HEAD_BYTES, duration_seconds
+from supervisor.tokens.audio import HEAD_BYTES, duration_seconds
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from supervisor.gate import Gate
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
+from supervisor.proxy.gate import Gate
 
 if TYPE_CHECKING:
     from supervisor.ops.control import Control

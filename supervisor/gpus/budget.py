@@ -15,11 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from supervisor.config import Config
-from supervisor.errors import Refusal
-from supervisor.gpus.resolver import GpuNeeds
-from supervisor.gpus.units import gib
-from supervisor.lifecycle.clock import Clock, Timer
-from supervisor.lifecycle.placement import (
+from supervisor.gpus.placement import (
     Action,
     Decision,
     Demand,
@@ -28,8 +24,12 @@ from supervisor.lifecycle.placement import (
     foreign_memory,
     plan,
 )
-from supervisor.lifecycle.profiles import Profile
-from supervisor.lifecycle.table import DOWN, State
+from supervisor.gpus.resolver import GpuNeeds
+from supervisor.gpus.sizes import gib
+from supervisor.lifecycle.clock import Clock, Timer
+from supervisor.refusal import Refusal
+from supervisor.rules.profiles import Profile
+from supervisor.rules.table import DOWN, State
 
 if TYPE_CHECKING:
     from supervisor.lifecycle.handle import ModelHandle

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from supervisor.lifecycle.table import DOWN, State
+from supervisor.rules.table import DOWN, State
 
 UP = (State.READY, State.STARTING, State.WAKING)  # serving, or about to
 _COMING = (State.STARTING, State.WAKING)
