@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import grimp
 
 ROOT = "supervisor"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's, not an installed one
 # Lowest first; a module's layer is that of its longest listed prefix.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "refusal", "state_file", "auth"),
     ("rules",),
-    ("observe", "runtime"),
+    ("observe", "runtime", "tokens"),
     ("lifecycle",),
     ("gpus",),
     ("proxy",),

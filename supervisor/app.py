@@ -30,8 +30,8 @@ from supervisor.lifecycle.watcher import watch
 from supervisor.observe.gpu import GpuSampler
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.ops.admin import build_admin_app, healthz, readyz
-from supervisor.ops.control import Control, configure
-from supervisor.proxy.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
+from supervisor.ops.control import CONTROL, Control, configure
+from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget
 from supervisor.proxy.fastpath import Context, DataPlane
 from supervisor.proxy.gate import Gate
@@ -102,7 +102,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
         control = Control(config, config_path, effects, metrics, app[REGISTRY], app[GATE],
-                          vram, state)
+                          vram, state, gpus=app[BUDGET])
         app[CONTROL] = control
         try:
             running = await rt.running_services()
@@ -112,7 +112,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
         for handle in handles:
             handle.adopt(running)
         watcher = asyncio.create_task(watch(effects, app[REGISTRY]))
-        feed = asyncio.create_task(feed_measured(effects.gpus, gpu, state, all_handles))
+        feed = asyncio.create_task(feed_measured(app[BUDGET], gpu, state, all_handles))
         control.start()
         admin = web.AppRunner(build_admin_app(control), access_log=None)
         await admin.setup()

@@ -1,20 +1,13 @@
-"""Errors in the shape OpenAI clients parse: {"error": {"message", "type", "code"}}.
-
-Every refusal the supervisor makes is a `Refusal` (or a subclass that names a
-common case), and the proxy and the admin API each turn it into a response in
-one place. A client library then raises its usual typed exception with a
-readable message instead of choking on an HTML page or a traceback.
+"""Every refusal the supervisor makes, as a value: a `Refusal` (or a subclass that names a
+common case) carries the status, the OpenAI `code`, the message and the seconds to wait,
+and `error_payload` gives the body OpenAI clients parse: {"error": {"message", "type",
+"code"}}. Pure: the lifecycle raises these; the proxy and the admin API render them as
+HTTP responses in one place (`proxy/http_errors.py`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-from aiohttp import web
-
-log = logging.getLogger(__name__)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -34,6 +27,7 @@ class Refusal(Exception):
     status = 400
     code = "invalid_request"
     retry_after: int | None = None
+    close_connection = False  # the rest of the connection cannot be read: answer and close
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
                  retry_after: int | None = None, model: str = "") -> None:
@@ -46,10 +40,6 @@ class Refusal(Exception):
         if retry_after is not None:
             self.retry_after = retry_after
         self.model = model
-
-    def response(self, **extra: Any) -> web.Response:
-        return error_response(self.status, self.message, self.code,
-                              retry_after=self.retry_after, extra=extra)
 
 
 class BadRequest(Refusal):
@@ -72,23 +62,6 @@ class StartFailed(Refusal):
     status, code, retry_after = 503, "model_start_failed", 5
 
 
-def error_response(
-    status: int,
-    message: str,
-    code: str,
-    *,
-    retry_after: int | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> web.Response:
-    """The OpenAI error body; `extra` adds fields beside `message` (e.g. reload's problems)."""
-    all_headers = dict(headers or {})
-    if retry_after is not None:
-        all_headers["Retry-After"] = str(retry_after)
-    return web.json_response(error_payload(status, message, code, extra), status=status,
-                             headers=all_headers)
-
-
 def error_payload(status: int, message: str, code: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {
@@ -98,27 +71,3 @@ def error_payload(status: int, message: str, code: str,
         "code": code,
         **(extra or {}),
     }}
-
-
-@web.middleware
-async def openai_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Whatever raised, the client gets the OpenAI error shape, never aiohttp's HTML page
-    or a traceback; a response already under way can only be cut."""
-    try:
-        return await handler(request)
-    except Refusal as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = (exc.reason or "error").lower().replace(" ", "_")
-        return error_response(exc.status, exc.text or exc.reason, code, headers={
-            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")})
-    except Exception:
-        if request.writer is not None and request.writer.output_size > 0:
-            raise
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(500, "The supervisor failed on this request (see its log); "
-                              "retry later", "internal_error")

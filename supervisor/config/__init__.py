@@ -9,17 +9,11 @@ deployment without editing the file.
 from __future__ import annotations
 
 import re
-import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -28,367 +22,77 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from supervisor.config.model import replica_defaults, replicas_problem, scalable_problem
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from `90s`, `10m`, `1h`, `1h30m`, `250ms` or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 90s, 10m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(
-                    f"invalid duration {value!r}: use e.g. 90s, 10m, 1h or 1h30m"
-                ) from None
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError("expected a duration such as 90s, 10m or 1h")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
-_UNIT_BYTES = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
-def parse_bytes(value: object) -> int:
-    """Bytes from `24GiB`, `512MiB`, `3.1GB`, `1.5TB` or a bare number of bytes.
-
-    GB/MB are decimal and GiB/MiB binary, as nvidia-smi's MiB and a vendor's "GB"
-    differ by 7 %; a bare `24G` is refused rather than guessed.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 24GiB, 512MiB or 3.1GB")
-    if isinstance(value, int | float):
-        amount, unit = float(value), ""
-    elif isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip().lower())
-        if match is None or match.group(2) not in _UNIT_BYTES:
-            raise ValueError(
-                f"invalid size {value!r}: use e.g. 24GiB, 512MiB, 3.1GB, 1.5TB or bytes"
-            )
-        amount, unit = float(match.group(1)), match.group(2)
-    else:
-        raise ValueError("expected a size such as 24GiB, 512MiB or 3.1GB")
-    if amount < 0:
-        raise ValueError(f"a size cannot be negative: {value!r}")
-    return round(amount * _UNIT_BYTES[unit])
-
-
-def _unique_gpus(value: list[int]) -> list[int]:
-    if len(set(value)) != len(value):
-        raise ValueError(f"a GPU is named twice in {value}")
-    return value
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
-PositiveByteSize = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
-GpuIndices = Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_unique_gpus)]
-
-
-def _check_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL with a host")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port") from exc
-    return value.rstrip("/")
-
-
-def host_port(listen: str) -> tuple[str, int]:
-    """('127.0.0.1', 8080) from '127.0.0.1:8080'; ('::1', 8080) from '[::1]:8080'."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{listen!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _check_listen(value: str) -> str:
-    host_port(value)
-    return value
-
-
-def _check_cron(value: object) -> str:
-    from apscheduler.triggers.cron import CronTrigger  # slow import, only with schedules
-
-    if not isinstance(value, str):
-        raise ValueError("expected a cron expression such as '45 8 * * mon-fri'")
-    try:
-        CronTrigger.from_crontab(value, timezone="UTC")
-    except ValueError as exc:
-        raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
-    return value
-
-
-def _check_timezone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use e.g. UTC or Europe/Berlin)") from None
-    return value
-
-
-UpstreamUrl = Annotated[str, BeforeValidator(str), BeforeValidator(_check_url)]
-ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
-Cron = Annotated[str, BeforeValidator(_check_cron)]
-TimeZone = Annotated[str, BeforeValidator(_check_timezone)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ComposeConfig(_Strict):
-    file: Path
-    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    env_file: Path | None = None  # passed to `docker compose --env-file` for ${VAR}s
-    # The Compose v2 CLI: the Docker CLI plugin, or the standalone `docker-compose` binary.
-    command: list[str] = Field(default=["docker", "compose"], min_length=1)
-
-
-class SwarmConfig(_Strict):
-    """`runtime: swarm`: each model's `service` is a service of `stack` (as named in the stack
-    file), deployed by the operator with `docker stack deploy -c FILE STACK`. Swarm places
-    its tasks (constraints, node labels, generic resources); the supervisor only scales
-    them and routes to the node each task runs on."""
-
-    # The manager's Docker API (unix:///var/run/docker.sock, tcp://manager:2376); default:
-    # DOCKER_HOST (with DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket.
-    host: str | None = None
-    stack: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-    # Swarm emits no task events: between node and service events, tasks are listed this
-    # often to notice a task that failed or moved to another node.
-    poll_interval: Annotated[Duration, Field(gt=0)] = 1.0
-    # A start fails (held requests get 503) once Swarm has found no node for its task for
-    # this long: its node is down, or no node has the GPUs (generic resources) free.
-    unplaceable_timeout: Duration = 30.0
-
-
-class ProfileConfig(_Strict):
-    """One way to run a model: its Compose service and the context it can hold."""
-
-    service: str
-    max_model_len: int | None = Field(None, gt=0)
-    upstream: UpstreamUrl | None = None  # default: the model's
-    health: str | None = Field(None, pattern=r"^/")  # default: the model's
-    # GPU placement (see supervisor/gpus/needs.py). gpus: host GPU indices, overriding what
-    # the Compose service reserves ([]: uses no GPU); vram: memory needed on each of them.
-    gpus: GpuIndices | None = None  # default: the model's, else from the Compose service
-    vram: PositiveByteSize | None = None  # default: the model's, else estimated
-
-
-class WarmupConfig(_Strict):
-    """A request sent after every start and wake, before (or beside) the held ones: the
-    first user should not pay the server's warm-up (seed 002: 10.1 s, then 9.2, 8.3)."""
-
-    path: str = Field("/v1/chat/completions", pattern=r"^/")
-    # A JSON body; for /v1/audio/transcriptions `{audio_seconds: 1, model: ...}` sends a
-    # multipart form with a generated silent WAV of that length and the other fields.
-    body: dict[str, Any]
-    before_release: bool = True  # False: held requests go at once, the warm-up beside them
-    timeout: Duration = 120.0
-
-
-class SleepConfig(_Strict):
-    """vLLM sleep mode (the server runs with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode)."""
-
-    enabled: bool = False
-    level: int = Field(1, ge=1, le=2)  # 1: weights to CPU RAM; 2: weights dropped
-    timeout: Duration = 300.0  # for one /sleep or /wake_up call
-    # Tier 1 of the idle policy: asleep after this long without a request (idle_timeout,
-    # tier 2, still stops it). None: only an operator puts it to sleep.
-    after: Duration | None = None
-    # GPU memory a sleeping server keeps on each of its GPUs, for placement, until one
-    # has been measured. None: until measured, sleeping is assumed to free nothing.
-    vram: ByteSize | None = None
-
-    @model_validator(mode="after")
-    def _after_needs_enabled(self) -> SleepConfig:
-        if self.after is not None and not self.enabled:
-            raise ValueError("after: needs `enabled: true` (vLLM with VLLM_SERVER_DEV_MODE=1)")
-        return self
-
-
-class LivenessConfig(_Strict):
-    """While a model is ready or asleep its health path is probed: a server that stops
-    answering (hung, not exited) is restarted instead of swallowing requests."""
-
-    interval: Duration = 10.0  # 0: no liveness probes
-    timeout: Duration = 5.0
-    failures: int = Field(3, ge=1)  # misses in a row that make it dead
-
-
-class ReplicaConfig(_Strict):
-    """One replica of a model: its own server (Compose service, upstream, GPUs). A model
-    with several profiles names the replica's service for each in `profiles`."""
-
-    service: str | None = None
-    profiles: dict[str, str] = {}  # profile name -> this replica's service for it
-    upstream: UpstreamUrl
-    gpus: GpuIndices | None = None  # default: the model's (or its profile's)
-    vram: PositiveByteSize | None = None
-
-
-class ScalableReplicas(_Strict):
-    """`replicas: {min, max}`: one service scaled by a runtime that can scale (Swarm)."""
-
-    min: int = Field(0, ge=0)
-    max: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ScalableReplicas:
-        if self.min > self.max:
-            raise ValueError(f"min: {self.min} is more than max ({self.max})")
-        return self
-
-
-class ModelConfig(_Strict):
-    # Either one Compose `service` (an implicit profile named "default") or `profiles`.
-    service: str | None = None
-    profiles: dict[str, ProfileConfig] = {}
-    default_profile: str | None = None
-    upstream: UpstreamUrl | None = None
-    aliases: list[str] = []
-    # The name the server itself serves (vLLM's --served-model-name); requests that name
-    # the model by its key or an alias are rewritten to it. Default: the model's key.
-    served_model_name: str | None = None
-    health: str = Field("/health", pattern=r"^/")
-    startup_timeout: Duration = 900.0
-    idle_timeout: Duration = 600.0
-    long_idle_timeout: Duration | None = None  # for every profile but the default one
-    min_residency: Duration = 60.0  # no profile swap sooner than this after the last one
-    stop_timeout: Duration = 30.0
-    # Failed starts are retried no sooner than 1 s, 2 s, 4 s ... after the last, up to this;
-    # meanwhile requests get 503 with Retry-After instead of hammering Docker.
-    restart_backoff_max: Duration = 300.0
-    liveness: LivenessConfig = LivenessConfig.model_validate({})
-    warmup: WarmupConfig | None = None
-    # A held `"stream": true` request gets 200 + text/event-stream after this long, then an
-    # SSE comment every `loading_progress_every` until the model's own stream follows.
-    loading_progress: bool = False
-    loading_progress_after: Duration = 2.0
-    loading_progress_every: Duration = 5.0
-    max_held: int = Field(256, ge=0)
-    hold_timeout: Duration = 1200.0
-    health_interval: Duration = 0.1
-    # What a request needs, for choosing a profile (see supervisor/estimate.py).
-    model_dir: Path | None = None
-    tokens_per_audio_second: float = Field(12.5, gt=0)
-    reserved_tokens: int = Field(0, ge=0)
-    default_output_tokens: int = Field(256, ge=0)
-    sleep: SleepConfig = SleepConfig.model_validate({})
-    gpus: GpuIndices | None = None  # for every profile that names none
-    vram: PositiveByteSize | None = None  # for every profile that names none
-    # The key the backend expects (vLLM --api-key), sent as `Authorization: Bearer`.
-    upstream_key_env: str | None = None  # the name of an environment variable
-    upstream_key_file: Path | None = None
-    # Several servers of the model (see lifecycle/units.py): a list of replicas, or
-    # {min, max} on a runtime that scales one service. Requests go to the ready replica
-    # with the fewest outstanding; another starts when held + in flight per ready (or
-    # starting) replica exceeds `target_concurrency` (e.g. vLLM's max_num_seqs).
-    replicas: list[ReplicaConfig] | ScalableReplicas | None = None
-    target_concurrency: int | None = Field(None, ge=1)
-    min_replicas: int = Field(0, ge=0)  # kept running (as if pinned) even when idle
-
-    @model_validator(mode="before")
-    @classmethod
-    def _services_from_replicas(cls, data: Any) -> Any:
-        """With a replica list, the model's own profiles are the first replica's."""
-        return replica_defaults(data)
-
-    @model_validator(mode="after")
-    def _profiles(self) -> ModelConfig:
-        if self.service is not None:
-            if self.profiles:
-                raise ValueError("service: give either `service` or `profiles`, not both")
-            self.profiles = {"default": ProfileConfig.model_validate({"service": self.service})}
-        if not self.profiles:
-            raise ValueError("service: required (or `profiles`)")
-        if self.default_profile is None:
-            if len(self.profiles) > 1:
-                raise ValueError("default_profile: required when a model has several profiles")
-            self.default_profile = next(iter(self.profiles))
-        elif self.default_profile not in self.profiles:
-            raise ValueError(
-                f"default_profile: {self.default_profile!r} is not one of its profiles "
-                f"({', '.join(self.profiles)})"
-            )
-        problem = replicas_problem(self)
-        if problem:
-            raise ValueError(problem)
-        for name, profile in self.profiles.items():
-            if profile.upstream is None and self.upstream is None:
-                raise ValueError(
-                    f"profiles.{name}.upstream: required, as the model declares no `upstream`"
-                )
-        return self
-
-
-class AdminConfig(_Strict):
-    listen: ListenAddress = "127.0.0.1:8081"
-    # The bearer token: this environment variable, else the file named by <token_env>_FILE,
-    # else `token_file`. Without one, admin may only listen on a loopback address.
-    token_env: str = "SUPERVISOR_ADMIN_TOKEN"
-    token_file: Path | None = None
-
-
-class HttpConfig(_Strict):
-    """The proxy listener's limits and timeouts; the defaults are nginx's, the bar users
-    know. Past a limit the proxy answers 414 / 431 / 400 itself and closes."""
-
-    header_timeout: PositiveDuration = 60.0  # a request's whole head (slow heads: slowloris)
-    body_timeout: PositiveDuration = 60.0  # a gap while reading a body
-    keepalive_timeout: PositiveDuration = 75.0  # a connection idle between requests
-    # A gap between two reads from a model server (never a total: generations run long).
-    upstream_read_timeout: PositiveDuration = 600.0
-    websocket_idle_timeout: PositiveDuration = 600.0  # no byte either way on a WebSocket
-    # After an early answer (404, 401, 413 ... before the body was read): the rest of the
-    # body is read and dropped, up to max_discard bytes with body_timeout gaps, keeping
-    # the connection; past that it is closed, lingering (reading and dropping what still
-    # comes, gaps of lingering_timeout, lingering_time at most) so the answer is not lost.
-    max_discard: Annotated[ByteSize, Field(ge=0)] = 1 << 20
-    lingering_time: PositiveDuration = 30.0
-    lingering_timeout: PositiveDuration = 5.0
-    max_request_line: Annotated[ByteSize, Field(ge=256)] = 8192
-    max_header_size: Annotated[ByteSize, Field(ge=256)] = 8192  # one field line
-    max_headers: Annotated[int, Field(ge=8)] = 128
-    max_head_size: Annotated[ByteSize, Field(ge=1024)] = 65536
-
-
-class ClientAuthConfig(_Strict):
-    """API keys the proxy accepts (`Authorization: Bearer`); none configured: no check."""
-
-    keys: list[str] = []
-    keys_file: Path | None = None  # one key per line; '#' starts a comment
-
-
-class ScheduleConfig(_Strict):
-    """Keep a model warm: started and pinned from `start` until `end` (crontab lines)."""
-
-    model: str
-    start: Cron
-    end: Cron
-    profile: str | None = None
+from supervisor.config.model import (
+    TARGET_HINT,
+    ModelConfig,
+    replica_defaults,
+    replicas_problem,
+    scalable_problem,
+)
+from supervisor.config.sections import (
+    AdminConfig,
+    ClientAuthConfig,
+    ComposeConfig,
+    HttpConfig,
+    LivenessConfig,
+    ProfileConfig,
+    ReplicaConfig,
+    ScalableReplicas,
+    ScheduleConfig,
+    SleepConfig,
+    SwarmConfig,
+    WarmupConfig,
+)
+from supervisor.config.values import (
+    ByteSize,
+    Cron,
+    Duration,
+    GpuIndices,
+    ListenAddress,
+    PositiveByteSize,
+    PositiveDuration,
+    TimeZone,
+    UpstreamUrl,
+    host_port,
+    parse_bytes,
+    parse_duration,
+)
+
+__all__ = [
+    "TARGET_HINT",
+    "AdminConfig",
+    "ByteSize",
+    "ClientAuthConfig",
+    "ComposeConfig",
+    "Config",
+    "ConfigError",
+    "Cron",
+    "Duration",
+    "GpuIndices",
+    "HttpConfig",
+    "ListenAddress",
+    "LivenessConfig",
+    "ModelConfig",
+    "PositiveByteSize",
+    "PositiveDuration",
+    "ProfileConfig",
+    "ReplicaConfig",
+    "ScalableReplicas",
+    "ScheduleConfig",
+    "SleepConfig",
+    "SwarmConfig",
+    "TimeZone",
+    "UpstreamUrl",
+    "WarmupConfig",
+    "host_port",
+    "load_config",
+    "parse_bytes",
+    "parse_duration",
+    "replica_defaults",
+    "replicas_problem",
+    "scalable_problem",
+    "schedule_problem",
+]
 
 
 class Config(BaseSettings):

@@ -1,4 +1,4 @@
-"""The rules of a model's `replicas:` key, apart from the config model itself.
+"""One model's settings (`ModelConfig`) and the rules of its `replicas:` key.
 
 A model with a replica list keeps its own profiles (names, context sizes, health path):
 they are the first replica's. Every replica names its own server: `service` for a model
@@ -8,10 +8,29 @@ with one implicit profile, `profiles: {<profile>: <service>}` for a model with s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from supervisor.config import ModelConfig, ReplicaConfig
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from supervisor.config.sections import (
+    LivenessConfig,
+    ProfileConfig,
+    ReplicaConfig,
+    ScalableReplicas,
+    SleepConfig,
+    WarmupConfig,
+    _Strict,
+)
+from supervisor.config.values import (
+    Duration,
+    GpuIndices,
+    PositiveByteSize,
+    UpstreamUrl,
+)
 
 TARGET_HINT = ("requests outstanding per ready replica above which another starts "
                "(e.g. vLLM's max_num_seqs)")
@@ -128,3 +147,85 @@ def scalable_problem(model: ModelConfig) -> str | None:
     if replicas.max > max(replicas.min, 1) and model.target_concurrency is None:
         return f"target_concurrency: required with replicas.max above 1: {TARGET_HINT}"
     return None
+
+
+class ModelConfig(_Strict):
+    # Either one Compose `service` (an implicit profile named "default") or `profiles`.
+    service: str | None = None
+    profiles: dict[str, ProfileConfig] = {}  # noqa: RUF012 (a pydantic field: copied per instance)
+    default_profile: str | None = None
+    upstream: UpstreamUrl | None = None
+    aliases: list[str] = []  # noqa: RUF012
+    # The name the server itself serves (vLLM's --served-model-name); requests that name
+    # the model by its key or an alias are rewritten to it. Default: the model's key.
+    served_model_name: str | None = None
+    health: str = Field("/health", pattern=r"^/")
+    startup_timeout: Duration = 900.0
+    idle_timeout: Duration = 600.0
+    long_idle_timeout: Duration | None = None  # for every profile but the default one
+    min_residency: Duration = 60.0  # no profile swap sooner than this after the last one
+    stop_timeout: Duration = 30.0
+    # Failed starts are retried no sooner than 1 s, 2 s, 4 s ... after the last, up to this;
+    # meanwhile requests get 503 with Retry-After instead of hammering Docker.
+    restart_backoff_max: Duration = 300.0
+    liveness: LivenessConfig = LivenessConfig.model_validate({})
+    warmup: WarmupConfig | None = None
+    # A held `"stream": true` request gets 200 + text/event-stream after this long, then an
+    # SSE comment every `loading_progress_every` until the model's own stream follows.
+    loading_progress: bool = False
+    loading_progress_after: Duration = 2.0
+    loading_progress_every: Duration = 5.0
+    max_held: int = Field(256, ge=0)
+    hold_timeout: Duration = 1200.0
+    health_interval: Duration = 0.1
+    # What a request needs, for choosing a profile (see supervisor/estimate.py).
+    model_dir: Path | None = None
+    tokens_per_audio_second: float = Field(12.5, gt=0)
+    reserved_tokens: int = Field(0, ge=0)
+    default_output_tokens: int = Field(256, ge=0)
+    sleep: SleepConfig = SleepConfig.model_validate({})
+    gpus: GpuIndices | None = None  # for every profile that names none
+    vram: PositiveByteSize | None = None  # for every profile that names none
+    # The key the backend expects (vLLM --api-key), sent as `Authorization: Bearer`.
+    upstream_key_env: str | None = None  # the name of an environment variable
+    upstream_key_file: Path | None = None
+    # Several servers of the model (see lifecycle/units.py): a list of replicas, or
+    # {min, max} on a runtime that scales one service. Requests go to the ready replica
+    # with the fewest outstanding; another starts when held + in flight per ready (or
+    # starting) replica exceeds `target_concurrency` (e.g. vLLM's max_num_seqs).
+    replicas: list[ReplicaConfig] | ScalableReplicas | None = None
+    target_concurrency: int | None = Field(None, ge=1)
+    min_replicas: int = Field(0, ge=0)  # kept running (as if pinned) even when idle
+
+    @model_validator(mode="before")
+    @classmethod
+    def _services_from_replicas(cls, data: Any) -> Any:
+        """With a replica list, the model's own profiles are the first replica's."""
+        return replica_defaults(data)
+
+    @model_validator(mode="after")
+    def _profiles(self) -> ModelConfig:
+        if self.service is not None:
+            if self.profiles:
+                raise ValueError("service: give either `service` or `profiles`, not both")
+            self.profiles = {"default": ProfileConfig.model_validate({"service": self.service})}
+        if not self.profiles:
+            raise ValueError("service: required (or `profiles`)")
+        if self.default_profile is None:
+            if len(self.profiles) > 1:
+                raise ValueError("default_profile: required when a model has several profiles")
+            self.default_profile = next(iter(self.profiles))
+        elif self.default_profile not in self.profiles:
+            raise ValueError(
+                f"default_profile: {self.default_profile!r} is not one of its profiles "
+                f"({', '.join(self.profiles)})"
+            )
+        problem = replicas_problem(self)
+        if problem:
+            raise ValueError(problem)
+        for name, profile in self.profiles.items():
+            if profile.upstream is None and self.upstream is None:
+                raise ValueError(
+                    f"profiles.{name}.upstream: required, as the model declares no `upstream`"
+                )
+        return self

@@ -26,8 +26,8 @@ from supervisor.gpus.placement import (
 )
 from supervisor.gpus.resolver import GpuNeeds
 from supervisor.gpus.sizes import gib
+from supervisor.lifecycle.admission import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Clock, Timer
-from supervisor.refusal import Refusal
 from supervisor.rules.profiles import Profile
 from supervisor.rules.table import DOWN, State
 
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.placement")
 
 ForeignUse = Callable[[], dict[int, int] | None]  # bytes used per GPU (NVML), if known
-
-
-class InsufficientGpuMemory(Refusal):
-    status, code, retry_after = 503, "insufficient_gpu_memory", None
 
 
 @dataclass(slots=True)

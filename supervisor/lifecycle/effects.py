@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from supervisor.config import ModelConfig
-from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle import sleep_mode, warmup
+from supervisor.lifecycle.admission import GpuAdmission, Unplaced
 from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
 from supervisor.refusal import Refusal, StartFailed
@@ -51,7 +51,7 @@ class Effects:
         self.probe = probe or http_probe(http)
         self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
         self.runtime_back = asyncio.Event()  # set: the watcher should look again at once
-        self.gpus = GpuBudget(None, clock)  # placement off until app.py gives it GPUs
+        self.gpus: GpuAdmission = Unplaced()  # placement off until app.py gives it GPUs
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
-from supervisor.gpus.budget import InsufficientGpuMemory
+from supervisor.lifecycle.admission import InsufficientGpuMemory
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.lifecycle.lease import (

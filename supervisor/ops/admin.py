@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.lifecycle.registry import Model
 from supervisor.ops import event_stream
-from supervisor.ops.control import Control
+from supervisor.ops.control import CONTROL, Control
 from supervisor.ops.gpus import gpu_view
 from supervisor.ops.openapi import MAX_EVENTS, spec
 from supervisor.ops.status_page import status_page
-from supervisor.proxy.appkeys import CONTROL, Handler
-from supervisor.refusal import BadRequest, NotFound, error_response, openai_errors
+from supervisor.proxy.appkeys import Handler
+from supervisor.proxy.http_errors import error_response, openai_errors
+from supervisor.refusal import BadRequest, NotFound
 from supervisor.runtime.base import RuntimeFailure
 
 log = logging.getLogger(__name__)

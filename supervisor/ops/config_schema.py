@@ -19,6 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from supervisor import config as cfg
+from supervisor.config import values
 
 SCHEMA_FILE = "model-supervisor.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -46,14 +47,14 @@ SIZE: JsonSchemaValue = {
 _BY_VALIDATOR: dict[Callable[..., Any], JsonSchemaValue] = {
     cfg.parse_duration: DURATION,
     cfg.parse_bytes: SIZE,
-    cfg._check_url: {"type": "string", "pattern": r"^[hH][tT][tT][pP][sS]?://[^/:]+",
+    values._check_url: {"type": "string", "pattern": r"^[hH][tT][tT][pP][sS]?://[^/:]+",
                      "description": "An http(s) URL with a host"},
-    cfg._check_listen: {"type": "string", "pattern": r"^.+:[0-9]{1,5}$",
+    values._check_listen: {"type": "string", "pattern": r"^.+:[0-9]{1,5}$",
                         "description": "HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"},
-    cfg._check_cron: {"type": "string",
+    values._check_cron: {"type": "string",
                       "description": "A crontab line: minute hour day month day-of-week, "
                                      "e.g. '45 8 * * mon-fri'"},
-    cfg._check_timezone: {"type": "string",
+    values._check_timezone: {"type": "string",
                           "description": "An IANA time zone, e.g. UTC or Europe/Berlin"},
 }
 

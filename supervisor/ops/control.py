@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
 from supervisor.config import (
     Config,
@@ -23,6 +25,7 @@ from supervisor.config import (
     load_config,
     schedule_problem,
 )
+from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.registry import Model, Registry, build_model
@@ -55,10 +58,11 @@ async def configure(handle: Model) -> None:
 class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
                  metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf,
-                 state: StateFile | None = None) -> None:
+                 state: StateFile | None = None, *, gpus: GpuBudget) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
+        self.gpus = gpus  # the budget the handles ask (effects.gpus): its plan and reload
         self.runtime = effects.runtime
         self.metrics = metrics
         self.registry = registry
@@ -140,9 +144,9 @@ class Control:
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
-            "gpu": placement_view(self.effects.gpus, handle)
+            "gpu": placement_view(self.gpus, handle)
             if isinstance(handle, ModelHandle) else None,  # a replica set: per replica
-            "replicas": replicas_view(self.effects.gpus, self.vram, handle)
+            "replicas": replicas_view(self.gpus, self.vram, handle)
             if isinstance(handle, ReplicaSet) else None,
         }
 
@@ -211,7 +215,7 @@ class Control:
         removed = [n for n in old.models if n not in new.models]
         changed = [n for n in new.models if n in old.models
                    and new.models[n].model_dump() != old.models[n].model_dump()]
-        await self.effects.gpus.reload(new)  # before any added model can start
+        await self.gpus.reload(new)  # before any added model can start
         for name in removed:
             self._retire(name)
         for name in added:
@@ -268,3 +272,6 @@ class Control:
         await handle.close()
         log.info("model=%s removed by reload, stopped after %.1fs", handle.name,
                  time.monotonic() - began)
+
+
+CONTROL: web.AppKey[Control] = web.AppKey("control", Control)  # where the admin API keeps it

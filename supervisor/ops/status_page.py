@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from supervisor.ops.control import CONTROL
 from supervisor.ops.gpus import gpu_view
-from supervisor.proxy.appkeys import CONTROL
 
 if TYPE_CHECKING:
     from supervisor.ops.control import Control

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -173,11 +173,7 @@ class Unreadable(BadRequest):
     `Connection: close` rather than let the client send its next request into it."""
 
     code = "invalid_body"
-
-    def response(self, **extra: Any) -> web.Response:
-        response = super().response(**extra)
-        response.force_close()
-        return response
+    close_connection = True
 
 
 def _unreadable(exc: Exception) -> BadRequest:

@@ -22,10 +22,11 @@ from supervisor.lifecycle.registry import Model
 from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.proxy import progress
 from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
+from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
 from supervisor.proxy.inner import tokens_at_least
 from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.router import Body, resolve
-from supervisor.refusal import Refusal, error_response, openai_errors
+from supervisor.refusal import Refusal
 from supervisor.rules.table import State
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def get_model(request: web.Request) -> web.Response:
     try:
         handle = request.app[REGISTRY].get(request.match_info["model"])
     except Refusal as exc:
-        return exc.response()
+        return refusal_response(exc)
     return web.json_response(_model_entry(handle))
 
 
@@ -93,7 +94,7 @@ class _Again(Exception):
 
 def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
     request.app[METRICS].refusal(refusal.model, reason(refusal))
-    return refusal.response()
+    return refusal_response(refusal)
 
 
 @web.middleware

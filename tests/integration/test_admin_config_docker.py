@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from supervisor.cli import main as cli
-from supervisor.proxy.appkeys import CONTROL
+from supervisor.ops.control import CONTROL
 from supervisor.rules.table import State
 from tests.helpers import start_supervisor_from_file
 

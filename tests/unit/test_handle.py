@@ -19,6 +19,7 @@ import pytest
 
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import HoldRejected, Lease
+from supervisor.proxy.http_errors import refusal_response
 from supervisor.refusal import Refusal, StartFailed
 from supervisor.rules.table import State
 from supervisor.runtime.base import RuntimeFailure
@@ -117,7 +118,7 @@ async def test_request_past_max_held_is_refused_with_503_and_retry_after(make) -
     error = await refused(rig.request())
     assert isinstance(error, HoldRejected)
     assert (error.status, error.code, error.retry_after) == (503, "model_overloaded", 10)
-    assert error.response().headers["Retry-After"] == "10"
+    assert refusal_response(error).headers["Retry-After"] == "10"
     assert handle.held == 2  # the refused one never joined the queue
 
     # Once a cold start has been measured, Retry-After is its length.

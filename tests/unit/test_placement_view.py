@@ -57,12 +57,13 @@ async def build() -> AsyncIterator[Build]:
         handles = {n: ModelHandle(n, m, effects, metrics) for n, m in cfg.models.items()}
         for handle in handles.values():
             runtime.health_urls[handle.profile.service] = handle.profile.health_url
+        budget = GpuBudget(None, clock)
         if cfg.gpus:
             inventory = Inventory(totals={g: int(b) for g, b in cfg.gpus.items()})
             needs = GpuNeeds(cfg, inventory, services or {}, measured or Measured())
-            effects.gpus = GpuBudget(needs, clock, handles=handles.values)
+            effects.gpus = budget = GpuBudget(needs, clock, handles=handles.values)
         control = Control(cfg, None, effects, metrics, Registry(handles.values()), Gate(),
-                          lambda _: None)
+                          lambda _: None, gpus=budget)
         made.append(handles)
         return control, handles
 

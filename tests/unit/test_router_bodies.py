@@ -18,6 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from supervisor.lifecycle.registry import Registry
 from supervisor.proxy.body import SMALL_BODY_BYTES, SPOOL_RESERVE_BYTES, Body
 from supervisor.proxy.body_budget import BODY_BUDGET, BodyBudget
+from supervisor.proxy.http_errors import refusal_response
 from supervisor.proxy.router import resolve
 from supervisor.refusal import Refusal
 from supervisor.tokens.estimate import load_estimator
@@ -189,7 +190,7 @@ async def test_what_cannot_be_served_is_refused_and_frees_its_memory(
     with pytest.raises(Refusal) as refused:
         await resolve(request(app(budget), body), registry())
     assert (refused.value.status, refused.value.code) == (status, code)
-    response = refused.value.response()
+    response = refusal_response(refused.value)
     assert json.loads(response.body)["error"]["code"] == code  # type: ignore[arg-type]
     assert budget.in_use == 0
 

@@ -1,0 +1,39 @@
+"""What a handle asks before every start and wake: may this profile have its GPU memory
+now? The GPU budget (`gpus/budget.py`) answers; the lifecycle only knows this Protocol,
+so that the budget, which drives handles (it evicts them), sits above them."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from supervisor.refusal import Refusal
+from supervisor.rules.profiles import Profile
+
+
+class InsufficientGpuMemory(Refusal):
+    status, code, retry_after = 503, "insufficient_gpu_memory", None
+
+
+class GpuAdmission(Protocol):
+    async def admit(self, handle: Any, profile: Profile) -> tuple[str, ...]:
+        """Return once `profile` fits (after any evictions: their names); raise
+        InsufficientGpuMemory when it never can. `handle` is the `ModelHandle` asking."""
+
+    def waiting(self, model: str) -> bool:
+        """Whether `model` waits for memory."""
+
+    def changed(self) -> None:
+        """A handle's state or load changed."""
+
+
+class Unplaced:
+    """No GPU placement: every start is admitted at once."""
+
+    async def admit(self, handle: Any, profile: Profile) -> tuple[str, ...]:
+        return ()
+
+    def waiting(self, model: str) -> bool:
+        return False
+
+    def changed(self) -> None:
+        pass
