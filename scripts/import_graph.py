@@ -30,7 +30,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("proxy",),
     ("workers",),
     ("ops",),
-    ("app", "cli", "__main__"),
+    ("app",),
+    ("cli",),
+    ("__main__",),
 )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README (and of CI): prepares the machine, then runs lint,
-# types, the fast suite (unit + real Docker integration with stand-in servers) and the
-# end-to-end suite (a real vLLM; its first-time preparation takes a few minutes).
+# types, the import contracts (pyproject.toml, [tool.importlinter]), the fast suite (unit
+# + real Docker integration with stand-in servers) and the end-to-end suite (a real vLLM; its first-time preparation takes a few minutes).
 #   bash scripts/test.sh            everything
 #   bash scripts/test.sh --fast     lint, types and the fast suite only (no vLLM)
 # Other arguments go to pytest, e.g. `bash scripts/test.sh --fast -k profiles`.
@@ -33,6 +33,8 @@ say "ruff"
 ruff check .
 say "mypy"
 mypy
+say "import contracts"
+lint-imports
 say "fast suite: unit tests and real-Docker integration tests"
 pytest -m "not vllm" "$@"
 check_work_tree
