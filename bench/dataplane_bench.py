@@ -132,7 +132,8 @@ async def _supervisor(port: int, backend_port: int, fast_path: bool, workers: in
 
     from supervisor.app import start_server
     from supervisor.config import load_config
-    from supervisor.proxy.appkeys import CONTROL, REGISTRY
+    from supervisor.ops.control import CONTROL
+    from supervisor.proxy.appkeys import REGISTRY
     from supervisor.rules.table import State
 
     raw = {

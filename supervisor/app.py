@@ -72,7 +72,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
     app[GATE] = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
     app[BODY_BUDGET] = BodyBudget(config.max_body_memory)
 
-    def vram(model: str) -> int | None:
+    def used_bytes(model: str) -> int | None:
         sample = gpu.sample
         if sample is None or not sample.available:
             return None
@@ -102,7 +102,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
         control = Control(config, config_path, effects, metrics, app[REGISTRY], app[GATE],
-                          vram, state, gpus=app[BUDGET])
+                          used_bytes, state, gpus=app[BUDGET])
         app[CONTROL] = control
         try:
             running = await rt.running_services()

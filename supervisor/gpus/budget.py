@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from supervisor.config import Config
 from supervisor.gpus.placement import (
     Action,
-    Decision,
     Demand,
-    Kind,
     Occupant,
+    Placement,
+    Verdict,
     foreign_memory,
     plan,
 )
@@ -163,14 +163,14 @@ class GpuBudget:
                                                 if not o.past_min_residency])
         for decision in decisions:
             waiter = self._waiting[decision.model]
-            if decision.kind is Kind.START:
+            if decision.kind is Verdict.START:
                 if not waiter.done.done():
                     waiter.done.set_result(tuple(waiter.evicted))
-            elif decision.kind is Kind.REFUSE:
+            elif decision.kind is Verdict.REFUSE:
                 if not waiter.done.done():
                     waiter.done.set_exception(
                         InsufficientGpuMemory(decision.reason, model=decision.model))
-            elif decision.kind is Kind.EVICT:
+            elif decision.kind is Verdict.EVICT:
                 for eviction in decision.evictions:
                     if eviction.model in self._evicting:
                         continue
@@ -184,14 +184,14 @@ class GpuBudget:
                 waiter.said = decision.reason
                 log.info("model=%s waits for GPU memory: %s", decision.model, decision.reason)
 
-    def _wake_at_residency_end(self, decisions: list[Decision],
+    def _wake_at_residency_end(self, decisions: list[Placement],
                                resident: list[ModelHandle]) -> None:
         """A start that waits may be waiting for an occupant's min_residency: plan again
         when the first one ends (nothing else would change then)."""
         if self._residency is not None:
             self._residency.cancel()
             self._residency = None
-        if not resident or not any(d.kind is Kind.WAIT for d in decisions):
+        if not resident or not any(d.kind is Verdict.WAIT for d in decisions):
             return
         remaining = min(h.config.min_residency - h.resident_for() for h in resident)
         self._residency = self.clock.call_later(max(0.0, remaining), self.changed)

@@ -51,7 +51,7 @@ class GpuChoice:
 
 
 @dataclass(frozen=True, slots=True)
-class Need:
+class GpuNeed:
     """A profile's placement need. `per_gpu[g]` None: the whole GPU g (size unknown)."""
 
     model: str
@@ -242,7 +242,7 @@ def resolve_need(
     service: Mapping[str, Any] | None,
     inventory: Inventory,
     measured: Mapping[int, int] | None = None,
-) -> Need:
+) -> GpuNeed:
     """The need of `model`'s `profile`; `service` is its entry of `compose config` (None when
     the file lacks it), `measured` its recorded peak per GPU (see measured.py)."""
     declared = _declared_gpus(model, profile)
@@ -254,28 +254,28 @@ def resolve_need(
     else:
         choice = service_gpus(service, inventory)
     if not choice.gpus:
-        return Need(name, profile, choice.gpus, choice.origin)
+        return GpuNeed(name, profile, choice.gpus, choice.origin)
     gpus = choice.gpus
-    vram = model.profiles[profile].vram or model.vram
-    if vram is not None:
-        return Need(name, profile, gpus, choice.origin, dict.fromkeys(gpus, vram),
-                    MemorySource.DECLARED, "the `vram:` key")
+    need_bytes = model.profiles[profile].vram or model.vram  # declared, per GPU
+    if need_bytes is not None:
+        return GpuNeed(name, profile, gpus, choice.origin, dict.fromkeys(gpus, need_bytes),
+                       MemorySource.DECLARED, "the `vram:` key")
     util = vllm_utilization(service) if service is not None else None
     if util is not None:
         totals = inventory.totals
         per_gpu = {g: math.ceil(totals[g] * util[0]) if g in totals else None for g in gpus}
-        return Need(name, profile, gpus, choice.origin, per_gpu,
+        return GpuNeed(name, profile, gpus, choice.origin, per_gpu,
                     MemorySource.VLLM_UTILIZATION, f"{util[1]} x the GPU's total")
     if measured:
         fallback = max(measured.values())
         per_gpu = {g: measured.get(g, fallback) for g in gpus}
-        return Need(name, profile, gpus, choice.origin, per_gpu,
+        return GpuNeed(name, profile, gpus, choice.origin, per_gpu,
                     MemorySource.MEASURED, "the peak measured at an earlier run")
-    return Need(name, profile, gpus, choice.origin, dict.fromkeys(gpus),
+    return GpuNeed(name, profile, gpus, choice.origin, dict.fromkeys(gpus),
                 MemorySource.UNKNOWN, "no vram key, no vLLM flag, never measured: whole GPUs")
 
 
-def asleep_vram(need: Need, sleep: SleepConfig, measured: Mapping[int, int] | None = None
+def asleep_need(need: GpuNeed, sleep: SleepConfig, measured: Mapping[int, int] | None = None
                 ) -> dict[int, int] | None:
     """What the server keeps on each GPU while asleep: the size measured while it slept,
     else `sleep.vram`; None when sleep is off or the size is unknown (then sleeping is

@@ -2,7 +2,7 @@
 
 Pure, like `table.py`: no I/O, no clock, no logging. The handles describe the GPUs, the
 models that hold memory on them and the models waiting to start or wake; `plan` answers
-one `Decision` per waiting model, in first-come-first-served order:
+one `Placement` per waiting model, in first-come-first-served order:
 
   START   its need fits beside everything on its GPUs now: start (or wake) it.
   EVICT   it fits once `evictions` are carried out (stop, or sleep where sleeping frees
@@ -39,7 +39,7 @@ from supervisor.rules.table import State
 PerGpu = Mapping[int, int | None]  # bytes per GPU index; None: the whole GPU
 
 
-class Kind(StrEnum):
+class Verdict(StrEnum):
     START = "start"
     EVICT = "evict"
     WAIT = "wait"
@@ -97,9 +97,9 @@ class Eviction:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Placement:
     model: str
-    kind: Kind
+    kind: Verdict
     evictions: tuple[Eviction, ...] = ()
     reason: str = ""  # for people: the GPU, need and free memory, and who holds it
     gpu: int | None = None  # WAIT, REFUSE: the GPU that decided
@@ -107,15 +107,15 @@ class Decision:
     free: int | None = None  # ... WAIT: free there now; REFUSE: the GPU's total
 
 
-def never_fits(model: str, need: PerGpu, gpus: Mapping[int, int]) -> Decision | None:
+def never_fits(model: str, need: PerGpu, gpus: Mapping[int, int]) -> Placement | None:
     """REFUSE when a need exceeds its GPUs' totals, or names a GPU not in the inventory."""
     for g, size in sorted(need.items()):
         if g not in gpus:
             known = ", ".join(map(str, sorted(gpus))) or "none"
-            return Decision(model, Kind.REFUSE, reason=(
+            return Placement(model, Verdict.REFUSE, reason=(
                 f"model {model!r} needs GPU {g}, which is not among the GPUs ({known})"), gpu=g)
         if size is not None and size > gpus[g]:
-            return Decision(model, Kind.REFUSE, reason=(
+            return Placement(model, Verdict.REFUSE, reason=(
                 f"model {model!r} needs {gib(size)} on GPU {g}, which has {gib(gpus[g])} "
                 "in all"), gpu=g, need=size, free=gpus[g])
     return None
@@ -196,7 +196,7 @@ class _Planner:
         self.evicted: set[str] = set()
         self.queue: dict[int, str] = {}  # GPU -> the earliest waiter that has to wait there
 
-    def decide(self, d: Demand) -> Decision:
+    def decide(self, d: Demand) -> Placement:
         refused = never_fits(d.model, d.need, self.ledger.total)
         if refused is not None:
             return refused
@@ -204,7 +204,7 @@ class _Planner:
         own = self._own(d.model)
         if all(need[g] <= self.ledger.free_now(g, own) for g in need):
             self.ledger.add(self.ledger.used, need)
-            return Decision(d.model, Kind.START, reason="fits now")
+            return Placement(d.model, Verdict.START, reason="fits now")
         ahead = sorted({self.queue[g] for g in need if g in self.queue})
         for g in need:  # who waits behind this one waits for all of its GPUs
             self.queue.setdefault(g, d.model)
@@ -221,7 +221,7 @@ class _Planner:
             self.evicted.add(e.model)
             self.ledger.add(self.ledger.releasing, e.frees)
         self.ledger.add(self.ledger.used, need)
-        return Decision(d.model, Kind.EVICT, tuple(evictions), reason="fits after evictions")
+        return Placement(d.model, Verdict.EVICT, tuple(evictions), reason="fits after evictions")
 
     def _choose(self, d: Demand, deficit: dict[int, int]) -> list[Eviction] | None:
         """Idle occupants to evict, asleep ones first, then least recently used; None when
@@ -266,7 +266,7 @@ class _Planner:
         return _evictable(o) or "evictable"
 
     def _wait(self, d: Demand, need: Mapping[int, int], why: str, *,
-              claimed: bool = False) -> Decision:
+              claimed: bool = False) -> Placement:
         own = self._own(d.model)
         # The first GPU where it falls short now, to name in the reason.
         short = [g for g in sorted(need) if need[g] > self.ledger.free_now(g, own)]
@@ -281,12 +281,12 @@ class _Planner:
             holders.append(f"other processes ({gib(other)})")
         text = (f"GPU {g}: {d.model!r} needs {gib(need[g])}, {gib(max(free, 0))} free of "
                 f"{gib(self.ledger.total[g])}; held by {', '.join(holders) or 'nobody'}")
-        return Decision(d.model, Kind.WAIT, reason=f"{text}{'; ' + why if why else ''}",
+        return Placement(d.model, Verdict.WAIT, reason=f"{text}{'; ' + why if why else ''}",
                         gpu=g, need=need[g], free=max(free, 0))
 
 
 def plan(gpus: Mapping[int, int], occupants: Sequence[Occupant], demands: Sequence[Demand],
-         foreign: Mapping[int, int] | None = None) -> list[Decision]:
+         foreign: Mapping[int, int] | None = None) -> list[Placement]:
     """One decision per demand, in the order they are served (longest waiting first).
 
     `gpus`: total bytes per GPU index (the inventory). `occupants`: every model that holds

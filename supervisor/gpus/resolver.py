@@ -15,7 +15,7 @@ from typing import Any
 from supervisor.config import Config
 from supervisor.gpus.inventory import Inventory, read_inventory
 from supervisor.gpus.measured import Measured
-from supervisor.gpus.needs import Need, asleep_vram, resolve_need
+from supervisor.gpus.needs import GpuNeed, asleep_need, resolve_need
 from supervisor.gpus.placement import PerGpu, never_fits
 from supervisor.gpus.services import Services, read_services
 from supervisor.lifecycle.units import unit_configs
@@ -51,7 +51,7 @@ class GpuNeeds:
     def totals(self) -> Mapping[int, int]:
         return self.inventory.totals
 
-    def need(self, model: str, profile: str) -> Need:
+    def need(self, model: str, profile: str) -> GpuNeed:
         """What `model`'s `profile` needs now (measured peaks as of this call); `model` is
         a unit's name (a replica has its own GPUs)."""
         cfg = self.models[model]
@@ -61,7 +61,7 @@ class GpuNeeds:
 
     def asleep(self, model: str, profile: str) -> dict[int, int] | None:
         """What it keeps per GPU once asleep; None: it cannot sleep, or nobody knows."""
-        return asleep_vram(self.need(model, profile), self.models[model].sleep,
+        return asleep_need(self.need(model, profile), self.models[model].sleep,
                            self.measured.asleep(model, profile))
 
     def holds(self, model: str, profile: str, state: State) -> PerGpu:

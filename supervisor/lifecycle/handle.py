@@ -35,8 +35,8 @@ from supervisor.lifecycle.liveness import Liveness
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.refusal import Conflict, Refusal, StartFailed
 from supervisor.rules.profiles import (
-    Decision,
     Profile,
+    ProfileDecision,
     idle_timeout,
     profile_to_start,
     profiles_of,
@@ -323,7 +323,7 @@ class ModelHandle:
                                  self.config.min_residency)
         if route is None:  # the router refuses these before they are held
             return
-        if route.decision is Decision.WAIT:
+        if route.decision is ProfileDecision.WAIT:
             log.info("model=%s swap to profile=%s waits %.0fs (min_residency)",
                      self.name, route.target.name, route.wait_seconds)
             self._swap_timer = self.clock.call_later(route.wait_seconds, self._consider_swap)

@@ -23,7 +23,7 @@ def build_model(name: str, config: ModelConfig, effects: Effects, metrics: Metri
     return ModelHandle(name, config, effects, metrics)
 
 
-def units_of(model: Model) -> list[ModelHandle]:
+def handles_of(model: Model) -> list[ModelHandle]:
     return model.units() if isinstance(model, ReplicaSet) else [model]
 
 
@@ -46,7 +46,7 @@ class Registry:
 
     def units(self) -> list[ModelHandle]:
         """Every handle with a lifecycle of its own: the models' and their replicas'."""
-        return [u for h in self.handles.values() for u in units_of(h)]
+        return [u for h in self.handles.values() for u in handles_of(h)]
 
     def add(self, handle: Model) -> None:
         """Add (or re-index, after a reload) a model."""

@@ -30,7 +30,7 @@ from supervisor.lifecycle.lease import Cancellable, Lease
 from supervisor.lifecycle.replica_view import KEPT, ReplicaSetView
 from supervisor.lifecycle.units import Unit, kept_replicas, units_of
 from supervisor.observe.metrics import Metrics
-from supervisor.rules.replica_policy import UP, Kind, Replica, route, surplus, to_start
+from supervisor.rules.replica_policy import UP, ChoiceKind, Replica, route, surplus, to_start
 from supervisor.rules.table import DOWN, State
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class ReplicaSet(ReplicaSetView):
     def lease_now(self, tokens: int | None, task: Cancellable | None) -> Lease | None:
         """A lease at once from a ready replica that fits, else None (see ModelHandle)."""
         choice = route(self._views(tokens))
-        if choice.kind is not Kind.SERVE:
+        if choice.kind is not ChoiceKind.SERVE:
             return None
         lease = self.replicas[choice.index].lease_now(tokens, task)
         if lease is not None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VramOf = Callable[[str], int | None]
+UsedBytesOf = Callable[[str], int | None]
 
 
 async def configure(handle: Model) -> None:
@@ -57,7 +57,7 @@ async def configure(handle: Model) -> None:
 
 class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
-                 metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf,
+                 metrics: Metrics, registry: Registry, gate: Gate, used_bytes: UsedBytesOf,
                  state: StateFile | None = None, *, gpus: GpuBudget) -> None:
         self.config = config
         self.config_path = config_path
@@ -67,7 +67,7 @@ class Control:
         self.metrics = metrics
         self.registry = registry
         self.gate = gate
-        self.vram = vram
+        self.used_bytes = used_bytes  # measured (NVML), per unit
         self.admin_secrets: Secrets = admin_secrets(config)
         self.state = state or StateFile(config.state_file)  # the app's one, shared
         self.keep_warm = KeepWarm(self.find, config.timezone)
@@ -139,20 +139,20 @@ class Control:
             "in_flight": handle.in_flight,
             "held": handle.held,
             "last_cold_start_seconds": handle.last_cold_start_seconds,
-            "vram_bytes": self._vram(handle),
+            "vram_bytes": self._used_bytes(handle),
             "sleep_supported": handle.config.sleep.enabled,
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
             "gpu": placement_view(self.gpus, handle)
             if isinstance(handle, ModelHandle) else None,  # a replica set: per replica
-            "replicas": replicas_view(self.gpus, self.vram, handle)
+            "replicas": replicas_view(self.gpus, self.used_bytes, handle)
             if isinstance(handle, ReplicaSet) else None,
         }
 
-    def _vram(self, handle: Model) -> int | None:
+    def _used_bytes(self, handle: Model) -> int | None:
         """GPU memory its containers use (a replica set's: its replicas' together)."""
-        sizes = [self.vram(u.name) for u in (
+        sizes = [self.used_bytes(u.name) for u in (
             handle.replicas if isinstance(handle, ReplicaSet) else [handle])]
         known = [s for s in sizes if s is not None]
         return sum(known) if known else None

@@ -12,7 +12,7 @@ from supervisor.ops.placement_view import placement_view
 from supervisor.rules.table import State
 
 
-def replicas_view(budget: GpuBudget, vram: Callable[[str], int | None],
+def replicas_view(budget: GpuBudget, used_bytes: Callable[[str], int | None],
                   model: ReplicaSet) -> list[dict[str, Any]]:
     return [{
         "name": r.name,
@@ -27,6 +27,6 @@ def replicas_view(budget: GpuBudget, vram: Callable[[str], int | None],
         "last_error": r.last_error,
         "start_failures": r.start_failures,
         "retry_in_seconds": round(r.retry_in, 3),
-        "vram_bytes": vram(r.name),
+        "vram_bytes": used_bytes(r.name),
         "gpu": placement_view(budget, r),
     } for i, r in enumerate(model.replicas)]

@@ -3,7 +3,7 @@ an `end` cron time, then the normal idle rules apply again.
 
 APScheduler (3.x, AsyncIOScheduler) fires the edges. Whether a window is open
 *now* (at supervisor start, or after a reload) is the pure `window_open`: the
-next `end` comes before the next `start`. The wall clock is a `Clock` that tests
+next `end` comes before the next `start`. The wall clock is a `WallClock` that tests
 can move; the cron triggers are read on that clock, so a test sets the clock to
 one second before 08:45 and sees the start fire a second later.
 """
@@ -27,7 +27,7 @@ from supervisor.refusal import Conflict
 log = logging.getLogger(__name__)
 
 
-class Clock:
+class WallClock:
     """Wall-clock time: the real one plus an offset that tests set."""
 
     def __init__(self) -> None:
@@ -44,7 +44,7 @@ class Clock:
 class ClockTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
     """A cron trigger whose times are read on `clock`; APScheduler itself keeps real time."""
 
-    def __init__(self, cron: CronTrigger, clock: Clock) -> None:
+    def __init__(self, cron: CronTrigger, clock: WallClock) -> None:
         self.cron = cron
         self.clock = clock
 
@@ -74,10 +74,10 @@ class KeepWarm:
     """The schedules of one supervisor; `find` maps a model name to its handle."""
 
     def __init__(self, find: Callable[[str], Model | None], timezone: str,
-                 clock: Clock | None = None) -> None:
+                 clock: WallClock | None = None) -> None:
         self.find = find
         self.tz = ZoneInfo(timezone)
-        self.clock = clock or Clock()
+        self.clock = clock or WallClock()
         self.schedules: dict[str, ScheduleConfig] = {}
         self.origin: dict[str, str] = {}  # "config" or "api"
         self._scheduler = AsyncIOScheduler(timezone=self.tz)
@@ -122,7 +122,7 @@ class KeepWarm:
                 "next_end": ends.isoformat() if ends else None}
 
     def clock_changed(self) -> None:
-        """After Clock.set: recompute every job's next run and every window."""
+        """After WallClock.set: recompute every job's next run and every window."""
         for name, schedule in list(self.schedules.items()):
             self.set(name, schedule, self.origin[name])
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from supervisor.proxy.jsonscan import JsonScanner, Kind, Role, safe_cut
+from supervisor.proxy.jsonscan import JsonKind, JsonScanner, Role, safe_cut
 from supervisor.proxy.spool import BLOCK_BYTES, Spool
 from supervisor.tokens.audio import HEAD_BYTES, duration_seconds
-from supervisor.tokens.estimate import Counter, Estimator, Need, heuristic_tokens
+from supervisor.tokens.estimate import Counter, Estimator, RequestNeed, heuristic_tokens
 
 __all__ = ["PIECE_BYTES", "estimate_spooled"]
 
@@ -189,14 +189,14 @@ class _Tallier:
         if role is ROOT and ROOT.keys[name] is LIMIT:
             self.limits.pop(name, None)
 
-    def open(self, role: Role, kind: Kind, offset: int) -> None:
-        if kind is Kind.STRING:
+    def open(self, role: Role, kind: JsonKind, offset: int) -> None:
+        if kind is JsonKind.STRING:
             if role is AUDIO_DATA:
                 self._audio = _Audio()
             else:
                 self._text = _Text(self._count)
         else:
-            self._frames.append(_Frame(kind is Kind.OBJECT))
+            self._frames.append(_Frame(kind is JsonKind.OBJECT))
 
     def data(self, raw: bytes) -> None:
         if self._audio is not None:
@@ -204,8 +204,8 @@ class _Tallier:
         elif self._text is not None:
             self._text.feed(raw)
 
-    def close(self, role: Role, kind: Kind, end: int) -> None:
-        if kind is Kind.STRING:
+    def close(self, role: Role, kind: JsonKind, end: int) -> None:
+        if kind is JsonKind.STRING:
             if self._audio is not None:
                 tally = self._audio.finish(self._estimator)
                 self._audio = None
@@ -217,7 +217,7 @@ class _Tallier:
             tally = self._frames.pop().tally()
         self._deliver(tally)
 
-    def scalar(self, role: Role, kind: Kind, offset: int, token: bytes) -> None:
+    def scalar(self, role: Role, kind: JsonKind, offset: int, token: bytes) -> None:
         if role is LIMIT and len(self._frames) == 1:
             self.limits[self._frames[0].key] = orjson.loads(token)
 
@@ -232,7 +232,7 @@ class _Tallier:
             frame.total.add(tally)
 
 
-def estimate_spooled(estimator: Estimator, spool: Spool) -> Need:
+def estimate_spooled(estimator: Estimator, spool: Spool) -> RequestNeed:
     """The need of the (valid) JSON body in `spool`; blocking: run it in a worker thread."""
     tallier = _Tallier(estimator)
     scanner = JsonScanner(ROOT, tallier)

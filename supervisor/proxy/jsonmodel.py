@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from supervisor.proxy.jsonscan import JsonScanner, Kind, Role, unescaped
+from supervisor.proxy.jsonscan import JsonKind, JsonScanner, Role, unescaped
 
 __all__ = ["MAX_MODEL_BYTES", "ModelFinder", "ModelValue", "encoded_name", "find_model",
            "locate_model", "splice"]
@@ -56,7 +56,7 @@ class ModelFinder:
     def key(self, role: Role, name: str) -> None:
         self.value = None  # a later duplicate replaces the earlier value, string or not
 
-    def open(self, role: Role, kind: Kind, offset: int) -> None:
+    def open(self, role: Role, kind: JsonKind, offset: int) -> None:
         if role is MODEL:
             self._raw = bytearray()
             self._start = offset
@@ -65,12 +65,12 @@ class ModelFinder:
         if self._raw is not None and len(self._raw) <= _MAX_RAW:
             self._raw += raw[: _MAX_RAW + 1 - len(self._raw)]
 
-    def close(self, role: Role, kind: Kind, end: int) -> None:
+    def close(self, role: Role, kind: JsonKind, end: int) -> None:
         if role is MODEL and self._raw is not None:
             raw, self._raw = bytes(self._raw), None
             self.value = ModelValue(_decode(raw), self._start, end)
 
-    def scalar(self, role: Role, kind: Kind, offset: int, token: bytes) -> None:
+    def scalar(self, role: Role, kind: JsonKind, offset: int, token: bytes) -> None:
         """Numbers and literals are not reported at this role."""
 
 

@@ -32,8 +32,17 @@ from typing import Protocol
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "JsonError", "JsonScanner", "Kind", "Listener", "NotAnObject", "Role",
-           "safe_cut", "unescaped"]
+__all__ = [
+    "MAX_DEPTH",
+    "JsonError",
+    "JsonKind",
+    "JsonScanner",
+    "Listener",
+    "NotAnObject",
+    "Role",
+    "safe_cut",
+    "unescaped",
+]
 
 MAX_DEPTH = 1024  # orjson's limit: the paths for small and large bodies must agree
 MAX_KEY_BYTES = 256  # a longer key is never one of the reported ones
@@ -49,7 +58,7 @@ class NotAnObject(JsonError):
     """The body's top-level value is not an object."""
 
 
-class Kind(IntEnum):
+class JsonKind(IntEnum):
     OBJECT = 1
     ARRAY = 2
     STRING = 3
@@ -77,16 +86,16 @@ class Listener(Protocol):
     def key(self, role: Role, name: str) -> None:
         """A key of `role.keys` appeared in an object of `role` (again, for a duplicate)."""
 
-    def open(self, role: Role, kind: Kind, offset: int) -> None:
+    def open(self, role: Role, kind: JsonKind, offset: int) -> None:
         """A reported object, array or string starts at `offset`."""
 
     def data(self, raw: bytes) -> None:
         """The next raw bytes (escapes as written) of the string being reported."""
 
-    def close(self, role: Role, kind: Kind, end: int) -> None:
+    def close(self, role: Role, kind: JsonKind, end: int) -> None:
         """The reported object, array or string opened last ends just before `end`."""
 
-    def scalar(self, role: Role, kind: Kind, offset: int, token: bytes) -> None:
+    def scalar(self, role: Role, kind: JsonKind, offset: int, token: bytes) -> None:
         """A reported number or literal (`token` as written) at `offset`."""
 
 
@@ -287,7 +296,7 @@ class JsonScanner:
             self._str_reported = role is not None and role.strings
             if self._str_reported:
                 assert role is not None
-                self._listener.open(role, Kind.STRING, self._base + pos)
+                self._listener.open(role, JsonKind.STRING, self._base + pos)
             self._state = _STRING
             return pos + 1
         if c in (_LBRACE, _LBRACKET):
@@ -305,7 +314,7 @@ class JsonScanner:
             token = buf[pos:end]
             if (end - pos > 15 or b"e" in token or b"E" in token) and math.isinf(float(token)):
                 raise self._fail("a number out of the range of a double", pos)
-            kind = Kind.NUMBER
+            kind = JsonKind.NUMBER
         elif c in _LITERALS:
             literal = _LITERALS[c]
             end = pos + len(literal)
@@ -314,7 +323,7 @@ class JsonScanner:
                     return -1
                 raise self._fail("expected a value", pos)
             token = literal
-            kind = Kind.LITERAL
+            kind = JsonKind.LITERAL
         else:
             raise self._fail("expected a value", pos)
         if role is not None and role.scalars:
@@ -331,7 +340,7 @@ class JsonScanner:
         self._roles.append(reported)
         pos += 1
         if reported is not None:
-            self._listener.open(reported, Kind.OBJECT if is_object else Kind.ARRAY,
+            self._listener.open(reported, JsonKind.OBJECT if is_object else JsonKind.ARRAY,
                                 self._base + pos - 1)
         if is_object:
             self._state = _OPEN
@@ -355,7 +364,7 @@ class JsonScanner:
         is_object = self._objects.pop()
         role = self._roles.pop()
         if role is not None:
-            self._listener.close(role, Kind.OBJECT if is_object else Kind.ARRAY,
+            self._listener.close(role, JsonKind.OBJECT if is_object else JsonKind.ARRAY,
                                  self._base + pos + 1)
         self._after_value()
         return pos + 1
@@ -410,7 +419,7 @@ class JsonScanner:
             if self._str_reported:
                 role = self._next_role
                 assert role is not None
-                self._listener.close(role, Kind.STRING, self._base + quote + 1)
+                self._listener.close(role, JsonKind.STRING, self._base + quote + 1)
             self._after_value()
         return quote + 1
 

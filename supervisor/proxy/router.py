@@ -45,7 +45,7 @@ from supervisor.proxy.multipart import ModelFieldScanner, boundary_of, file_part
 from supervisor.refusal import BadRequest, Refusal
 from supervisor.rules.profiles import largest, max_audio_seconds
 from supervisor.tokens.audio import HEAD_BYTES
-from supervisor.tokens.estimate import Need, describe
+from supervisor.tokens.estimate import RequestNeed, describe
 
 __all__ = ["FILE_HEAD_WINDOW", "Body", "Routed", "refuse_unfitting", "resolve", "route_inline"]
 
@@ -58,7 +58,7 @@ FILE_HEAD_WINDOW = HEAD_BYTES + (256 << 10)  # where a form's file part and its 
 class Routed:
     handle: Model
     body: Body
-    need: Need | None  # None when the model has no context limits to route on
+    need: RequestNeed | None  # None when the model has no context limits to route on
 
 
 async def resolve(request: web.Request, registry: Registry) -> Routed:
@@ -85,7 +85,7 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
     return routed
 
 
-def route_inline(data: bytes, registry: Registry) -> tuple[Model, bytes, Need | None]:
+def route_inline(data: bytes, registry: Registry) -> tuple[Model, bytes, RequestNeed | None]:
     """A small JSON body's model, the body as the server must get it, and what it needs,
     all without waiting (the fast path's routing; it raises what `resolve` would)."""
     payload = _json_object(data)
@@ -220,7 +220,7 @@ async def _read_form(request: web.Request, registry: Registry, boundary: str,
     return Routed(handle, body, need)
 
 
-def refuse_unfitting(handle: Model, need: Need | None) -> None:
+def refuse_unfitting(handle: Model, need: RequestNeed | None) -> None:
     """Refuse what not even the largest profile can hold."""
     if need is None:
         return

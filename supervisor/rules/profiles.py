@@ -81,7 +81,7 @@ def profile_to_start(profiles: list[Profile], tokens: int | None) -> Profile | N
     return default if default.fits(tokens) else smallest_fitting(profiles, tokens)
 
 
-class Decision(StrEnum):
+class ProfileDecision(StrEnum):
     SERVE = "serve"  # the running profile holds it
     SWAP = "swap"  # swap now to the target profile
     WAIT = "wait"  # a swap is due but min_residency has not passed: hold, retry later
@@ -89,7 +89,7 @@ class Decision(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    decision: Decision
+    decision: ProfileDecision
     target: Profile
     wait_seconds: float = 0.0
 
@@ -103,13 +103,13 @@ def route_on_running(
 ) -> Route | None:
     """Where a request goes while `running` serves; None when no profile can hold it."""
     if running.fits(tokens):
-        return Route(Decision.SERVE, running)
+        return Route(ProfileDecision.SERVE, running)
     target = smallest_fitting(profiles, tokens)
     if target is None:
         return None
     if since_last_swap is not None and since_last_swap < min_residency:
-        return Route(Decision.WAIT, target, min_residency - since_last_swap)
-    return Route(Decision.SWAP, target)
+        return Route(ProfileDecision.WAIT, target, min_residency - since_last_swap)
+    return Route(ProfileDecision.SWAP, target)
 
 
 def max_audio_seconds(profile: Profile, reserved_tokens: int, tokens_per_second: float) -> float:

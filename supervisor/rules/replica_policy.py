@@ -46,7 +46,7 @@ class Replica(NamedTuple):
         return self.in_flight + self.held
 
 
-class Kind(StrEnum):
+class ChoiceKind(StrEnum):
     SERVE = "serve"  # forward now
     HOLD = "hold"  # hold there until it is ready (starting, waking or swapping it)
 
@@ -54,7 +54,7 @@ class Kind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Choice:
     index: int
-    kind: Kind
+    kind: ChoiceKind
 
 
 def _hold_rank(r: Replica) -> int:
@@ -74,12 +74,12 @@ def route(replicas: Sequence[Replica]) -> Choice:
     ready = [(r.outstanding, i) for i, r in enumerate(replicas)
              if r.state is State.READY and r.fits]
     if ready:
-        return Choice(min(ready)[1], Kind.SERVE)
+        return Choice(min(ready)[1], ChoiceKind.SERVE)
     able = [(_hold_rank(r), r.outstanding, i) for i, r in enumerate(replicas)
             if not (r.state in DOWN and r.backoff)]
     if not able:  # every one backs off: the first answers with its Retry-After
-        return Choice(0, Kind.HOLD)
-    return Choice(min(able)[2], Kind.HOLD)
+        return Choice(0, ChoiceKind.HOLD)
+    return Choice(min(able)[2], ChoiceKind.HOLD)
 
 
 def to_start(replicas: Sequence[Replica], target: int | None) -> int | None:

@@ -44,7 +44,7 @@ def heuristic_tokens(text: str) -> int:
 
 
 @dataclass(slots=True)
-class Need:
+class RequestNeed:
     """What a request needs of a profile; `tokens` is the figure routing compares."""
 
     prompt_tokens: int = 0
@@ -67,7 +67,7 @@ class Estimator:
     tokens_per_audio_second: float
     default_output_tokens: int
 
-    def for_json(self, payload: dict[str, Any]) -> Need:
+    def for_json(self, payload: dict[str, Any]) -> RequestNeed:
         texts, audio = _texts_and_audio(payload)
         need = self._base(payload)
         count = self.count or heuristic_tokens
@@ -76,22 +76,22 @@ class Estimator:
             self._add_audio(need, *_decode_head(clip))
         return need
 
-    def for_upload(self, head: bytes, total_size: int | None) -> Need:
+    def for_upload(self, head: bytes, total_size: int | None) -> RequestNeed:
         """A multipart upload, from its file's first bytes (form fields are not parsed)."""
         need = self._base({})
         if head:
             self._add_audio(need, head, total_size)
         return need
 
-    def _base(self, payload: dict[str, Any]) -> Need:
+    def _base(self, payload: dict[str, Any]) -> RequestNeed:
         output = _int(payload.get("max_completion_tokens")) or _int(payload.get("max_tokens"))
-        return Need(
+        return RequestNeed(
             output_tokens=output if output is not None else self.default_output_tokens,
             reserved_tokens=self.reserved_tokens,
             exact_text=self.count is not None,
         )
 
-    def _add_audio(self, need: Need, head: bytes, total_size: int | None) -> None:
+    def _add_audio(self, need: RequestNeed, head: bytes, total_size: int | None) -> None:
         seconds = duration_seconds(head, total_size)
         if seconds is None:
             need.notes.append("an audio clip of unknown duration was not counted")
@@ -146,7 +146,7 @@ def _decode_head(data: str) -> tuple[bytes, int]:
         return b"", size
 
 
-def describe(need: Need) -> str:
+def describe(need: RequestNeed) -> str:
     """The estimate in words, for refusal messages."""
     approx = "" if need.exact_text else "~"
     parts = [f"{approx}{need.prompt_tokens} prompt"]

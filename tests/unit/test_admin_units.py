@@ -12,7 +12,7 @@ import pytest
 from supervisor.app import build_app
 from supervisor.auth import Secrets, admin_secrets, admin_token, client_keys, is_loopback
 from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError
-from supervisor.ops.schedule import Clock, ClockTrigger, cron, window_open
+from supervisor.ops.schedule import ClockTrigger, WallClock, cron, window_open
 from supervisor.state_file import StateFile, write_atomically
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -115,7 +115,7 @@ def test_window_open_across_midnight() -> None:
 
 
 def test_clock_trigger_maps_the_moved_clock_to_real_time() -> None:
-    clock = Clock()
+    clock = WallClock()
     clock.set(datetime(2026, 3, 2, 8, 44, 50, tzinfo=BERLIN))
     trigger = ClockTrigger(WEEKDAYS[0], clock)
     real_now = datetime.now(BERLIN)

@@ -18,7 +18,7 @@ from supervisor.gpus.inventory import Inventory, merge, read_inventory
 from supervisor.gpus.measured import SECTION, Measured, by_profile
 from supervisor.gpus.needs import (
     MemorySource,
-    asleep_vram,
+    asleep_need,
     resolve_need,
     service_gpus,
     vllm_utilization,
@@ -175,10 +175,10 @@ def test_what_a_sleeping_server_keeps() -> None:
     need = resolve_need("m", _model(), "default", SERVICES["ids"], FOUR)
     off = SleepConfig.model_validate({"vram": "1GiB"})
     on = SleepConfig.model_validate({"enabled": True, "vram": "1GiB"})
-    assert asleep_vram(need, off) is None
-    assert asleep_vram(need, on) == dict.fromkeys(range(4), GiB)
-    assert asleep_vram(need, on, {0: 700 << 20}) == dict.fromkeys(range(4), 700 << 20)
-    assert asleep_vram(need, SleepConfig.model_validate({"enabled": True})) is None
+    assert asleep_need(need, off) is None
+    assert asleep_need(need, on) == dict.fromkeys(range(4), GiB)
+    assert asleep_need(need, on, {0: 700 << 20}) == dict.fromkeys(range(4), 700 << 20)
+    assert asleep_need(need, SleepConfig.model_validate({"enabled": True})) is None
 
 
 # -- inventory ---------------------------------------------------------------------------

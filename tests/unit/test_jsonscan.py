@@ -21,8 +21,8 @@ from supervisor.proxy.jsonmodel import ROOT, ModelFinder, find_model, locate_mod
 from supervisor.proxy.jsonscan import (
     MAX_DEPTH,
     JsonError,
+    JsonKind,
     JsonScanner,
-    Kind,
     NotAnObject,
     Role,
     safe_cut,
@@ -247,18 +247,18 @@ class Recorder:
     def key(self, role: Role, name: str) -> None:
         self.events.append(("key", role.name, name))
 
-    def open(self, role: Role, kind: Kind, offset: int) -> None:
+    def open(self, role: Role, kind: JsonKind, offset: int) -> None:
         self.events.append(("open", role.name, kind, offset))
-        if kind is Kind.STRING:
+        if kind is JsonKind.STRING:
             self.strings.append(b"")
 
     def data(self, raw: bytes) -> None:
         self.strings[-1] += raw
 
-    def close(self, role: Role, kind: Kind, end: int) -> None:
+    def close(self, role: Role, kind: JsonKind, end: int) -> None:
         self.events.append(("close", role.name, kind, end))
 
-    def scalar(self, role: Role, kind: Kind, offset: int, token: bytes) -> None:
+    def scalar(self, role: Role, kind: JsonKind, offset: int, token: bytes) -> None:
         self.events.append(("scalar", role.name, kind, token))
 
 
@@ -277,7 +277,7 @@ def test_only_the_named_paths_are_reported_and_long_strings_arrive_whole() -> No
     assert [json.loads(b'"' + s + b'"') for s in recorder.strings] == [text]
     assert [e for e in recorder.events if e[0] in ("key", "scalar")] == [
         ("key", "root", "items"), ("key", "item", "text"), ("key", "root", "n"),
-        ("scalar", "n", Kind.NUMBER, b"5")]
+        ("scalar", "n", JsonKind.NUMBER, b"5")]
 
 
 @settings(max_examples=300)

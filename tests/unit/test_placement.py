@@ -15,10 +15,10 @@ from supervisor.gpus.inventory import Inventory
 from supervisor.gpus.needs import resolve_need
 from supervisor.gpus.placement import (
     Action,
-    Decision,
     Demand,
-    Kind,
     Occupant,
+    Placement,
+    Verdict,
     foreign_memory,
     never_fits,
     plan,
@@ -39,12 +39,12 @@ def want(model: str, need: Mapping[int, int | None], since: float = 0.0) -> Dema
 
 
 def decide(gpus: Mapping[int, int], occupants: list[Occupant], demand: Demand,
-           foreign: Mapping[int, int] | None = None) -> Decision:
+           foreign: Mapping[int, int] | None = None) -> Placement:
     [decision] = plan(gpus, occupants, [demand], foreign)
     return decision
 
 
-def evicted(decision: Decision) -> list[tuple[str, Action]]:
+def evicted(decision: Placement) -> list[tuple[str, Action]]:
     return [(e.model, e.action) for e in decision.evictions]
 
 
@@ -56,18 +56,18 @@ ONE = {0: 10 * GiB}
 
 def test_fits_on_an_empty_gpu() -> None:
     d = decide(ONE, [], want("a", {0: 8 * GiB}))
-    assert (d.kind, d.evictions) == (Kind.START, ())
+    assert (d.kind, d.evictions) == (Verdict.START, ())
 
 
 def test_fits_beside_a_running_model() -> None:
     assert decide(ONE, [occ("b", {0: 2 * GiB}, in_flight=3)],
-                  want("a", {0: 8 * GiB})).kind is Kind.START
+                  want("a", {0: 8 * GiB})).kind is Verdict.START
 
 
 def test_every_gpu_of_a_multi_gpu_need_must_fit() -> None:
     gpus = {0: 10 * GiB, 1: 10 * GiB}
     d = decide(gpus, [occ("b", {1: 4 * GiB}, in_flight=1)], want("a", {0: 8 * GiB, 1: 8 * GiB}))
-    assert (d.kind, d.gpu, d.need, d.free) == (Kind.WAIT, 1, 8 * GiB, 6 * GiB)
+    assert (d.kind, d.gpu, d.need, d.free) == (Verdict.WAIT, 1, 8 * GiB, 6 * GiB)
 
 
 # -- evict ---------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_every_gpu_of_a_multi_gpu_need_must_fit() -> None:
 
 def test_an_idle_model_is_stopped_to_make_room() -> None:
     d = decide(ONE, [occ("b", {0: 4 * GiB})], want("a", {0: 8 * GiB}))
-    assert d.kind is Kind.EVICT and evicted(d) == [("b", Action.STOP)]
+    assert d.kind is Verdict.EVICT and evicted(d) == [("b", Action.STOP)]
     assert d.evictions[0].frees == {0: 4 * GiB}
 
 
@@ -127,7 +127,7 @@ def test_a_model_spanning_gpus_is_stopped_whole_and_frees_them_all() -> None:
 ], ids=["in-flight", "held", "pinned", "min-residency", "starting", "waking", "asleep-pinned"])
 def test_never_evicted(occupant: Occupant, why: str) -> None:
     d = decide(ONE, [occupant], want("a", {0: 8 * GiB}))
-    assert (d.kind, d.evictions) == (Kind.WAIT, ())
+    assert (d.kind, d.evictions) == (Verdict.WAIT, ())
     assert (d.gpu, d.need, d.free) == (0, 8 * GiB, 4 * GiB)
     assert f"b ({why}, 6 GiB)" in d.reason
     assert "'a' needs 8 GiB, 4 GiB free of 10 GiB" in d.reason
@@ -136,7 +136,7 @@ def test_never_evicted(occupant: Occupant, why: str) -> None:
 def test_nothing_is_evicted_when_even_every_evictable_one_would_not_be_enough() -> None:
     occupants = [occ("idle", {0: 2 * GiB}), occ("busy", {0: 6 * GiB}, in_flight=1)]
     d = decide(ONE, occupants, want("a", {0: 5 * GiB}))
-    assert (d.kind, d.evictions) == (Kind.WAIT, ())
+    assert (d.kind, d.evictions) == (Verdict.WAIT, ())
     assert "idle (evictable, 2 GiB)" in d.reason and "busy (busy: 1 in flight, 6 GiB)" in d.reason
 
 
@@ -173,16 +173,16 @@ def test_a_model_going_to_sleep_releases_only_what_sleeping_frees() -> None:
 def test_queued_until_the_occupant_goes_idle_then_evicted_then_started() -> None:
     need = want("a", {0: 8 * GiB}, since=1.0)
     busy = occ("b", {0: 6 * GiB}, in_flight=1)
-    assert decide(ONE, [busy], need).kind is Kind.WAIT
+    assert decide(ONE, [busy], need).kind is Verdict.WAIT
     idle = occ("b", {0: 6 * GiB})
     assert evicted(decide(ONE, [idle], need)) == [("b", Action.STOP)]
     # While it stops, its memory still counts: wait, and evict nobody else for it.
     stopping = occ("b", {0: 6 * GiB}, State.STOPPING)
     other = occ("c", {0: 2 * GiB}, last_used=0.0)
     d = decide(ONE, [stopping, other], need)
-    assert (d.kind, d.evictions) == (Kind.WAIT, ())
+    assert (d.kind, d.evictions) == (Verdict.WAIT, ())
     assert "memory is being released" in d.reason
-    assert decide(ONE, [other], need).kind is Kind.START
+    assert decide(ONE, [other], need).kind is Verdict.START
 
 
 def test_first_come_first_served_on_a_gpu() -> None:
@@ -190,9 +190,9 @@ def test_first_come_first_served_on_a_gpu() -> None:
     late = want("late", {0: 4 * GiB}, since=2.0)
     early = want("early", {0: 8 * GiB}, since=1.0)
     first, second = plan(ONE, occupants, [late, early])
-    assert (first.model, first.kind, evicted(first)) == ("early", Kind.EVICT,
+    assert (first.model, first.kind, evicted(first)) == ("early", Verdict.EVICT,
                                                          [("x", Action.STOP)])
-    assert (second.model, second.kind) == ("late", Kind.WAIT)
+    assert (second.model, second.kind) == ("late", Verdict.WAIT)
     assert "behind 'early'" in second.reason
 
 
@@ -201,8 +201,8 @@ def test_no_starvation_a_later_smaller_model_does_not_evict_before_the_longest_w
     big = want("big", {0: 8 * GiB}, since=1.0)
     small = want("small", {0: 2 * GiB}, since=2.0)
     d_big, d_small = plan(ONE, occupants, [small, big])
-    assert (d_big.kind, d_big.evictions) == (Kind.WAIT, ())
-    assert (d_small.kind, d_small.evictions) == (Kind.WAIT, ())  # would have evicted "idle"
+    assert (d_big.kind, d_big.evictions) == (Verdict.WAIT, ())
+    assert (d_small.kind, d_small.evictions) == (Verdict.WAIT, ())  # would have evicted "idle"
     assert "behind 'big'" in d_small.reason
 
 
@@ -210,8 +210,8 @@ def test_a_smaller_later_model_starts_when_it_fits_without_evicting() -> None:
     occupants = [occ("busy", {0: 6 * GiB}, in_flight=1)]
     d_big, d_small = plan(ONE, occupants, [want("small", {0: 3 * GiB}, since=2.0),
                                            want("big", {0: 8 * GiB}, since=1.0)])
-    assert (d_big.model, d_big.kind) == ("big", Kind.WAIT)
-    assert (d_small.model, d_small.kind) == ("small", Kind.START)
+    assert (d_big.model, d_big.kind) == ("big", Verdict.WAIT)
+    assert (d_small.model, d_small.kind) == ("small", Verdict.START)
 
 
 def test_waiting_behind_one_gpu_blocks_the_others_of_a_set() -> None:
@@ -222,7 +222,7 @@ def test_waiting_behind_one_gpu_blocks_the_others_of_a_set() -> None:
         want("on01", {0: 8 * GiB, 1: 8 * GiB}, since=2.0),
         want("on1", {1: 8 * GiB}, since=3.0),
     ])
-    assert [d.kind for d in (first, second, third)] == [Kind.WAIT] * 3
+    assert [d.kind for d in (first, second, third)] == [Verdict.WAIT] * 3
     assert "behind 'on01'" in third.reason
 
 
@@ -231,21 +231,21 @@ def test_gpu_sets_that_do_not_overlap_are_independent() -> None:
     occupants = [occ("busy0", {0: 6 * GiB}, in_flight=1), occ("idle1", {1: 6 * GiB})]
     first, second = plan(gpus, occupants, [want("on0", {0: 8 * GiB}, since=1.0),
                                            want("on1", {1: 8 * GiB}, since=2.0)])
-    assert (first.kind, second.kind) == (Kind.WAIT, Kind.EVICT)
+    assert (first.kind, second.kind) == (Verdict.WAIT, Verdict.EVICT)
 
 
 def test_one_plan_never_gives_the_same_memory_twice() -> None:
     first, second = plan(ONE, [], [want("a", {0: 6 * GiB}, since=1.0),
                                    want("b", {0: 6 * GiB}, since=2.0)])
-    assert (first.kind, second.kind) == (Kind.START, Kind.WAIT)
+    assert (first.kind, second.kind) == (Verdict.START, Verdict.WAIT)
 
 
 def test_freed_memory_is_claimed_by_the_earliest_waiter() -> None:
     stopping = occ("x", {0: 8 * GiB}, State.STOPPING)
     first, second = plan(ONE, [stopping, occ("idle", {0: 2 * GiB})],
                          [want("a", {0: 8 * GiB}, since=1.0), want("b", {0: 4 * GiB}, since=2.0)])
-    assert (first.kind, "being released" in first.reason) == (Kind.WAIT, True)
-    assert (second.kind, second.evictions) == (Kind.WAIT, ())
+    assert (first.kind, "being released" in first.reason) == (Verdict.WAIT, True)
+    assert (second.kind, second.evictions) == (Verdict.WAIT, ())
 
 
 # -- refuse --------------------------------------------------------------------------
@@ -253,26 +253,26 @@ def test_freed_memory_is_claimed_by_the_earliest_waiter() -> None:
 
 def test_refused_when_the_need_exceeds_the_gpu() -> None:
     d = decide(ONE, [], want("huge", {0: 12 * GiB}))
-    assert (d.kind, d.gpu, d.need, d.free) == (Kind.REFUSE, 0, 12 * GiB, 10 * GiB)
+    assert (d.kind, d.gpu, d.need, d.free) == (Verdict.REFUSE, 0, 12 * GiB, 10 * GiB)
     assert d.reason == "model 'huge' needs 12 GiB on GPU 0, which has 10 GiB in all"
 
 
 def test_refused_when_a_gpu_is_not_in_the_inventory() -> None:
     d = decide(ONE, [], want("a", {3: GiB}))
-    assert d.kind is Kind.REFUSE and "GPU 3, which is not among the GPUs (0)" in d.reason
+    assert d.kind is Verdict.REFUSE and "GPU 3, which is not among the GPUs (0)" in d.reason
 
 
 def test_never_fits_is_the_same_rule_for_check_config() -> None:
     assert never_fits("a", {0: 10 * GiB}, ONE) is None
     assert never_fits("a", {0: None}, ONE) is None
     refused = never_fits("a", {0: 10 * GiB + 1}, ONE)
-    assert refused is not None and refused.kind is Kind.REFUSE
+    assert refused is not None and refused.kind is Verdict.REFUSE
 
 
 def test_a_refused_model_does_not_hold_up_the_queue() -> None:
     first, second = plan(ONE, [occ("x", {0: 8 * GiB})],
                          [want("huge", {0: 11 * GiB}, since=1.0), want("b", {0: 4 * GiB}, 2.0)])
-    assert (first.kind, second.kind) == (Kind.REFUSE, Kind.EVICT)
+    assert (first.kind, second.kind) == (Verdict.REFUSE, Verdict.EVICT)
 
 
 # -- foreign memory ------------------------------------------------------------------
@@ -280,12 +280,12 @@ def test_a_refused_model_does_not_hold_up_the_queue() -> None:
 
 def test_memory_of_other_processes_counts_for_the_fit() -> None:
     d = decide(ONE, [], want("a", {0: 8 * GiB}), foreign={0: 3 * GiB})
-    assert (d.kind, d.free) == (Kind.WAIT, 7 * GiB)
+    assert (d.kind, d.free) == (Verdict.WAIT, 7 * GiB)
     assert "other processes (3 GiB)" in d.reason
 
 
 def test_memory_of_other_processes_is_never_a_reason_to_refuse() -> None:
-    assert decide(ONE, [], want("a", {0: 10 * GiB}), foreign={0: 9 * GiB}).kind is Kind.WAIT
+    assert decide(ONE, [], want("a", {0: 10 * GiB}), foreign={0: 9 * GiB}).kind is Verdict.WAIT
 
 
 def test_foreign_memory_is_what_nvml_sees_beyond_the_reservations() -> None:
@@ -298,14 +298,14 @@ def test_foreign_memory_is_what_nvml_sees_beyond_the_reservations() -> None:
 
 
 def test_an_unknown_need_takes_the_gpu_whole() -> None:
-    assert decide(ONE, [], want("a", {0: None}), foreign={0: GiB}).kind is Kind.START
+    assert decide(ONE, [], want("a", {0: None}), foreign={0: GiB}).kind is Verdict.START
     d = decide(ONE, [occ("small", {0: GiB})], want("a", {0: None}))
     assert evicted(d) == [("small", Action.STOP)]
 
 
 def test_nothing_fits_beside_a_model_of_unknown_size() -> None:
     d = decide(ONE, [occ("whole", {0: None}, in_flight=1)], want("a", {0: GiB}))
-    assert (d.kind, d.free) == (Kind.WAIT, 0)
+    assert (d.kind, d.free) == (Verdict.WAIT, 0)
 
 
 def test_sleeping_beside_a_whole_gpu_need_is_not_enough() -> None:
@@ -318,7 +318,7 @@ def test_sleeping_beside_a_whole_gpu_need_is_not_enough() -> None:
 
 def test_a_wake_grows_in_place() -> None:
     me = occ("a", {0: 2 * GiB}, State.ASLEEP)
-    assert decide(ONE, [me], want("a", {0: 9 * GiB})).kind is Kind.START
+    assert decide(ONE, [me], want("a", {0: 9 * GiB})).kind is Verdict.START
     d = decide(ONE, [me, occ("b", {0: 4 * GiB})], want("a", {0: 9 * GiB}))
     assert evicted(d) == [("b", Action.STOP)]
 
@@ -326,8 +326,8 @@ def test_a_wake_grows_in_place() -> None:
 def test_a_swap_waits_for_its_old_profile_to_stop_and_evicts_nobody_for_it() -> None:
     old = Occupant("a", "short", {0: 6 * GiB}, State.DRAINING)
     d = decide(ONE, [old, occ("b", {0: 3 * GiB})], want("a", {0: 7 * GiB}))
-    assert (d.kind, d.evictions) == (Kind.WAIT, ())
-    assert decide(ONE, [occ("b", {0: 3 * GiB})], want("a", {0: 7 * GiB})).kind is Kind.START
+    assert (d.kind, d.evictions) == (Verdict.WAIT, ())
+    assert decide(ONE, [occ("b", {0: 3 * GiB})], want("a", {0: 7 * GiB})).kind is Verdict.START
 
 
 # -- the seeds -----------------------------------------------------------------------
@@ -336,11 +336,11 @@ def test_a_swap_waits_for_its_old_profile_to_stop_and_evicts_nobody_for_it() -> 
 def test_seed_004_stt_and_tts_take_turns_on_a_4gb_gpu() -> None:
     gpu = {0: 4 * GiB}
     stt, tts = {0: int(3.1 * GiB)}, {0: 2 * GiB}
-    assert decide(gpu, [], want("tts", tts)).kind is Kind.START
+    assert decide(gpu, [], want("tts", tts)).kind is Verdict.START
     d = decide(gpu, [occ("stt", stt, last_used=5.0)], want("tts", tts))
     assert evicted(d) == [("stt", Action.STOP)]
     d = decide(gpu, [occ("stt", stt, in_flight=1)], want("tts", tts))
-    assert d.kind is Kind.WAIT and "'tts' needs 2 GiB, 0.9 GiB free of 4 GiB" in d.reason
+    assert d.kind is Verdict.WAIT and "'tts' needs 2 GiB, 0.9 GiB free of 4 GiB" in d.reason
 
 
 SEED_000_GPU = 46068 * MiB  # an L40S as nvidia-smi reports it
@@ -373,8 +373,8 @@ def test_seed_000_a_4_gpu_model_at_85_percent_and_a_1_gpu_model_share_gpu_3() ->
     audio, tts = _seed_000_needs(0.85)
     assert audio == dict.fromkeys(range(4), -(-SEED_000_GPU * 85 // 100))
     both = plan(gpus, [], [want("audio", audio, 1.0), want("tts", tts, 2.0)])
-    assert [d.kind for d in both] == [Kind.START, Kind.START]
-    assert decide(gpus, [occ("audio", audio, in_flight=2)], want("tts", tts)).kind is Kind.START
+    assert [d.kind for d in both] == [Verdict.START, Verdict.START]
+    assert decide(gpus, [occ("audio", audio, in_flight=2)], want("tts", tts)).kind is Verdict.START
 
 
 def test_seed_000_the_3h_profile_at_92_percent_needs_gpu_3_to_itself() -> None:
@@ -383,4 +383,4 @@ def test_seed_000_the_3h_profile_at_92_percent_needs_gpu_3_to_itself() -> None:
     d = decide(gpus, [occ("tts", tts, last_used=3.0)], want("audio", audio))
     assert evicted(d) == [("tts", Action.STOP)]
     d = decide(gpus, [occ("tts", tts, in_flight=1)], want("audio", audio))
-    assert (d.kind, d.gpu) == (Kind.WAIT, 3)
+    assert (d.kind, d.gpu) == (Verdict.WAIT, 3)

@@ -6,7 +6,7 @@ import pytest
 
 from supervisor.config import ModelConfig
 from supervisor.rules.profiles import (
-    Decision,
+    ProfileDecision,
     idle_timeout,
     max_audio_seconds,
     profile_to_start,
@@ -60,25 +60,25 @@ def test_single_service_model_is_one_unlimited_profile() -> None:
 
 def test_running_profile_serves_what_fits_even_when_larger() -> None:
     route = route_on_running(PROFILES, BY_NAME["long"], 1000, since_last_swap=1, min_residency=60)
-    assert route is not None and route.decision is Decision.SERVE
+    assert route is not None and route.decision is ProfileDecision.SERVE
     assert route.target.name == "long"  # no swap back down for short requests
 
 
 def test_request_too_long_for_the_running_profile_swaps_to_the_smallest_that_fits() -> None:
     route = route_on_running(PROFILES, BY_NAME["64k"], 90000, since_last_swap=None,
                              min_residency=60)
-    assert route is not None and route.decision is Decision.SWAP
+    assert route is not None and route.decision is ProfileDecision.SWAP
     assert route.target.name == "96k"
 
 
 def test_no_swap_sooner_than_min_residency_after_the_last_one() -> None:
     route = route_on_running(PROFILES, BY_NAME["64k"], 90000, since_last_swap=45,
                              min_residency=60)
-    assert route is not None and route.decision is Decision.WAIT
+    assert route is not None and route.decision is ProfileDecision.WAIT
     assert route.wait_seconds == pytest.approx(15)
     later = route_on_running(PROFILES, BY_NAME["64k"], 90000, since_last_swap=60,
                              min_residency=60)
-    assert later is not None and later.decision is Decision.SWAP
+    assert later is not None and later.decision is ProfileDecision.SWAP
 
 
 def test_what_fits_nowhere_has_no_route() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.rules.replica_policy import Choice, Kind, Replica, route, surplus, to_start
+from supervisor.rules.replica_policy import Choice, ChoiceKind, Replica, route, surplus, to_start
 from supervisor.rules.table import State
 
 READY, STARTING, WAKING, ASLEEP = State.READY, State.STARTING, State.WAKING, State.ASLEEP
@@ -16,7 +16,7 @@ def r(state: State, in_flight: int = 0, held: int = 0, **kw: bool) -> Replica:
     return Replica(state, in_flight, held, **kw)
 
 
-SERVE, HOLD = Kind.SERVE, Kind.HOLD
+SERVE, HOLD = ChoiceKind.SERVE, ChoiceKind.HOLD
 
 ROUTES = [
     # the ready replica with the fewest outstanding (in flight + held), ties to the first
