@@ -20,6 +20,7 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import fastwire
+from supervisor.proxy.policy import may_be_too_long, retry_need
 from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.request import FAST
 from supervisor.proxy.upstream import UpstreamConnection
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.proxy.routes")
 
-CONTEXT_ERROR_TEXT = b"maximum context length"  # vLLM's 400 past max_model_len
 
 
 class Exchange:
@@ -127,8 +127,8 @@ class Exchange:
         self.status = status
         lease = self.lease
         assert lease is not None
-        if (status == 400 and self.tokens is not None and lease.profile.max_model_len
-                and lease.replica.larger_profile(lease.profile)):
+        if may_be_too_long(status, self.tokens, lease.profile,
+                           lease.replica.larger_profile(lease.profile)):
             self.peek = []  # read it whole: vLLM's "too long", or an answer for the client
             self.held_head = (reason, headers)
             return
@@ -163,10 +163,11 @@ class Exchange:
             return
         if self.peek is not None:
             body, profile = b"".join(self.peek), self.lease.profile if self.lease else None
-            if profile and profile.max_model_len and CONTEXT_ERROR_TEXT in body:
+            need = retry_need(body, profile) if profile else None
+            if profile and need is not None:
                 log.info("model=%s sending a request again: profile %s refused the length; "
                          "retrying on a larger one", self.model.name, profile.name)
-                self._hand_back(profile.max_model_len + 1)
+                self._hand_back(need)
                 return
             reason, headers = self.held_head
             framing = (b"content-length", b"transfer-encoding")

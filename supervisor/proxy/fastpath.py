@@ -36,6 +36,7 @@ from supervisor.proxy.connection import ClientConnection
 from supervisor.proxy.exchange import Exchange
 from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
+from supervisor.proxy.policy import admits
 from supervisor.proxy.request import APP, FAST, WEBSOCKET, Rejected, Request, Warnings
 from supervisor.proxy.router import INLINE_ESTIMATE_BYTES, route_inline
 from supervisor.proxy.timeouts import Sweeper
@@ -65,12 +66,8 @@ class Context:
     gate: Gate
 
     def admits(self, authorization: bytes | None) -> bool:
-        """Not in drain mode, and the client's key matches where keys are configured."""
-        if self.gate.draining:
-            return False
-        keys = self.gate.client_keys
-        return not keys or keys.allows(authorization.decode("latin-1") if authorization
-                                       else None)
+        """Forwarded as it is (policy.admits); `authorization` as the listener read it."""
+        return admits(self.gate, authorization.decode("latin-1") if authorization else None)
 
 
 def _unset() -> asyncio.Protocol:

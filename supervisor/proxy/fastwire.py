@@ -9,13 +9,11 @@ from http import HTTPStatus
 import orjson
 
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.proxy.policy import HOP_BY_HOP_BYTES
 from supervisor.refusal import Refusal, error_payload
 from supervisor.rules.profiles import Profile
 
-_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-authenticate",
-                         b"proxy-authorization", b"proxy-connection", b"te", b"trailer",
-                         b"transfer-encoding", b"upgrade"))
-_REQUEST_DROPS = _HOP_BY_HOP | {b"host", b"content-length"}  # both are written anew
+_REQUEST_DROPS = HOP_BY_HOP_BYTES | {b"host", b"content-length"}  # both are written anew
 _NO_BODY = frozenset((204, 304))
 
 now = time.monotonic
@@ -70,7 +68,7 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
                   profile: Profile, close: bool) -> tuple[bytes, bool]:
     """The client's response head, and whether its body goes chunked (the server's had no
     length: it was chunked, or it ran until the server closed)."""
-    drop = dropped(_HOP_BY_HOP, _connection(headers))
+    drop = dropped(HOP_BY_HOP_BYTES, _connection(headers))
     chunked = status >= 200 and status not in _NO_BODY
     lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
@@ -91,7 +89,7 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
 
 def interim_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A 1xx relayed to the client, less its hop-by-hop fields."""
-    drop = dropped(_HOP_BY_HOP, _connection(headers))
+    drop = dropped(HOP_BY_HOP_BYTES, _connection(headers))
     lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
         if name.lower() not in drop:

@@ -24,6 +24,13 @@ from supervisor.proxy import progress
 from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
 from supervisor.proxy.inner import tokens_at_least
+from supervisor.proxy.policy import (
+    CONTEXT_ERROR_PEEK,
+    HOP_BY_HOP,
+    key_allowed,
+    may_be_too_long,
+    retry_need,
+)
 from supervisor.proxy.refusals import aborted, reason
 from supervisor.proxy.router import Body, resolve
 from supervisor.refusal import Refusal
@@ -31,24 +38,13 @@ from supervisor.rules.table import State
 
 log = logging.getLogger(__name__)
 
-# vLLM's 400 when a prompt exceeds max_model_len: "This model's maximum context length is ..."
-CONTEXT_ERROR_TEXT = b"maximum context length"
-CONTEXT_ERROR_PEEK = 64 << 10
-
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-    )
-)
+_NOT_FORWARDED = HOP_BY_HOP | {"host"}  # aiohttp writes the upstream's Host itself
 
 
 def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     listed = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
     return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP | listed
+        (k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED | listed
     )
 
 
@@ -101,9 +97,8 @@ def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
 async def client_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With client keys configured, every /v1 request needs one; checked before routing,
     so nothing starts for a request without a valid key."""
-    keys = request.app[GATE].client_keys
-    if keys and request.path.startswith("/v1/") and not keys.allows(
-            request.headers.get("Authorization")):
+    if request.path.startswith("/v1/") and not key_allowed(
+            request.app[GATE], request.headers.get("Authorization")):
         return error_response(401, "Incorrect API key provided. Send a valid key as "
                               "'Authorization: Bearer <key>'.", "invalid_api_key")
     return await handler(request)
@@ -214,13 +209,13 @@ async def _forward(
         async with upstream:
             status = upstream.status
             first = b""
-            if retry and tokens is not None and status == 400 and replica.larger_profile(
-                    lease.profile):
+            if retry and may_be_too_long(status, tokens, lease.profile,
+                                         replica.larger_profile(lease.profile)):
                 while len(first) < CONTEXT_ERROR_PEEK and not upstream.content.at_eof():
                     first += await upstream.content.read(CONTEXT_ERROR_PEEK - len(first))
-                if CONTEXT_ERROR_TEXT in first and lease.profile.max_model_len is not None:
+                if (need := retry_need(first, lease.profile)) is not None:
                     status = 0  # not answered: retried on a larger profile
-                    raise _Again(lease.profile.max_model_len + 1,
+                    raise _Again(need,
                                  f"profile {lease.profile.name} refused the length; "
                                  "retrying on a larger one")
             if committed is not None:

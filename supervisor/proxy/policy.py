@@ -1,0 +1,48 @@
+"""The rules both forwarding paths apply, in one place: the fast path (fastpath.py,
+exchange.py, fastwire.py) and the application (routes.py) ask here who may be forwarded,
+which header fields stay on this side of the proxy, and when an answer means "too long for
+this profile, send it again to a larger one"."""
+
+from __future__ import annotations
+
+from supervisor.proxy.gate import Gate
+from supervisor.rules.profiles import Profile
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded (either way).
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+))
+HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)  # as the fast path reads them
+
+# vLLM's 400 when a prompt exceeds max_model_len: "This model's maximum context length is ..."
+CONTEXT_ERROR_TEXT = b"maximum context length"
+CONTEXT_ERROR_PEEK = 64 << 10  # how much of such a 400 is read before it is judged
+
+
+def key_allowed(gate: Gate, authorization: str | None) -> bool:
+    """The client's key matches, or no client keys are configured."""
+    keys = gate.client_keys
+    return not keys or keys.allows(authorization)
+
+
+def admits(gate: Gate, authorization: str | None) -> bool:
+    """Forwarded as it is: not in drain mode, and the key is allowed (else the application
+    answers: 401 or 503)."""
+    return not gate.draining and key_allowed(gate, authorization)
+
+
+def may_be_too_long(status: int, tokens: int | None, profile: Profile,
+                    larger: Profile | None) -> bool:
+    """Read this answer whole before the client sees it: a 400 to a request whose need is
+    known, from a profile with a length limit, with a larger profile to go to."""
+    return (status == 400 and tokens is not None and bool(profile.max_model_len)
+            and larger is not None)
+
+
+def retry_need(body: bytes, profile: Profile) -> int | None:
+    """The server said the request is too long for `profile`: the need to send it again
+    with (one past the profile's length), else None."""
+    if profile.max_model_len and CONTEXT_ERROR_TEXT in body:
+        return profile.max_model_len + 1
+    return None
