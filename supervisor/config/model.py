@@ -178,7 +178,7 @@ class ModelConfig(_Strict):
     max_held: int = Field(256, ge=0)
     hold_timeout: Duration = 1200.0
     health_interval: Duration = 0.1
-    # What a request needs, for choosing a profile (see supervisor/estimate.py).
+    # What a request needs, for choosing a profile (see supervisor/tokens/estimate.py).
     model_dir: Path | None = None
     tokens_per_audio_second: float = Field(12.5, gt=0)
     reserved_tokens: int = Field(0, ge=0)

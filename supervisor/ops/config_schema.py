@@ -43,7 +43,7 @@ SIZE: JsonSchemaValue = {
     "description": "Bytes, or a size such as 24GiB, 512MiB, 3.1GB or 1.5TB",
 }
 
-# The validators of config.py -> what they accept, as JSON Schema.
+# The validators of config/values.py -> what they accept, as JSON Schema.
 _BY_VALIDATOR: dict[Callable[..., Any], JsonSchemaValue] = {
     cfg.parse_duration: DURATION,
     cfg.parse_bytes: SIZE,

@@ -14,7 +14,7 @@ scanned again (in a worker thread) and only those values are read, as they strea
 Duplicate keys count as a parser reads them, the last one: each reported key's value is
 tallied in its own slot of the object being read, a repeated key starts that slot anew,
 and an object's slots are added up when it closes, so only the open containers are held.
-The paths and the arithmetic are those of estimate.py; a test compares the two on the
+The paths and the arithmetic are those of tokens/estimate.py; a test compares the two on the
 same bodies.
 """
 

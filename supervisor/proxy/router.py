@@ -13,7 +13,7 @@ Multipart uploads (audio files of 150 MB) are read only until their `model` fiel
 wait in a spool that moves to disk past 1 MiB, and the rest of the upload is streamed to
 the upstream straight from the client's socket.
 
-Every body holds a share of the memory budget (budget.py) from before it is read until the
+Every body holds a share of the memory budget (body_budget.py) from before it is read until the
 request ends.
 """
 

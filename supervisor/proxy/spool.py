@@ -1,7 +1,7 @@
 """A request body on disk: written as it arrives, read back (as often as needed) to be
 forwarded, with one byte range replaced on the way out.
 
-Large JSON bodies live here instead of in memory (see budget.py). The file is anonymous
+Large JSON bodies live here instead of in memory (see body_budget.py). The file is anonymous
 (unlinked at creation, in TMPDIR or `tempfile`'s default), so nothing is left behind even
 if the process dies. Reads and writes go through a thread with explicit offsets: a page
 that is not cached must not stall the event loop, and a read never depends on a file
