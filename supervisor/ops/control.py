@@ -26,9 +26,8 @@ from supervisor.config import (
 from supervisor.errors import BadRequest, Conflict, NotFound
 from supervisor.gate import Gate
 from supervisor.lifecycle.effects import Effects
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Model, Registry, build_model
-from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.placement_view import placement_view
 from supervisor.ops.replicas_view import replicas_view
@@ -55,7 +54,7 @@ async def configure(handle: Model) -> None:
 class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
                  metrics: Metrics, registry: Registry, gate: Gate, vram: VramOf,
-                 state: StateFile | None = None) -> None:
+                 state: StateFile | None = None, listeners: Listeners | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -64,6 +63,7 @@ class Control:
         self.registry = registry
         self.gate = gate
         self.vram = vram
+        self.listeners = listeners  # what a model added by a reload is heard by
         self.admin_secrets: Secrets = admin_secrets(config)
         self.state = state or StateFile(config.state_file)  # the app's one, shared
         self.keep_warm = KeepWarm(self.find, config.timezone)
@@ -140,16 +140,15 @@ class Control:
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
-            "gpu": placement_view(self.effects.gpus, handle)
-            if isinstance(handle, ModelHandle) else None,  # a replica set: per replica
+            "gpu": None if handle.replicas  # a replica set: per replica
+            else placement_view(self.effects.gpus, handle),
             "replicas": replicas_view(self.effects.gpus, self.vram, handle)
-            if isinstance(handle, ReplicaSet) else None,
+            if handle.replicas else None,
         }
 
     def _vram(self, handle: Model) -> int | None:
         """GPU memory its containers use (a replica set's: its replicas' together)."""
-        sizes = [self.vram(u.name) for u in (
-            handle.replicas if isinstance(handle, ReplicaSet) else [handle])]
+        sizes = [self.vram(name) for name in [r.name for r in handle.replicas] or [handle.name]]
         known = [s for s in sizes if s is not None]
         return sum(known) if known else None
 
@@ -229,13 +228,13 @@ class Control:
                 "restart_required": restart}
 
     async def _add(self, name: str, model: ModelConfig) -> None:
-        handle = build_model(name, model, self.effects, self.metrics)
+        handle = build_model(name, model, self.effects, self.metrics, self.listeners)
         await configure(handle)
         self.registry.add(handle)
 
     async def _change(self, name: str, model: ModelConfig) -> None:
         handle = self.registry.handles[name]
-        if isinstance(handle, ReplicaSet) != isinstance(model.replicas, list):
+        if (handle.config.replicas is not None) != isinstance(model.replicas, list):
             self._retire(name)  # gaining or losing a replica list: another kind of model
             await self._add(name, model)
             return

@@ -21,7 +21,6 @@ from supervisor.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.errors import Refusal, error_response, openai_errors
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
-from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.lifecycle.table import State
 from supervisor.proxy import progress
 from supervisor.proxy.inner import tokens_at_least
@@ -54,7 +53,7 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def _model_entry(handle: Model) -> dict[str, object]:
     running = handle.state is not State.STOPPED
     replicas = {"replicas": [{"name": r.name, "state": r.state.value} for r in handle.replicas]
-                } if isinstance(handle, ReplicaSet) else {}
+                } if handle.replicas else {}
     return {
         "id": handle.name,
         "object": "model",
