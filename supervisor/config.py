@@ -273,6 +273,9 @@ class ModelConfig(_Strict):
     # the model by its key or an alias are rewritten to it. Default: the model's key.
     served_model_name: str | None = None
     health: str = Field("/health", pattern=r"^/")
+    # Which phase table reads its log during a start (anatomy/phases.py); any other name:
+    # only the phases the supervisor sees itself.
+    server: str = Field("vllm", pattern=r"^[a-z0-9_-]+$")
     startup_timeout: Duration = 900.0
     idle_timeout: Duration = 600.0
     long_idle_timeout: Duration | None = None  # for every profile but the default one

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -23,6 +24,9 @@ from supervisor.lifecycle.profiles import Profile
 from supervisor.lifecycle.readiness import Probe, await_ready, http_probe
 from supervisor.lifecycle.table import Event
 from supervisor.runtime.base import Runtime, RuntimeFailure
+
+if TYPE_CHECKING:
+    from supervisor.anatomy.service import Anatomy
 
 log = logging.getLogger("supervisor.lifecycle")
 
@@ -52,6 +56,7 @@ class Effects:
         self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
         self.runtime_back = asyncio.Event()  # set: the watcher should look again at once
         self.gpus = GpuBudget(None, clock)  # placement off until app.py gives it GPUs
+        self.anatomy: Anatomy | None = None  # told what a start's phases are, where set
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:
@@ -63,6 +68,8 @@ class Effects:
                 try:
                     async with asyncio.timeout(config.startup_timeout):
                         await self.runtime.start(profile.service)
+                    if self.anatomy is not None:
+                        self.anatomy.up(name)
                 except TimeoutError:
                     raise StartFailed(f"`up` of service {profile.service!r} did not finish "
                                       f"within startup_timeout ({config.startup_timeout:.0f}s)"
@@ -75,6 +82,8 @@ class Effects:
                               began=began)
             if not compose_up and config.sleep.enabled:
                 await self._wake_if_asleep(name, config, served, headers)
+            if self.anatomy is not None:
+                self.anatomy.healthy(name)
         except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
             seconds = self.clock.now() - began
             log.error("model=%s start failed after %.2fs: %s", name, seconds, exc)
@@ -142,6 +151,8 @@ class Effects:
             return Outcome(Event.WAKE_FAILED, str(exc))
         seconds = self.clock.now() - began
         log.info("model=%s awake in %.2fs", name, seconds)
+        if self.anatomy is not None:
+            self.anatomy.healthy(name)
         return Outcome(Event.WOKE, None, seconds)
 
     async def _wake_if_asleep(self, name: str, config: ModelConfig, profile: Profile,
@@ -163,6 +174,9 @@ class Effects:
             seconds = self.clock.now() - began
             log.warning("model=%s warm-up failed after %.2fs: %r", name, seconds, exc)
             return Outcome(Event.STARTED, f"warm-up failed: {exc!r}", seconds)
+        finally:
+            if self.anatomy is not None:
+                self.anatomy.warm(name)
         seconds = self.clock.now() - began
         log.info("model=%s warmed up in %.2fs", name, seconds)
         return Outcome(Event.STARTED, None, seconds)

@@ -134,7 +134,19 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return _model(request, _handle(request))
+    handle = _handle(request)
+    body = request.app[CONTROL].describe(handle)
+    anatomy = request.app[CONTROL].effects.anatomy
+    body["starts"] = [] if anatomy is None else anatomy.starts(handle.name)
+    return web.json_response(body)
+
+
+async def starts(request: web.Request) -> web.Response:
+    """The last starts and wakes of a model, each phase's seconds (anatomy/)."""
+    handle = _handle(request)
+    anatomy = request.app[CONTROL].effects.anatomy
+    return web.json_response({"model": handle.name,
+                              "starts": [] if anatomy is None else anatomy.starts(handle.name)})
 
 
 def _check_profile(handle: Model, profile: str | None) -> None:
@@ -272,6 +284,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/openapi.json", openapi),
     ("GET", "/admin/models", list_models),
     ("GET", "/admin/models/{name}", get_model),
+    ("GET", "/admin/models/{name}/starts", starts),
     ("POST", "/admin/models/{name}/start", start),
     ("POST", "/admin/models/{name}/stop", stop),
     ("POST", "/admin/models/{name}/sleep", sleep),
