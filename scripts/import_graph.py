@@ -26,11 +26,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rules",),
     ("observe", "runtime", "tokens"),
     ("lifecycle",),
-    ("gpus",),
+    ("gpus", "anatomy", "idle"),
     ("proxy",),
     ("workers",),
     ("ops",),
-    ("app",),
+    ("app", "simulate"),
     ("cli",),
     ("__main__",),
 )

@@ -24,6 +24,7 @@ from supervisor.gpus.wiring import feed_measured, load_budget
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Registry, build_model, snapshot_rows
 from supervisor.lifecycle.units import units_of
 from supervisor.lifecycle.watcher import watch
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 512 << 20  # JSON bodies with base64 audio; multipart uploads stream past this
 ADMIN: web.AppKey[web.AppRunner] = web.AppKey("admin", web.AppRunner)
 BUDGET: web.AppKey[GpuBudget] = web.AppKey("budget", GpuBudget)
+LISTENERS: web.AppKey[Listeners] = web.AppKey("listeners", Listeners)
 
 
 def build_app(config: Config, runtime: Runtime | None = None,
@@ -89,7 +91,11 @@ def build_app(config: Config, runtime: Runtime | None = None,
             connector=aiohttp.TCPConnector(limit=0, force_close=config.fast_path),
         )
         effects = Effects(rt, session, LoopClock())
-        handles = [build_model(n, m, effects, metrics) for n, m in config.models.items()]
+        listeners = app[LISTENERS] = Listeners()
+        listeners.add(metrics)
+        listeners.add(metrics.events)
+        handles = [build_model(n, m, effects, metrics, listeners)
+                   for n, m in config.models.items()]
 
         def all_handles() -> list[ModelHandle]:
             return app[REGISTRY].units()
@@ -97,12 +103,13 @@ def build_app(config: Config, runtime: Runtime | None = None,
         state = StateFile(config.state_file)
         effects.gpus = app[BUDGET] = await load_budget(config, effects.clock, state, gpu,
                                                        all_handles)
+        listeners.add(effects.gpus)
         for handle in handles:
             await configure(handle)
         app[UPSTREAM] = session
         app[REGISTRY] = Registry(handles)
         control = Control(config, config_path, effects, metrics, app[REGISTRY], app[GATE],
-                          used_bytes, state, gpus=app[BUDGET])
+                          used_bytes, state, listeners, gpus=app[BUDGET])
         app[CONTROL] = control
         try:
             running = await rt.running_services()
@@ -209,7 +216,7 @@ async def start_workers(app: web.Application, server: LimitedServer, count: int,
     listener.listen(1024)
     server.adopt(listener)
     fleet = Fleet(count, _absolute(config_path), path, app[REGISTRY], app[METRICS],
-                  app[GATE])
+                  app[GATE], app[LISTENERS])
     app[CONTROL].fleet = fleet
     fleet.start()
 

@@ -1,5 +1,5 @@
-"""`model-supervisor serve | check-config | schema | worker`, and the admin commands: status, start,
-stop, pin, unpin, sleep, wake, drain, undrain, reload."""
+"""`model-supervisor serve | check-config | schema | worker | simulate`, and the admin
+commands: status, start, stop, pin, unpin, sleep, wake, drain, undrain, reload."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from supervisor.config import Config, ConfigError, load_config
 from supervisor.ops import config_schema
 from supervisor.ops.admin_client import AdminClient, AdminError, status_table
 from supervisor.ops.checks import check
+from supervisor.simulate import command as simulate
 from supervisor.workers.worker import run_worker
 
 MODEL_COMMANDS = {  # command -> (method, path suffix, body)
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", "-c", required=True)
     worker.add_argument("--fd", type=int, required=True, help="the control channel's socket")
     worker.add_argument("--owner", required=True, help="the owner's private Unix socket")
+    simulate.add_parser(sub)
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", "-c", help="the supervisor's config (admin.listen, token)")
     admin.add_argument("--admin", help="admin API URL (default: $SUPERVISOR_ADMIN_URL, "
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "simulate":
+        return simulate.run(args)
     if args.command == "schema":
         sys.stdout.write(config_schema.render())
         return 0

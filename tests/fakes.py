@@ -25,6 +25,7 @@ from supervisor.config import ModelConfig
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Lease
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.observe.metrics import Metrics
 from supervisor.rules.profiles import profiles_of
 from supervisor.runtime.base import RuntimeFailure, ServiceState, ServiceStatus
@@ -265,7 +266,15 @@ def make_handle(
     # The HTTP session is only used for sleep mode and the default probe: neither here.
     effects = Effects(runtime, cast(aiohttp.ClientSession, None), clock, probe=runtime.probe)
     metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
-    return ModelHandle(name, config, effects, metrics), runtime, clock
+    return ModelHandle(name, config, effects, metrics, listening(metrics)), runtime, clock
+
+
+def listening(metrics: Metrics) -> Listeners:
+    """Listeners as the supervisor subscribes them (add the GPU budget once made)."""
+    listeners = Listeners()
+    listeners.add(metrics)
+    listeners.add(metrics.events)
+    return listeners
 
 
 # -- requests and waiting ---------------------------------------------------

@@ -58,6 +58,9 @@ class Config:
         self.port = port
         self.model = os.environ.get("STANDIN_MODEL", "standin")
         self.startup_delay = float(os.environ.get("STANDIN_STARTUP_DELAY", "0") or 0)
+        # A file of "<seconds> <line>": printed while loading, as a real server logs its
+        # phases (weights, compile, ...) before it opens its port.
+        self.log_script = os.environ.get("STANDIN_LOG_SCRIPT", "")
         self.exit_code = _env_int("STANDIN_EXIT_CODE")
         self.max_model_len = _env_int("STANDIN_MAX_MODEL_LEN")
         # Tokens a chat template wraps around each message (SmolLM2's "<|im_start|>user\n"
@@ -669,6 +672,15 @@ def _take_gpu_memory() -> None:
     threading.Thread(target=beat, name="ledger-heartbeat", daemon=True).start()
 
 
+def _play_log_script(path: str) -> None:
+    with open(path) as script:
+        for entry in script:
+            if entry.strip() and not entry.startswith("#"):
+                delay, _, line = entry.rstrip("\n").partition(" ")
+                time.sleep(float(delay))
+                print(line, flush=True)
+
+
 def main() -> None:
     global CONFIG
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -676,6 +688,8 @@ def main() -> None:
     print(f"standin: starting model={CONFIG.model} pid={os.getpid()}", flush=True)
     if CONFIG.gpu_ledger:
         _take_gpu_memory()
+    if CONFIG.log_script:
+        _play_log_script(CONFIG.log_script)
     if CONFIG.startup_delay > 0:
         time.sleep(CONFIG.startup_delay)  # vLLM only opens its port once the model is loaded
     if CONFIG.exit_code is not None:

@@ -9,7 +9,7 @@ with one implicit profile, `profiles: {<profile>: <service>}` for a model with s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -160,8 +160,17 @@ class ModelConfig(_Strict):
     # the model by its key or an alias are rewritten to it. Default: the model's key.
     served_model_name: str | None = None
     health: str = Field("/health", pattern=r"^/")
+    # Which phase table reads its log during a start (anatomy/phases.py); any other name:
+    # only the phases the supervisor sees itself.
+    server: str = Field("vllm", pattern=r"^[a-z0-9_-]+$")
     startup_timeout: Duration = 900.0
     idle_timeout: Duration = 600.0
+    # `adaptive`: when to sleep and stop is learned from the model's idle gaps (between
+    # min_idle and idle_timeout), and it is started again ahead of demand that repeats
+    # (supervisor/idle/). `prefer` weighs the seconds users wait against GPU time held.
+    idle_policy: Literal["fixed", "adaptive"] = "fixed"
+    min_idle: Duration = 0.0
+    prefer: Literal["latency", "balanced", "savings"] = "balanced"
     long_idle_timeout: Duration | None = None  # for every profile but the default one
     min_residency: Duration = 60.0  # no profile swap sooner than this after the last one
     stop_timeout: Duration = 30.0

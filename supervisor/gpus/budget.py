@@ -113,6 +113,12 @@ class GpuBudget:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._replan)
 
+    def on_state(self, unit: ModelHandle, old: State, new: State, event: str) -> None:
+        self.changed()  # a listener (listeners.py): any unit's state, load or pins
+
+    def on_load(self, unit: ModelHandle) -> None:
+        self.changed()
+
     def reservations(self) -> dict[str, dict[int, int]]:
         """Bytes per GPU that each model holds now (whole GPUs at their total)."""
         if self.needs is None or not self.enabled:

@@ -22,9 +22,6 @@ class GpuAdmission(Protocol):
     def waiting(self, model: str) -> bool:
         """Whether `model` waits for memory."""
 
-    def changed(self) -> None:
-        """A handle's state or load changed."""
-
 
 class Unplaced:
     """No GPU placement: every start is admitted at once."""
@@ -34,6 +31,3 @@ class Unplaced:
 
     def waiting(self, model: str) -> bool:
         return False
-
-    def changed(self) -> None:
-        pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -39,19 +40,32 @@ class Outcome:
     endpoint: str | None = None  # a start's: the host that serves it (Swarm: the task's node)
 
 
+class StartPhases(Protocol):
+    """Told the phases of a start that only the effects see (anatomy/service.py)."""
+
+    def up(self, name: str) -> None: ...
+
+    def healthy(self, name: str) -> None: ...
+
+    def warm(self, name: str) -> None: ...
+
+
 class Effects:
     """The lifecycle's syscall table for one supervisor: a runtime, the HTTP session to the
-    servers and a clock, shared by every handle."""
+    servers and a clock, shared by every handle; the GPU admission every start and wake
+    asks first (none: every start is admitted)."""
 
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, clock: Clock,
-                 probe: Probe | None = None) -> None:
+                 probe: Probe | None = None, *, gpus: GpuAdmission | None = None,
+                 phases: StartPhases | None = None) -> None:
         self.runtime = runtime
         self.http = http
         self.clock = clock
         self.probe = probe or http_probe(http)
         self.runtime_down: str | None = None  # why the runtime cannot be reached (watcher.py)
         self.runtime_back = asyncio.Event()  # set: the watcher should look again at once
-        self.gpus: GpuAdmission = Unplaced()  # placement off until app.py gives it GPUs
+        self.gpus: GpuAdmission = gpus or Unplaced()
+        self.anatomy = phases  # told what a start's phases are, where set
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:
@@ -63,6 +77,8 @@ class Effects:
                 try:
                     async with asyncio.timeout(config.startup_timeout):
                         await self.runtime.start(profile.service)
+                    if self.anatomy is not None:
+                        self.anatomy.up(name)
                 except TimeoutError:
                     raise StartFailed(f"`up` of service {profile.service!r} did not finish "
                                       f"within startup_timeout ({config.startup_timeout:.0f}s)"
@@ -75,6 +91,8 @@ class Effects:
                               began=began)
             if not compose_up and config.sleep.enabled:
                 await self._wake_if_asleep(name, config, served, headers)
+            if self.anatomy is not None:
+                self.anatomy.healthy(name)
         except (StartFailed, RuntimeFailure, sleep_mode.SleepFailed) as exc:
             seconds = self.clock.now() - began
             log.error("model=%s start failed after %.2fs: %s", name, seconds, exc)
@@ -142,6 +160,8 @@ class Effects:
             return Outcome(Event.WAKE_FAILED, str(exc))
         seconds = self.clock.now() - began
         log.info("model=%s awake in %.2fs", name, seconds)
+        if self.anatomy is not None:
+            self.anatomy.healthy(name)
         return Outcome(Event.WOKE, None, seconds)
 
     async def _wake_if_asleep(self, name: str, config: ModelConfig, profile: Profile,
@@ -163,6 +183,9 @@ class Effects:
             seconds = self.clock.now() - began
             log.warning("model=%s warm-up failed after %.2fs: %r", name, seconds, exc)
             return Outcome(Event.STARTED, f"warm-up failed: {exc!r}", seconds)
+        finally:
+            if self.anatomy is not None:
+                self.anatomy.warm(name)
         seconds = self.clock.now() - began
         log.info("model=%s warmed up in %.2fs", name, seconds)
         return Outcome(Event.STARTED, None, seconds)

@@ -1,19 +1,13 @@
-"""What a request holds while it waits for, or uses, a model: its lease, its place
-in the hold queue, and the refusals a handle answers it with."""
+"""What a request holds while it uses a model: its lease and its flight, and the
+refusals a handle answers it with (its place in the hold queue: hold.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from supervisor.lifecycle.clock import Timer
 from supervisor.refusal import Refusal, StartFailed
 from supervisor.rules.profiles import Profile
-
-if TYPE_CHECKING:
-    from supervisor.lifecycle.handle import ModelHandle
 
 
 class HoldRejected(Refusal):
@@ -24,15 +18,22 @@ class Cancellable(Protocol):
     def cancel(self, msg: Any | None = None) -> bool | None: ...
 
 
-class Observer(Protocol):
-    """Worker processes that forward for a handle too (workers/owner.py)."""
+class Upstream(Protocol):
+    """What granted a lease: the server its request goes to (a model's handle, one of its
+    replicas, or a worker's mirror of one)."""
 
-    def changed(self, handle: ModelHandle) -> None:
-        """Its state (or profile, or upstream) may have changed: tell the workers."""
+    name: str
+    upstream_headers: dict[str, str]  # the backend's own key, when it wants one
+    last_error: str | None
 
-    def fence(self, handle: ModelHandle, then: Callable[[], None]) -> None:
-        """Close it on every worker, wait until each has said so (every "busy" it sent
-        before has then arrived), run `then`, and open it again where it is ready."""
+    @property
+    def upstream(self) -> str: ...
+
+    def larger_profile(self, than: Profile) -> Profile | None: ...
+
+    def release(self, lease: Lease) -> None: ...
+
+    async def upstream_failed(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -52,21 +53,13 @@ class Lease:
     cold_start: bool
     hold_seconds: float
     flight: Flight
-    replica: ModelHandle  # the handle that granted it (one of a model's replicas, or the model)
+    replica: Upstream  # what granted it (one of a model's replicas, or the model)
     first: bool = False  # the first request the server answers after a start or wake
     evicted: tuple[str, ...] = ()  # models stopped (or put to sleep) to make room for it
 
     @property
     def aborted(self) -> str | None:
         return self.flight.aborted
-
-
-@dataclass(slots=True)
-class Held:
-    waiter: asyncio.Future[None]
-    tokens: int | None
-    flight: Flight
-    expiry: Timer | None = None  # hold_timeout
 
 
 def stopped_error(name: str) -> StartFailed:

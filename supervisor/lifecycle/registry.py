@@ -5,33 +5,29 @@ each); `units` lists every handle, for what follows lifecycles (GPU budget, watc
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.replicas import ReplicaSet
+from supervisor.lifecycle.servable import Model
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.refusal import Refusal
 
-Model = ModelHandle | ReplicaSet
+__all__ = ["Model", "Registry", "build_model", "snapshot_rows", "unknown_model"]
 
 
-def build_model(name: str, config: ModelConfig, effects: Effects, metrics: Metrics) -> Model:
+def build_model(name: str, config: ModelConfig, effects: Effects, metrics: Metrics,
+                listeners: Listeners | None = None) -> Model:
     if config.replicas is not None:  # a list, or {min, max}
-        return ReplicaSet(name, config, effects, metrics)
-    return ModelHandle(name, config, effects, metrics)
-
-
-def handles_of(model: Model) -> list[ModelHandle]:
-    return model.units() if isinstance(model, ReplicaSet) else [model]
+        return ReplicaSet(name, config, effects, metrics, listeners)
+    return ModelHandle(name, config, effects, metrics, listeners)
 
 
 def snapshot_rows(model: Model, reserved: dict[str, dict[int, int]]) -> list[ModelSnapshot]:
     """The metrics' rows of a model (and of its replicas), with the GPU memory each holds."""
-    if isinstance(model, ReplicaSet):
-        return model.snapshots(reserved)
-    return [replace(model.snapshot(), gpu_reserved=reserved.get(model.name, {}))]
+    return model.snapshots(reserved)
 
 
 class Registry:
@@ -46,7 +42,11 @@ class Registry:
 
     def units(self) -> list[ModelHandle]:
         """Every handle with a lifecycle of its own: the models' and their replicas'."""
-        return [u for h in self.handles.values() for u in handles_of(h)]
+        return [u for h in self.handles.values() for u in h.units()]
+
+    def unit(self, name: str) -> ModelHandle | None:
+        """A unit by its own name (a model's, or a replica's: `vox#2`)."""
+        return next((u for u in self.units() if u.name == name), None)
 
     def add(self, handle: Model) -> None:
         """Add (or re-index, after a reload) a model."""

@@ -26,7 +26,8 @@ from supervisor.config import ModelConfig
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.lease import Cancellable, Lease
+from supervisor.lifecycle.lease import Cancellable, Flight, Lease
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.replica_view import KEPT, ReplicaSetView
 from supervisor.lifecycle.units import Unit, kept_replicas, units_of
 from supervisor.observe.metrics import Metrics
@@ -41,8 +42,11 @@ log = logging.getLogger("supervisor.lifecycle")
 
 class ReplicaSet(ReplicaSetView):
     def __init__(self, name: str, config: ModelConfig, effects: Effects,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, listeners: Listeners | None = None) -> None:
         self.name = name
+        # Its replicas tell it of their swaps and ends of flights, beside everyone else.
+        self.listeners = (listeners or Listeners()).derive()
+        self.listeners.add(self)
         self.config = config
         self.metrics = metrics
         self._effects = effects
@@ -59,8 +63,7 @@ class ReplicaSet(ReplicaSetView):
         self._keep()
 
     def _replica(self, unit: Unit) -> ModelHandle:
-        handle = ModelHandle(unit.name, unit.config, self._effects, self.metrics)
-        handle.on_swap = self._swapping
+        handle = ModelHandle(unit.name, unit.config, self._effects, self.metrics, self.listeners)
         handle.configure(self.estimator, self.upstream_headers)
         return handle
 
@@ -106,7 +109,10 @@ class ReplicaSet(ReplicaSetView):
         return lease
 
     def release(self, lease: Lease) -> None:
-        lease.replica.release(lease)
+        lease.replica.release(lease)  # and rebalances (on_flight_end)
+
+    def on_flight_end(self, replica: ModelHandle, flight: Flight) -> None:
+        """A request on a replica ended (its lease released, or a worker's requests)."""
         self._rebalance()
 
     def _granted(self, lease: Lease) -> None:
@@ -177,7 +183,7 @@ class ReplicaSet(ReplicaSetView):
         ready = [r for r in up if r.state is State.READY]
         return (ready or up)[0].profile.name if up else None
 
-    def _swapping(self, replica: ModelHandle, profile: str) -> None:
+    def on_swap(self, replica: ModelHandle, profile: str) -> None:
         """A replica swaps to `profile`: the others that run follow, each drained first."""
         for other in self.replicas:
             if other is not replica and other.state not in DOWN and (
@@ -202,7 +208,7 @@ class ReplicaSet(ReplicaSetView):
         """Run it: the first replica (or, with another profile, every replica that runs)."""
         self.primary.start(profile)
         if profile is not None:
-            self._swapping(self.primary, profile)
+            self.on_swap(self.primary, profile)
 
     def stop(self, *, force: bool = False) -> None:
         self._watch_surplus(None)

@@ -31,6 +31,11 @@ class EventLog:
                 self._subscribers.discard(queue)
                 queue.put_nowait(None)
 
+    def on_state(self, unit: Any, old: Any, new: Any, event: str) -> None:
+        """A lifecycle unit's state changed (a listener: lifecycle/listeners.py)."""
+        self.record(unit.name, old.value, new.value, event=event, profile=unit.profile.name,
+                    error=unit.last_error if new.value == "failed" else None)
+
     def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
         entries = list(self._ring)
         return entries if limit is None else entries[-limit:]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
@@ -148,6 +148,10 @@ class Metrics:
         self._transitions.labels(model, from_state, to_state).inc()
         self.events.record(model, from_state, to_state, event=event, profile=profile,
                            error=error)
+
+    def on_state(self, unit: Any, old: Any, new: Any, event: str) -> None:
+        """A lifecycle unit's state changed (a listener: lifecycle/listeners.py)."""
+        self._transitions.labels(unit.name, old.value, new.value).inc()
 
     def swap(self, model: str, from_profile: str, to_profile: str) -> None:
         self._swaps.labels(model, from_profile, to_profile).inc()

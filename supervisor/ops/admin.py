@@ -135,7 +135,14 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return _model(request, _handle(request))
+    return web.json_response(request.app[CONTROL].describe(_handle(request)))
+
+
+async def starts(request: web.Request) -> web.Response:
+    """The last starts and wakes of a model, each phase's seconds (anatomy/)."""
+    handle = _handle(request)
+    return web.json_response({"model": handle.name,
+                              "starts": request.app[CONTROL].starts(handle.name)})
 
 
 def _check_profile(handle: Model, profile: str | None) -> None:
@@ -273,6 +280,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/openapi.json", openapi),
     ("GET", "/admin/models", list_models),
     ("GET", "/admin/models/{name}", get_model),
+    ("GET", "/admin/models/{name}/starts", starts),
     ("POST", "/admin/models/{name}/start", start),
     ("POST", "/admin/models/{name}/stop", stop),
     ("POST", "/admin/models/{name}/sleep", sleep),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from supervisor.anatomy.service import Anatomy
 from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
 from supervisor.config import (
     Config,
@@ -27,9 +28,8 @@ from supervisor.config import (
 )
 from supervisor.gpus.budget import GpuBudget
 from supervisor.lifecycle.effects import Effects
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Model, Registry, build_model
-from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.observe.metrics import Metrics
 from supervisor.ops.placement_view import placement_view
 from supervisor.ops.replicas_view import replicas_view
@@ -58,7 +58,8 @@ async def configure(handle: Model) -> None:
 class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
                  metrics: Metrics, registry: Registry, gate: Gate, used_bytes: UsedBytesOf,
-                 state: StateFile | None = None, *, gpus: GpuBudget) -> None:
+                 state: StateFile | None = None, listeners: Listeners | None = None, *,
+                 gpus: GpuBudget, anatomy: Anatomy | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -68,6 +69,8 @@ class Control:
         self.registry = registry
         self.gate = gate
         self.used_bytes = used_bytes  # measured (NVML), per unit
+        self.listeners = listeners  # what a model added by a reload is heard by
+        self.anatomy = anatomy  # the records of the starts (GET /admin/models/{name}/starts)
         self.admin_secrets: Secrets = admin_secrets(config)
         self.state = state or StateFile(config.state_file)  # the app's one, shared
         self.keep_warm = KeepWarm(self.find, config.timezone)
@@ -144,16 +147,21 @@ class Control:
             "last_error": handle.last_error,
             "start_failures": handle.start_failures,
             "retry_in_seconds": round(handle.retry_in, 3),
-            "gpu": placement_view(self.gpus, handle)
-            if isinstance(handle, ModelHandle) else None,  # a replica set: per replica
+            "gpu": None if handle.replicas  # a replica set: per replica
+            else placement_view(self.gpus, handle),
             "replicas": replicas_view(self.gpus, self.used_bytes, handle)
-            if isinstance(handle, ReplicaSet) else None,
+            if handle.replicas else None,
+            "starts": self.starts(handle.name),
         }
+
+    def starts(self, name: str) -> list[dict[str, Any]]:
+        """Its last starts and wakes, each phase's seconds (anatomy/)."""
+        return [] if self.anatomy is None else self.anatomy.starts(name)
 
     def _used_bytes(self, handle: Model) -> int | None:
         """GPU memory its containers use (a replica set's: its replicas' together)."""
-        sizes = [self.used_bytes(u.name) for u in (
-            handle.replicas if isinstance(handle, ReplicaSet) else [handle])]
+        sizes = [self.used_bytes(name)
+                 for name in [r.name for r in handle.replicas] or [handle.name]]
         known = [s for s in sizes if s is not None]
         return sum(known) if known else None
 
@@ -233,13 +241,13 @@ class Control:
                 "restart_required": restart}
 
     async def _add(self, name: str, model: ModelConfig) -> None:
-        handle = build_model(name, model, self.effects, self.metrics)
+        handle = build_model(name, model, self.effects, self.metrics, self.listeners)
         await configure(handle)
         self.registry.add(handle)
 
     async def _change(self, name: str, model: ModelConfig) -> None:
         handle = self.registry.handles[name]
-        if isinstance(handle, ReplicaSet) != isinstance(model.replicas, list):
+        if (handle.config.replicas is not None) != isinstance(model.replicas, list):
             self._retire(name)  # gaining or losing a replica list: another kind of model
             await self._add(name, model)
             return

@@ -64,6 +64,22 @@ REPLICAS: Json = {
                   "retry_in_seconds": {"type": "number"},
                   "vram_bytes": {"type": ["integer", "null"]}, "gpu": PLACEMENT}},
 }
+# One start or wake (anatomy/record.py): its phases in order, each with the seconds the
+# supervisor measured and, where the server logged one, the server's own figure.
+START: Json = {
+    "type": "object", "required": ["unit", "kind", "profile", "seconds", "phases"],
+    "properties": {
+        "unit": {"type": "string"}, "kind": {"type": "string", "enum": ["start", "wake"]},
+        "profile": {"type": "string"}, "began": {"type": "number"},
+        "seconds": {"type": "number"}, "ok": {"type": ["boolean", "null"]},
+        "phase": {"type": ["string", "null"]},
+        "compile_cache": {"type": ["string", "null"], "enum": ["hit", "miss", None]},
+        "phases": {"type": "array", "items": {
+            "type": "object", "required": ["phase", "seconds"],
+            "properties": {"phase": {"type": "string"}, "seconds": {"type": "number"},
+                           "server_seconds": {"type": "number"}}}},
+    },
+}
 MODEL: Json = {
     "type": "object",
     "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
@@ -77,6 +93,7 @@ MODEL: Json = {
         "idle_timeout": {"type": "number"}, "idle_timeout_override": NULLABLE_NUMBER,
         "idle_seconds": {"type": "number"}, "in_flight": {"type": "integer"},
         "held": {"type": "integer"}, "last_cold_start_seconds": NULLABLE_NUMBER,
+        "starts": {"type": "array", "items": START},
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
         "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
@@ -213,6 +230,11 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "properties": {"models": {"type": "array", "items": MODEL},
                                "draining": {"type": "boolean"}}}))},
             "/admin/models/{name}": {**per_model, "get": _op("One model", model_ok, 404)},
+            "/admin/models/{name}/starts": {**per_model, "get": _op(
+                "Its last starts and wakes, each phase's seconds", (200, {
+                    "type": "object", "required": ["model", "starts"],
+                    "properties": {"model": {"type": "string"},
+                                   "starts": {"type": "array", "items": START}}}), 404)},
             "/admin/models/{name}/start": {**per_model, "post": _op(
                 "Start it (under a profile); a running model on another profile swaps",
                 accepted, 400, 404, 409, body=_body(profile=dict(profile)), required=False)},

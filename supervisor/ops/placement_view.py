@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.gpus.budget import GpuBudget
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.servable import Model
 
 
-def placement_view(budget: GpuBudget, handle: ModelHandle) -> dict[str, Any] | None:
+def placement_view(budget: GpuBudget, handle: Model) -> dict[str, Any] | None:
     needs = budget.needs
     if needs is None or not budget.enabled:
         return None

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor.gpus.budget import GpuBudget
-from supervisor.lifecycle.replicas import ReplicaSet
+from supervisor.lifecycle.servable import Model
 from supervisor.ops.placement_view import placement_view
 from supervisor.rules.table import State
 
 
 def replicas_view(budget: GpuBudget, used_bytes: Callable[[str], int | None],
-                  model: ReplicaSet) -> list[dict[str, Any]]:
+                  model: Model) -> list[dict[str, Any]]:
+    served = [row.served for row in model.snapshots({})[1:]]  # the replicas' rows
     return [{
         "name": r.name,
         "state": r.state.value,
@@ -22,7 +23,7 @@ def replicas_view(budget: GpuBudget, used_bytes: Callable[[str], int | None],
         "upstream": r.upstream,
         "in_flight": r.in_flight,
         "held": r.held,
-        "served": model.granted[i],
+        "served": served[i],
         "pinned": r.is_pinned,
         "last_error": r.last_error,
         "start_failures": r.start_failures,

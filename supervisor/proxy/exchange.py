@@ -16,9 +16,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.lease import Lease
-from supervisor.lifecycle.registry import Model
+from supervisor.lifecycle.lease import Lease, Upstream
+from supervisor.lifecycle.servable import Servable
 from supervisor.proxy import fastwire
 from supervisor.proxy.policy import may_be_too_long, retry_need
 from supervisor.proxy.refusals import aborted, reason
@@ -40,12 +39,12 @@ class Exchange:
                  "head", "held_head", "lease", "model", "out", "over", "peek", "request",
                  "server", "status", "target", "tokens")
 
-    def __init__(self, client: ClientConnection, context: Context, model: Model,
+    def __init__(self, client: ClientConnection, context: Context, model: Servable,
                  request: Request, tokens: int | None) -> None:
         self.client = client
         self.context = context
         self.model = model  # what the lease came from (a handle, or a replica set)
-        self.server: ModelHandle | None = None  # the replica that granted it
+        self.server: Upstream | None = None  # the replica that granted it
         self.target: Target | None = None
         self.request = request  # what the client sent, for a hand-over
         self.tokens = tokens

@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import HttpConfig
-from supervisor.lifecycle.handle import ModelHandle
-from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.lease import Upstream
+from supervisor.lifecycle.servable import Catalog
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy import fastwire
 from supervisor.proxy.connection import ClientConnection
@@ -61,7 +61,7 @@ class Target:
 class Context:
     """The application's objects the fast path reads (there once the app has started)."""
 
-    registry: Registry
+    registry: Catalog
     metrics: Metrics
     gate: Gate
 
@@ -121,7 +121,7 @@ class DataPlane:
             self._targets[upstream] = target
         return self._targets[upstream]
 
-    def upstream_headers(self, handle: ModelHandle) -> tuple[frozenset[bytes], bytes]:
+    def upstream_headers(self, handle: Upstream) -> tuple[frozenset[bytes], bytes]:
         """What a request to `handle`'s server loses (fastwire.request_drops: hop-by-hop
         fields and the names the server's own key replaces), and that key's lines."""
         cached = self._extra.get(handle.name)
@@ -133,7 +133,7 @@ class DataPlane:
             self._extra[handle.name] = cached
         return cached[1], cached[3]
 
-    def replaced(self, handle: ModelHandle) -> frozenset[bytes]:
+    def replaced(self, handle: Upstream) -> frozenset[bytes]:
         """The header names the server's own key replaces (lower case)."""
         self.upstream_headers(handle)
         return self._extra[handle.name][2]

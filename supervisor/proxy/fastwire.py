@@ -8,7 +8,7 @@ from http import HTTPStatus
 
 import orjson
 
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.lease import Upstream
 from supervisor.proxy.policy import HOP_BY_HOP_BYTES
 from supervisor.refusal import Refusal, error_payload
 from supervisor.rules.profiles import Profile
@@ -114,11 +114,11 @@ def error_response(refusal: Refusal, *, close: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def timed_out(handle: ModelHandle, error: str) -> Refusal:
+def timed_out(handle: Upstream, error: str) -> Refusal:
     return Refusal(f"model {handle.name!r} did not answer in time at {handle.upstream}: "
                    f"{error}", status=504, code="upstream_timeout", model=handle.name)
 
 
-def unreachable(handle: ModelHandle, error: str) -> Refusal:
+def unreachable(handle: Upstream, error: str) -> Refusal:
     return Refusal(f"model {handle.name!r} did not answer at {handle.upstream}: {error}",
                    status=502, code="upstream_unreachable", model=handle.name)

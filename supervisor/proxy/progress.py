@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from supervisor.anatomy.service import ANATOMY
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy.router import Body
 from supervisor.refusal import Refusal
@@ -57,6 +58,10 @@ class LoadingProgress:
         while True:
             waited = loop.time() - began
             line = f": model {self.handle.name} is {self.handle.state.value} ({waited:.0f} s)"
+            anatomy = self.request.config_dict.get(ANATOMY)
+            phase = None if anatomy is None else anatomy.phase(self.handle.name)
+            if phase is not None:
+                line += f": {phase}"  # what the server does now (anatomy/phases.py)
             await response.write(line.encode() + b"\n\n")
             await asyncio.sleep(config.loading_progress_every)
 

@@ -3,7 +3,7 @@ bounded `reason` label each is counted under."""
 
 from __future__ import annotations
 
-from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.lease import Upstream
 from supervisor.observe.metrics import RefusalReason
 from supervisor.refusal import Refusal
 
@@ -25,7 +25,7 @@ def reason(refusal: Refusal) -> RefusalReason:
     return _REASONS.get(refusal.code, "bad_request")
 
 
-def aborted(handle: ModelHandle, code: str | None) -> Refusal:
+def aborted(handle: Upstream, code: str | None) -> Refusal:
     """A force stop, or a server found dead, ended a request before its answer began."""
     if code == "upstream_died":
         return Refusal(f"model {handle.name!r} stopped answering while this request was in "

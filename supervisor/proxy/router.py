@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from supervisor.lifecycle.registry import Model, Registry
+from supervisor.lifecycle.servable import Catalog, Servable
 from supervisor.proxy.body import (
     SPOOL_RESERVE_BYTES,
     Body,
@@ -85,7 +86,7 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
     return routed
 
 
-def route_inline(data: bytes, registry: Registry) -> tuple[Model, bytes, RequestNeed | None]:
+def route_inline(data: bytes, registry: Catalog) -> tuple[Servable, bytes, RequestNeed | None]:
     """A small JSON body's model, the body as the server must get it, and what it needs,
     all without waiting (the fast path's routing; it raises what `resolve` would)."""
     payload = _json_object(data)
@@ -117,7 +118,7 @@ async def _in_memory(received: Received, registry: Registry) -> Routed:
     return Routed(handle, body, need)
 
 
-def _served(data: bytes, model: str, handle: Model) -> bytes:
+def _served(data: bytes, model: str, handle: Servable) -> bytes:
     """An alias replaced by the served name: the server knows only its own name."""
     if model == handle.served_name:
         return data
@@ -220,7 +221,7 @@ async def _read_form(request: web.Request, registry: Registry, boundary: str,
     return Routed(handle, body, need)
 
 
-def refuse_unfitting(handle: Model, need: RequestNeed | None) -> None:
+def refuse_unfitting(handle: Servable, need: RequestNeed | None) -> None:
     """Refuse what not even the largest profile can hold."""
     if need is None:
         return

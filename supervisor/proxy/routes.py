@@ -19,7 +19,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
-from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.proxy import progress
 from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
@@ -51,7 +50,7 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def _model_entry(handle: Model) -> dict[str, object]:
     running = handle.state is not State.STOPPED
     replicas = {"replicas": [{"name": r.name, "state": r.state.value} for r in handle.replicas]
-                } if isinstance(handle, ReplicaSet) else {}
+                } if handle.replicas else {}
     return {
         "id": handle.name,
         "object": "model",

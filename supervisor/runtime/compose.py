@@ -103,6 +103,15 @@ class ComposeRuntime:
         raw: bytes = containers[0].logs(tail=lines, stdout=True, stderr=True)
         return raw.decode(errors="replace").rstrip()
 
+    def log_stream(self, service: str, since: float) -> Any:
+        """The log of the service's newest container from `since` on, stamped, followed
+        (blocking; anatomy/follow.py reads it in a thread); None while it has none."""
+        containers = self._containers(service)
+        if not containers:
+            return None
+        newest = max(containers, key=lambda c: c.attrs.get("Created", ""))
+        return newest.logs(stream=True, follow=True, timestamps=True, since=since)
+
     def _running_services(self) -> set[str]:
         return {c.labels.get(SERVICE_LABEL, "") for c in self._containers(running_only=True)}
 

@@ -114,6 +114,12 @@ class SwarmRuntime:
                                         follow=False)
         return b"".join(chunks).decode(errors="replace").rstrip()
 
+    def log_stream(self, service: str, since: float) -> Any:
+        """The service's log from `since` on, stamped and followed (its tasks' lines)."""
+        found = self._service(service)
+        return self._api.service_logs(found["ID"], stdout=True, stderr=True, follow=True,
+                                      timestamps=True, since=since)
+
     # -- blocking writes ------------------------------------------------------
 
     def _update(self, service: str, change: Callable[[dict[str, Any]], bool]) -> None:

@@ -1,26 +1,28 @@
-"""A worker's view of a model: the few members of a ModelHandle the fast path uses
-(`lease_now`, `release`, `upstream`, `profiles`, `estimator`, `served_name`,
-`larger_profile`, `upstream_failed`), with readiness, profile and upstream as the owner
-last said (messages.Entry), and the rest from the config file, which the worker reads
-itself.
+"""A worker's view of a model (lifecycle/servable.py's `Servable`): what the fast path
+uses, with readiness, profile and upstream as the owner last said (messages.Entry), and
+the rest from the config file, which the worker reads itself.
 
-It counts its own requests per model and tells the owner only of the edges: "busy" on the
-first, "idle" when the last ends. The owner counts a busy worker as one request in flight
-on the real handle, so its idle timer, DRAINED and the GPU budget see the worker's
-requests. A model with replicas is never ready here: its requests go to the owner.
+A `Mirror` stands for one unit: a model, or one replica of a model. It counts its own
+requests and tells the owner only of the edges: "busy" on the first, "idle" when the last
+ends. The owner counts a busy worker as one request in flight on the unit's handle, so
+its idle timer, DRAINED, the GPU budget and the replica set's load rules see the worker's
+requests. A `MirrorSet` stands for a model with replicas: a request goes to the ready
+replica (that fits) with the fewest of this worker's requests; the owner's set decides
+which replicas run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from typing import Any, cast
 
 from supervisor.config import ModelConfig
-from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.lease import Cancellable, Flight, Lease
 from supervisor.lifecycle.registry import unknown_model
+from supervisor.lifecycle.units import units_of
 from supervisor.rules.profiles import Profile, profiles_of, smallest_fitting
+from supervisor.rules.table import State
 from supervisor.tokens.estimate import Estimator
 from supervisor.workers.messages import Entry, Message
 
@@ -31,8 +33,7 @@ class Mirror:
     def __init__(self, name: str, config: ModelConfig, send: Send) -> None:
         self.name = name
         self.config = config
-        self.replicated = config.replicas is not None
-        self.profiles = [] if self.replicated else profiles_of(config)
+        self.profiles = profiles_of(config)
         self.profile: Profile | None = None
         self.ready = False
         self.estimator: Estimator | None = None
@@ -54,6 +55,13 @@ class Mirror:
     def in_flight(self) -> int:
         return len(self._flights)
 
+    @property
+    def state(self) -> State:
+        return State.READY if self.ready else State.STOPPED  # as far as this worker knows
+
+    def lease(self, tokens: int | None = None) -> AbstractAsyncContextManager[Lease]:
+        raise NotImplementedError("a worker holds nothing: the owner does")
+
     def configure(self, estimator: Estimator | None, upstream_headers: dict[str, str]) -> None:
         self.estimator, self.upstream_headers = estimator, upstream_headers
 
@@ -63,7 +71,10 @@ class Mirror:
         if profile is not None and profile.upstream != entry.upstream:
             profile = replace(profile, upstream=entry.upstream)  # a Swarm task's node
         self.profile = profile
-        self.ready = entry.ready and profile is not None and not self.replicated
+        self.ready = entry.ready and profile is not None
+
+    def units(self) -> list[Mirror]:
+        return [self]
 
     def close(self) -> None:
         """Forward nothing more until the next table says it is ready (the fence)."""
@@ -77,8 +88,7 @@ class Mirror:
         self._flights.append(flight)
         if len(self._flights) == 1:
             self._send({"t": "busy", "m": self.name})
-        return Lease(profile, cold_start=False, hold_seconds=0.0, flight=flight,
-                     replica=cast(ModelHandle, self))
+        return Lease(profile, cold_start=False, hold_seconds=0.0, flight=flight, replica=self)
 
     def release(self, lease: Lease) -> None:
         if lease.flight in self._flights:
@@ -105,16 +115,60 @@ class Mirror:
         return None
 
 
-class Mirrors:
-    """The worker's registry: models by name and alias (as lifecycle/registry.py)."""
+class MirrorSet:
+    """A model with replicas, as a worker sees it: one Mirror per replica."""
 
-    def __init__(self, mirrors: Iterable[Mirror]) -> None:
-        self.handles = {m.name: m for m in mirrors}
+    def __init__(self, name: str, config: ModelConfig, send: Send) -> None:
+        self.name = name
+        self.config = config
+        self.replicas = [Mirror(u.name, u.config, send) for u in units_of(name, config)]
+        self.profiles = profiles_of(config)
+        self.estimator: Estimator | None = None
+
+    @property
+    def served_name(self) -> str:
+        return self.config.served_model_name or self.name
+
+    @property
+    def state(self) -> State:
+        return State.READY if any(r.ready for r in self.replicas) else State.STOPPED
+
+    def configure(self, estimator: Estimator | None, upstream_headers: dict[str, str]) -> None:
+        self.estimator = estimator
+        for r in self.replicas:
+            r.configure(estimator, upstream_headers)
+
+    def lease(self, tokens: int | None = None) -> AbstractAsyncContextManager[Lease]:
+        raise NotImplementedError("a worker holds nothing: the owner does")
+
+    def units(self) -> list[Mirror]:
+        return self.replicas
+
+    def lease_now(self, tokens: int | None, task: Cancellable | None) -> Lease | None:
+        best: Mirror | None = None
+        for r in self.replicas:
+            if r.ready and r.profile is not None and r.profile.fits(tokens) and (
+                    best is None or r.in_flight < best.in_flight):
+                best = r
+        return None if best is None else best.lease_now(tokens, task)
+
+    def release(self, lease: Lease) -> None:
+        lease.replica.release(lease)
+
+
+class Mirrors:
+    """The worker's registry: models by name and alias (as lifecycle/registry.py), and the
+    units (models and replicas) by name, as the owner's messages name them."""
+
+    def __init__(self, models: Iterable[Mirror | MirrorSet]) -> None:
+        self.handles = {m.name: m for m in models}
         self._by_alias = {alias: m for m in self.handles.values()
                           for alias in [m.name, *m.config.aliases]}
+        self.units = {u.name: u for m in self.handles.values()
+                      for u in m.units()}
         self.draining = False
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> Mirror | MirrorSet:
         mirror = self._by_alias.get(name)
         if mirror is None:
             raise unknown_model(name, self.handles)
@@ -124,10 +178,10 @@ class Mirrors:
         """A table from the owner: models it does not list are not forwarded."""
         listed = set()
         for entry in [Entry.decode(row) for row in message["models"]]:
-            mirror = self.handles.get(entry.name)
+            mirror = self.units.get(entry.name)
             if mirror is not None:
                 mirror.update(entry)
                 listed.add(entry.name)
-        for name, mirror in self.handles.items():
+        for name, mirror in self.units.items():
             if name not in listed:
                 mirror.ready = False

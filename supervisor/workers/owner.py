@@ -1,8 +1,10 @@
 """The lifecycle owner's side of the worker processes: it spawns N-1 of them (each binds
 the proxy port with SO_REUSEPORT and forwards for the models the owner says are ready),
-restarts one that exits, pushes them the model table on every change, counts a busy
-worker as one request in flight on the model's handle, and fences them before every
-decision that needs "nothing in flight" (the idle stop, the sleep tier, an eviction).
+restarts one that exits, pushes them the table of units (models, and each replica of a
+model that has replicas) on every change of state, counts a busy worker as one request in
+flight on the unit's handle, and fences them before every decision that needs "nothing in
+flight" (the idle stop, the sleep tier, an eviction). It hears the units as a listener
+(lifecycle/listeners.py): subscribed while it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor.lifecycle.handle import ModelHandle
+from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.gate import Gate
@@ -37,10 +40,11 @@ _FLIGHT_STATES = (State.READY, State.DRAINING, State.SLEEPING)  # a leased reque
 
 class Fleet:
     def __init__(self, count: int, config_path: str, owner_socket: str, registry: Registry,
-                 metrics: Metrics, gate: Gate) -> None:
+                 metrics: Metrics, gate: Gate, listeners: Listeners) -> None:
         self.links = [Link(slot) for slot in range(1, count)]
         self.config_path, self.owner_socket = config_path, owner_socket
         self.registry, self.metrics, self.gate = registry, metrics, gate
+        self.listeners = listeners
         self.fencing: dict[str, int] = {}
         self._push_due = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -50,7 +54,7 @@ class Fleet:
     # -- processes --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._table()  # every handle gets its observer now, not at the first push
+        self.listeners.add(self)  # its units' changes and fences, from now on
         metrics = self.metrics
         metrics.workers = lambda: stats.Merged(metrics, self.totals())
         for link in self.links:
@@ -148,9 +152,7 @@ class Fleet:
             task.cancel()  # what is left of each slot's loop kills its process and waits
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.metrics.workers = None
-        for model in self.registry.handles.values():
-            if isinstance(model, ModelHandle):
-                model.observer = None  # alone again: its decisions need no fence
+        self.listeners.remove(self)  # alone again: its units' decisions need no fence
 
     def reload(self) -> None:
         """The config file changed: each worker is restarted to read it (one at a time
@@ -167,16 +169,11 @@ class Fleet:
     # -- the model table ------------------------------------------------------------------
 
     def _handle(self, name: str) -> ModelHandle | None:
-        model = self.registry.handles.get(name)
-        return model if isinstance(model, ModelHandle) else None
+        return self.registry.unit(name)
 
     def _table(self) -> dict[str, Any]:
-        entries = []
-        for model in self.registry.handles.values():
-            if isinstance(model, ModelHandle):
-                model.observer = self  # (new after a reload too)
-                ready = model.state is State.READY and model.name not in self.fencing
-                entries.append(Entry(model.name, ready, model.profile.name, model.upstream))
+        entries = [Entry(u.name, u.state is State.READY and u.name not in self.fencing,
+                         u.profile.name, u.upstream) for u in self.registry.units()]
         return table(entries, draining=self.gate.draining)
 
     def push(self) -> None:
@@ -191,7 +188,7 @@ class Fleet:
         for link in self.links:
             link.send(message)
 
-    def changed(self, handle: ModelHandle) -> None:
+    def on_state(self, unit: ModelHandle, old: State, new: State, event: str) -> None:
         self.push()
 
     async def _heartbeat(self) -> None:

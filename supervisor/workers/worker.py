@@ -15,11 +15,9 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import cast
 
 from supervisor.auth import client_keys, upstream_key
 from supervisor.config import Config, host_port
-from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.fastpath import Context, DataPlane
 from supervisor.proxy.gate import Gate
@@ -28,7 +26,7 @@ from supervisor.proxy.limits import LimitedServer, connection_limit, listen
 from supervisor.tokens.estimate import load_estimator
 from supervisor.workers import stats
 from supervisor.workers.messages import LINE_LIMIT, Message, encode, read
-from supervisor.workers.mirror import Mirror, Mirrors
+from supervisor.workers.mirror import Mirror, Mirrors, MirrorSet
 from supervisor.workers.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -45,22 +43,24 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     quiet = asyncio.Event()  # set when its last request in flight ended
 
     def send(message: Message) -> None:
-        if message["t"] == "idle" and not any(m.in_flight for m in mirrors):
+        if message["t"] == "idle" and not any(m.in_flight for m in units):
             quiet.set()
         if not writer.is_closing():
             writer.write(encode(message))
 
-    mirrors = [Mirror(name, model, send) for name, model in config.models.items()]
+    mirrors = [(Mirror if model.replicas is None else MirrorSet)(name, model, send)
+               for name, model in config.models.items()]
     for mirror in mirrors:
         estimator = await asyncio.to_thread(load_estimator, mirror.config)
         key = upstream_key(mirror.name, mirror.config)
         mirror.configure(estimator, {"Authorization": f"Bearer {key}"} if key else {})
     registry = Mirrors(mirrors)
+    units = list(registry.units.values())
     metrics = Metrics()
     gate = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
     plane = DataPlane(config.http)
     plane.start(lambda: Relay(owner_socket),
-                Context(cast(Registry, registry), metrics, gate))
+                Context(registry, metrics, gate))
     plane.relay_to = owner_socket  # WebSockets go to the owner, which holds them
     plane.inner = InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True)
     host, port = host_port(config.listen)
@@ -69,7 +69,7 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
                            "worker listener")
     await server.start_serving()
     send({"t": "hello", "pid": os.getpid()})
-    reporter = asyncio.create_task(_report(metrics, mirrors, send))
+    reporter = asyncio.create_task(_report(metrics, units, send))
     loop = asyncio.get_running_loop()
     control = asyncio.create_task(_obey(reader, registry, gate, send))
     stop = asyncio.Event()
@@ -81,7 +81,7 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     await asyncio.wait((control, stopped), return_when=asyncio.FIRST_COMPLETED)
     server.close()  # no new clients; the owner and the other workers take them
     if not control.done():  # a stop, not a lost owner: let what it forwards end, still
-        await _drained(mirrors, quiet, GRACE_SECONDS)  # obeying (a fence, an abort)
+        await _drained(units, quiet, GRACE_SECONDS)  # obeying (a fence, an abort)
         control.cancel()
     stopped.cancel()
     reporter.cancel()
@@ -107,12 +107,12 @@ async def _obey(reader: asyncio.StreamReader, registry: Mirrors, gate: Gate,
             registry.apply(message)
             gate.draining = bool(message.get("draining"))
         elif kind == "close":
-            mirror = registry.handles.get(message["m"])
+            mirror = registry.units.get(message["m"])
             if mirror is not None:
                 mirror.close()
             send({"t": "ack", "id": message["id"]})
         elif kind == "abort":
-            mirror = registry.handles.get(message["m"])
+            mirror = registry.units.get(message["m"])
             if mirror is not None:
                 mirror.abort(str(message.get("code") or "model_stopped"))
     log.info("worker %d: the owner's channel ended; exiting", os.getpid())

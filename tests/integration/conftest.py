@@ -74,6 +74,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "hangs": {"service": "hangs", "upstream": "http://127.0.0.1:19108"},
     "flaky": {"service": "flaky", "upstream": "http://127.0.0.1:19109"},
     "glacial": {"service": "glacial", "upstream": "http://127.0.0.1:19110"},
+    "vllm-like": {"service": "vllm-like", "upstream": "http://127.0.0.1:19113"},
     "pair": {"replicas": [{"service": "pair-a", "upstream": "http://127.0.0.1:19111"},
                           {"service": "pair-b", "upstream": "http://127.0.0.1:19112"}],
              "target_concurrency": 1},

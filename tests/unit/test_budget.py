@@ -20,7 +20,7 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.observe.metrics import Metrics
 from supervisor.refusal import Refusal
 from supervisor.rules.table import State
-from tests.fakes import Client, FakeClock, FakeRuntime, settle, until
+from tests.fakes import Client, FakeClock, FakeRuntime, listening, settle, until
 
 GIB = 1 << 30
 
@@ -47,11 +47,14 @@ async def box() -> AsyncIterator[Any]:
         effects = Effects(runtime, cast(aiohttp.ClientSession, None), clock,
                           probe=runtime.probe)
         metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
-        handles = {n: ModelHandle(n, m, effects, metrics) for n, m in config.models.items()}
+        listeners = listening(metrics)
+        handles = {n: ModelHandle(n, m, effects, metrics, listeners)
+                   for n, m in config.models.items()}
         for handle in handles.values():
             runtime.health_urls[handle.profile.service] = handle.profile.health_url
         needs = GpuNeeds(config, Inventory(totals={0: 4 * GIB}), {}, Measured())
         effects.gpus = GpuBudget(needs, clock, handles=handles.values)
+        listeners.add(effects.gpus)
         made.append(handles)
         return handles, runtime, clock
 

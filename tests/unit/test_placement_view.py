@@ -29,7 +29,7 @@ from supervisor.observe.metrics import Metrics
 from supervisor.ops.control import Control
 from supervisor.ops.openapi import MODEL
 from supervisor.proxy.gate import Gate
-from tests.fakes import Client, FakeClock, FakeRuntime
+from tests.fakes import Client, FakeClock, FakeRuntime, listening
 
 GIB = 1 << 30
 STT = round(3.1 * GIB)
@@ -54,7 +54,8 @@ async def build() -> AsyncIterator[Build]:
         effects = Effects(runtime, cast(aiohttp.ClientSession, None), clock,
                           probe=runtime.probe)
         metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
-        handles = {n: ModelHandle(n, m, effects, metrics) for n, m in cfg.models.items()}
+        listeners = listening(metrics)
+        handles = {n: ModelHandle(n, m, effects, metrics, listeners) for n, m in cfg.models.items()}
         for handle in handles.values():
             runtime.health_urls[handle.profile.service] = handle.profile.health_url
         budget = GpuBudget(None, clock)
@@ -62,6 +63,7 @@ async def build() -> AsyncIterator[Build]:
             inventory = Inventory(totals={g: int(b) for g, b in cfg.gpus.items()})
             needs = GpuNeeds(cfg, inventory, services or {}, measured or Measured())
             effects.gpus = budget = GpuBudget(needs, clock, handles=handles.values)
+            listeners.add(budget)
         control = Control(cfg, None, effects, metrics, Registry(handles.values()), Gate(),
                           lambda _: None, gpus=budget)
         made.append(handles)

@@ -22,7 +22,7 @@ from supervisor.lifecycle.registry import Model, Registry, build_model, snapshot
 from supervisor.lifecycle.replicas import ReplicaSet
 from supervisor.observe.metrics import Metrics
 from supervisor.rules.table import State
-from tests.fakes import Client, FakeClock, FakeRuntime, model_config, settle, until
+from tests.fakes import Client, FakeClock, FakeRuntime, listening, model_config, settle, until
 
 GIB = 1 << 30
 VOX: dict[str, Any] = {
@@ -48,10 +48,12 @@ class Rig:
         self.effects = Effects(self.runtime, cast(aiohttp.ClientSession, None), self.clock,
                                probe=self.runtime.probe)
         self.metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
+        self.listeners = listening(self.metrics)
         raw = {"vox": settings, **(others or {})}
         models = {n: model_config(s) for n, s in raw.items()}
         self.models: dict[str, Model] = {
-            n: build_model(n, m, self.effects, self.metrics) for n, m in models.items()}
+            n: build_model(n, m, self.effects, self.metrics, self.listeners)
+            for n, m in models.items()}
         self.registry = Registry(self.models.values())
         for unit in self.registry.units():
             for p in unit.profiles:
@@ -63,6 +65,7 @@ class Rig:
             needs = GpuNeeds(config, Inventory(totals={g: 8 * GIB for g in gpus}), {},
                              Measured())
             self.effects.gpus = GpuBudget(needs, self.clock, handles=self.registry.units)
+            self.listeners.add(self.effects.gpus)
         self.clients: list[Client] = []
 
     @property

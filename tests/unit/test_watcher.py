@@ -21,7 +21,7 @@ from tests.fakes import SINGLE, Client, FakeClock, FakeRuntime, make_handle, unt
 async def rig() -> AsyncIterator[tuple[ModelHandle, FakeRuntime, FakeClock]]:
     handle, runtime, clock = make_handle(SINGLE)
     runtime.auto_ready.add("chat")
-    task = asyncio.create_task(watch(handle._effects, Registry([handle])))
+    task = asyncio.create_task(watch(handle.effects, Registry([handle])))
     yield handle, runtime, clock
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -43,7 +43,7 @@ async def test_runtime_away_refuses_starts_serves_what_runs_and_resyncs_when_bac
     await Client(handle, keep=False).result()
     runtime.unreachable = True
     runtime.events.put_nowait(RuntimeFailure("connection refused"))
-    await until(lambda: handle._effects.runtime_down is not None, "the outage to be seen")
+    await until(lambda: handle.effects.runtime_down is not None, "the outage to be seen")
     lease = await Client(handle, keep=False).result()  # it still runs: served
     assert not lease.cold_start
     # The daemon restarts without its containers; meanwhile the model cannot start.
@@ -55,7 +55,7 @@ async def test_runtime_away_refuses_starts_serves_what_runs_and_resyncs_when_bac
     assert runtime.starts == ["chat"]
     runtime.unreachable = False
     clock.advance(5)  # the watcher's next try
-    await until(lambda: handle._effects.runtime_down is None, "the runtime to be back")
+    await until(lambda: handle.effects.runtime_down is None, "the runtime to be back")
     assert (await Client(handle, keep=False).result()).cold_start
     assert runtime.starts == ["chat", "chat"]
 
@@ -64,7 +64,7 @@ async def test_resync_adopts_what_runs_and_forgets_what_is_gone(rig) -> None:
     handle, runtime, clock = rig
     runtime.unreachable = True
     runtime.events.put_nowait(RuntimeFailure("daemon restarting"))
-    await until(lambda: handle._effects.runtime_down is not None, "the outage")
+    await until(lambda: handle.effects.runtime_down is not None, "the outage")
     runtime.run("chat")  # someone started it while the supervisor could not look
     runtime.unreachable = False
     clock.advance(5)
@@ -81,11 +81,11 @@ async def test_a_frozen_daemon_is_noticed_by_the_heartbeat(rig, monkeypatch) -> 
     runtime.frozen = True  # its event stream stays open, silent
     clock.advance(5)  # the next heartbeat
     for _ in range(100):
-        if handle._effects.runtime_down is not None:
+        if handle.effects.runtime_down is not None:
             break
         await asyncio.sleep(0.01)
-    assert handle._effects.runtime_down is not None
-    assert "does not answer" in handle._effects.runtime_down
+    assert handle.effects.runtime_down is not None
+    assert "does not answer" in handle.effects.runtime_down
     with pytest.raises(Refusal) as refused:
         await Client(handle, keep=False).result()
     assert refused.value.code == "runtime_unavailable"

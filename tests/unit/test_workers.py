@@ -6,7 +6,6 @@ not answer during one)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -21,7 +20,7 @@ from supervisor.rules.table import State
 from supervisor.workers import link as link_module
 from supervisor.workers import messages, stats
 from supervisor.workers.link import Link
-from supervisor.workers.mirror import Mirror, Mirrors
+from supervisor.workers.mirror import Mirror, Mirrors, MirrorSet
 from supervisor.workers.owner import Fleet
 from supervisor.workers.relay import Relay
 from tests.fakes import SINGLE, make_handle, model_config, settle, until
@@ -97,15 +96,37 @@ def test_a_mirror_follows_the_owner_profile_and_upstream() -> None:
     assert not m.ready
 
 
-def test_models_the_table_leaves_out_and_replica_sets_are_not_forwarded() -> None:
+def test_models_the_table_leaves_out_are_not_forwarded() -> None:
     plain, _ = mirror()
-    replicated = Mirror("r", model_config({**SINGLE, "replicas": {"max": 2}}), lambda _: None)
-    registry = Mirrors([plain, replicated])
+    registry = Mirrors([plain])
     ready(plain)
-    registry.apply(messages.table([messages.Entry("r", True, "default", "http://x")],
-                                  draining=False))
-    assert not plain.ready and not replicated.ready
+    registry.apply(messages.table([], draining=False))
+    assert not plain.ready
     assert registry.get("m") is plain
+
+
+def test_a_replica_set_forwards_to_its_ready_replicas_and_busy_names_the_replica() -> None:
+    sent: list[dict[str, Any]] = []
+    config = model_config({"replicas": [
+        {"service": "a", "upstream": "http://127.0.0.1:19111"},
+        {"service": "b", "upstream": "http://127.0.0.1:19112"}], "target_concurrency": 4})
+    vox = MirrorSet("vox", config, sent.append)
+    registry = Mirrors([vox])
+    assert registry.get("vox") is vox and vox.lease_now(None, Task()) is None
+    registry.apply(messages.table([
+        messages.Entry("vox#1", False, "default", "http://127.0.0.1:19111"),
+        messages.Entry("vox#2", True, "default", "http://127.0.0.1:19112")], draining=False))
+    lease = vox.lease_now(None, Task())
+    assert lease is not None and lease.replica.upstream == "http://127.0.0.1:19112"
+    assert sent == [{"t": "busy", "m": "vox#2"}]
+    registry.apply(messages.table([
+        messages.Entry("vox#1", True, "default", "http://127.0.0.1:19111"),
+        messages.Entry("vox#2", True, "default", "http://127.0.0.1:19112")], draining=False))
+    second = vox.lease_now(None, Task())  # the replica with fewer of this worker's requests
+    assert second is not None and second.replica.name == "vox#1"
+    vox.release(lease)
+    vox.release(second)
+    assert sent[-2:] == [{"t": "idle", "m": "vox#2"}, {"t": "idle", "m": "vox#1"}]
 
 
 def test_abort_cancels_every_exchange_with_its_code() -> None:
@@ -138,15 +159,14 @@ class Writer:
 
 
 def fleet_with(handle: Any, workers: int = 1) -> tuple[Fleet, list[Link], list[Writer]]:
-    registry = cast(Registry, SimpleNamespace(handles={handle.name: handle}))
-    fleet = Fleet(workers + 1, "/dev/null", "/nonexistent", registry,
-                  Metrics(snapshots=lambda: [], gpu=lambda: None), Gate())
+    fleet = Fleet(workers + 1, "/dev/null", "/nonexistent", Registry([handle]),
+                  Metrics(snapshots=lambda: [], gpu=lambda: None), Gate(), handle.listeners)
     writers = []
     for link in fleet.links:
         writer = Writer()
         link.writer = cast(asyncio.StreamWriter, writer)
         writers.append(writer)
-    fleet._table()  # the handle gets its observer
+    fleet.listeners.add(fleet)  # as start() does, without processes
     return fleet, fleet.links, writers
 
 

@@ -1,0 +1,1 @@
+"""Idle policies: when a model is given back, and started again ahead of demand."""

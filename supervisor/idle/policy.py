@@ -1,0 +1,271 @@
+"""The adaptive idle policy as a pure function: a model's history and the time in, a plan
+out (when to sleep, when to stop, when to start again ahead of demand, and why).
+
+After "Serverless in the Wild" (Shahrad et al., USENIX ATC 2020): the distribution of a
+model's idle gaps decides a keep-alive window and a pre-warm window. Here the windows are
+chosen by pricing every candidate on the gaps already seen, as GPU-seconds held plus the
+seconds requests would wait on a start (times `prefer`'s weight): a fixed timer is one of
+the candidates, so the choice is never worse on the past than the operator's bound. Where
+the gaps say nothing (demand that repeats by time of day or week, not by gap), the arrivals
+that found the model down are folded by day and by week: a phase seen in most periods is
+demand to pre-warm for. Nothing here knows seconds from hours: margins are fractions of
+the gaps and of the period, so a pattern of 30 s is learned as one of 30 min.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+DAY = 86400.0
+WEEK = 7 * DAY
+MIN_GAPS = 8  # fewer idle gaps seen: the operator's fixed timers (not representative yet)
+MARGIN = 0.1  # of a gap: a pre-warm is ready this much early, a keep-alive this much late
+# One user-second waited is worth this many GPU-seconds held.
+WAIT_WEIGHT = {"latency": 30.0, "balanced": 6.0, "savings": 1.0}
+PHASE_TOLERANCE = 1 / 288  # of a day: arrivals this close are at the same time (5 min)
+LONG_GAP = 4.0  # x the keep-alive: demand after such gaps is looked for by time of day
+STICKY = 0.05  # a new keep-alive must cost this much less (a fraction) than the last one
+SIGNIFICANCE = 1e-3  # a phase is demand when chance explains its periods this rarely
+QUANTILES = tuple(i / 40 for i in range(41))  # keep-alive candidates among the gaps
+PREWARM_WINDOWS = ((0.0, 1.0), (0.05, 0.99), (0.1, 0.9), (0.25, 0.75))  # of the long gaps
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What the operator allows: `idle_timeout` (the upper bound of a stop), `min_idle` (the
+    lower bound of both), the fixed `sleep.after` (None: no sleep tier)."""
+
+    idle_timeout: float
+    min_idle: float = 0.0
+    sleep_after: float | None = None
+    prefer: str = "balanced"
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """Measured seconds of a start, a stop and a wake from sleep (None: no sleep mode)."""
+
+    start: float
+    stop: float = 0.0
+    wake: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """`gaps`: idle gaps in seconds (oldest first); `downs`: (wall-clock time, gap) of the
+    arrivals that found the model given back (the demand to pre-warm for), by time;
+    `since`: the wall-clock time the history began."""
+
+    gaps: Sequence[float] = ()
+    downs: Sequence[tuple[float, float]] = ()
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Seconds of idleness before a sleep and before a stop; the wall-clock time to start
+    (or wake) it again, None for none; how long a pre-warmed model waits for its first
+    request before it is given back again; and the reason, for the log and the admin API."""
+
+    sleep_after: float | None
+    stop_after: float
+    prewarm_at: float | None
+    prewarm_window: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    keep: float  # seconds kept after the last request
+    prewarm: float | None  # seconds after the last request at which a start begins
+    window: float  # seconds a pre-warmed model waits, once ready
+    cost: float
+    colds: float
+
+
+class _Gaps:
+    """Sorted gaps with prefix sums: the cost of a choice in O(log n)."""
+
+    def __init__(self, gaps: Sequence[float]) -> None:
+        self.s = sorted(gaps)
+        self.sums = [0.0, *accumulate(self.s)]
+
+    def count(self, lo: float, hi: float) -> tuple[int, float]:
+        """How many gaps lie in (lo, hi], and their sum."""
+        i, j = bisect_right(self.s, lo), bisect_right(self.s, hi)
+        return j - i, self.sums[j] - self.sums[i]
+
+    def quantile(self, q: float, above: float = -1.0) -> float:
+        start = bisect_right(self.s, above)
+        rest = self.s[start:]
+        return rest[min(len(rest) - 1, int(q * (len(rest) - 1) + 0.5))]
+
+
+def _price(g: _Gaps, keep: float, prewarm: float | None, window: float, up: float,
+           down: float, weight: float) -> _Choice:
+    """GPU-seconds held plus `weight` x seconds waited, summed over the gaps, had the model
+    been kept `keep` s, then given back (`down` s to stop), and started again `prewarm` s
+    after the last request (`up` s to come up), waiting `window` s once ready."""
+    n_warm, s_warm = g.count(-1.0, keep)
+    gpu, wait, colds = s_warm, 0.0, 0.0
+    n_after = len(g.s) - n_warm
+    gpu += n_after * (keep + down)
+    if prewarm is None:
+        gpu += n_after * up
+        wait += n_after * up
+        colds += n_after
+        return _Choice(keep, None, 0.0, gpu + weight * wait, colds)
+    ready, until = prewarm + up, prewarm + up + window
+    n_cold, _ = g.count(keep, prewarm)  # came before the pre-warm began
+    n_mid, s_mid = g.count(prewarm, ready)  # came while it started: waited part of it
+    n_hit, s_hit = g.count(ready, until)
+    n_late = n_after - n_cold - n_mid - n_hit  # the pre-warm was given back before it came
+    gpu += (n_cold + n_mid) * up + s_hit - n_hit * prewarm + n_late * (up + window + down + up)
+    wait += n_cold * up + (n_mid * ready - s_mid) + n_late * up
+    colds += n_cold + n_mid + n_late
+    return _Choice(keep, prewarm, window, gpu + weight * wait, colds)
+
+
+def _best(gaps: Sequence[float], up: float, down: float, lo: float, hi: float,
+          weight: float, previous: float | None = None) -> _Choice:
+    """The cheapest keep-alive in [lo, hi] on these gaps, with or without a pre-warm; the
+    `previous` keep-alive (without a pre-warm) while it costs about as little: past gaps
+    are a sample, and a choice that follows each new one wanders over a flat cost."""
+    g = _Gaps(gaps)
+    if previous is not None and lo <= previous <= hi:
+        kept = _price(g, previous, None, 0.0, up, down, weight)
+        fresh = _best(gaps, up, down, lo, hi, weight)
+        return kept if kept.cost <= fresh.cost * (1 + STICKY) else fresh
+    keeps = {hi, lo} | {min(hi, max(lo, g.quantile(q) * (1 + MARGIN))) for q in QUANTILES}
+    best: _Choice | None = None  # ties go to the shorter keep-alive: no gap seen says more
+    for keep in sorted(keeps):
+        candidates = [_price(g, keep, None, 0.0, up, down, weight)]
+        if g.s[-1] > keep:
+            for q_lo, q_hi in PREWARM_WINDOWS:
+                head = g.quantile(q_lo, keep) * (1 - MARGIN) - up
+                tail = g.quantile(q_hi, keep) * (1 + MARGIN)
+                window = min(hi, max(lo, tail - head - up))
+                # Worth it where the demand is predictable: given back for longer than a
+                # start takes, and longer than the window it is then kept waiting.
+                if head - keep - down >= max(up, window):
+                    candidates.append(_price(g, keep, head, window, up, down, weight))
+        for choice in candidates:
+            if best is None or choice.cost < best.cost - 1e-9:
+                best = choice
+    assert best is not None
+    return best
+
+
+def requests_per_start(gaps: Sequence[float], up: float) -> float:
+    """How many requests a start keeps waiting: one, plus those that follow it within the
+    start at the usual pace (the median gap)."""
+    if not gaps or up <= 0:
+        return 1.0
+    median = sorted(gaps)[len(gaps) // 2]
+    return 1.0 + min(up / median, 100.0) if median > 0 else 100.0
+
+
+def _tail(n: int, k: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how often chance alone puts demand into k of n
+    periods at one phase."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def _seen_a_week_before(downs: Sequence[float], since: float, due: float, tol: float,
+                        period: float) -> bool:
+    """Daily demand on a day of the week that had none at that time a week before (a
+    weekend) is not foreseen, once a week has been seen."""
+    if period >= WEEK or due - WEEK < since:
+        return True
+    i = bisect_left(downs, due - WEEK - tol)
+    return i < len(downs) and downs[i] <= due - WEEK + 3 * tol
+
+
+def next_demand(downs: Sequence[float], since: float, after: float) -> tuple[float, str] | None:
+    """The first wall-clock time after `after` at which demand that found the model down
+    (`downs`, sorted) has come in more of the periods seen than chance explains (week, else
+    day; two periods seen at least), less the tolerance; with the period's name. None: no
+    such phase."""
+    for period, name in ((WEEK, "week"), (DAY, "day")):
+        covered = int((after - since) // period)
+        if covered < 2 or not downs:
+            continue
+        tol = DAY * PHASE_TOLERANCE
+        recent = [t for t in downs if t >= after - covered * period]
+        phases = sorted((t % period, int(t // period)) for t in recent)
+        keys = [p for p, _ in phases]
+        # How likely one period has demand in a window of 2 x tol by chance.
+        chance = min(1.0, len(recent) / covered * 2 * tol / period)
+        needed = next((k for k in range(2, covered + 1)
+                       if _tail(covered, k, chance) < SIGNIFICANCE), None)
+        if needed is None:
+            continue
+        best: float | None = None
+        for phase, _ in phases:
+            i, j = bisect_left(keys, phase - tol), bisect_right(keys, phase + tol)
+            if len({k for _, k in phases[i:j]}) < needed:
+                continue
+            due = after - after % period + phase - tol
+            while due <= after or not _seen_a_week_before(downs, since, due, tol, period):
+                due += period
+            best = due if best is None else min(best, due)
+        if best is not None:
+            return best, name
+    return None
+
+
+def plan(history: History, now: float, bounds: Bounds, costs: Costs, *,
+         by_gap: bool = True, previous: float | None = None) -> Plan:
+    """The plan for an idle period that begins at `now` (wall-clock seconds); `by_gap`
+    False: no pre-warm from the gaps (one of them came to nothing in this idle period),
+    only for demand seen at this time of day or week; `previous`: the keep-alive of the
+    last plan."""
+    lo, hi = min(bounds.min_idle, bounds.idle_timeout), bounds.idle_timeout
+    sleep_fixed = None if bounds.sleep_after is None else min(bounds.sleep_after, hi)
+    gaps = history.gaps
+    weight = WAIT_WEIGHT.get(bounds.prefer, WAIT_WEIGHT["balanced"])
+    if len(gaps) < MIN_GAPS:
+        # Nothing to learn from yet: keep it as long as a start would cost (ski rental:
+        # never more than twice the best choice in hindsight, whatever comes).
+        rent = min(hi, max(lo, costs.start + costs.stop + weight * costs.start))
+        return Plan(sleep_fixed, rent, None, 0.0,
+                    f"keep {_secs(rent)}, what a start costs, until {MIN_GAPS} idle gaps "
+                    f"are seen ({len(gaps)} so far)")
+    weight *= requests_per_start(gaps, costs.start)
+    stop = _best(gaps, costs.start, costs.stop, lo, hi, weight, previous)
+    sleep_after = None
+    if sleep_fixed is not None and costs.wake is not None and stop.keep > lo:
+        nap = _best(gaps, costs.wake, 0.0, lo, stop.keep, weight)
+        sleep_after = nap.keep if nap.keep < stop.keep else None
+    why = (f"{len(gaps)} idle gaps (median {_secs(sorted(gaps)[len(gaps) // 2])}): "
+           f"keep {_secs(stop.keep)}")
+    if sleep_after is not None:
+        why += f", asleep after {_secs(sleep_after)}"
+    prewarm_at, window = None, 0.0
+    if stop.prewarm is not None and by_gap:
+        prewarm_at, window = now + stop.prewarm, stop.window
+        why += (f", start again {_secs(stop.prewarm)} after the last request (gaps repeat), "
+                f"wait {_secs(window)} for it")
+    # Demand after gaps far longer than the keep-alive: what the gaps cannot foresee.
+    long = sorted(t for t, gap in history.downs if gap >= LONG_GAP * stop.keep)
+    periodic = next_demand(long, history.since, now + stop.keep + costs.stop)
+    if periodic is not None:
+        due, period = periodic
+        at = due - costs.start
+        if at >= now + stop.keep + costs.stop and (prewarm_at is None or at < prewarm_at):
+            tol = DAY * PHASE_TOLERANCE
+            prewarm_at, window = at, max(window, min(hi, 2 * tol + stop.keep))
+            why += f", start again for demand seen at this time of {period}"
+    return Plan(sleep_after, stop.keep, prewarm_at, window, why)
+
+
+def _secs(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds:.1f}s"

@@ -1,0 +1,101 @@
+"""The adaptive idle policy's decisions, as a table: history and time in, plan out."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.idle.history import IdleHistory
+from supervisor.idle.policy import DAY, MIN_GAPS, Bounds, Costs, History, next_demand, plan
+
+MONDAY = 1704067200.0
+COSTS = Costs(start=60.0, stop=3.0)
+BOUNDS = Bounds(idle_timeout=3600.0)
+
+
+def bursts(period: float, burst_gaps: int, pace: float) -> list[float]:
+    """Gaps of bursts: `burst_gaps` short gaps of `pace` s, then one of about `period` s."""
+    gaps: list[float] = []
+    for i in range(12):
+        gaps += [pace] * burst_gaps
+        gaps.append(period * (0.97 + 0.06 * (i % 3) / 2))
+    return gaps
+
+
+@pytest.mark.parametrize(("gaps", "keep", "prewarm"), [
+    # Too few gaps: keep as long as a start costs (ski rental), no pre-warm.
+    ([5.0] * (MIN_GAPS - 1), (60 + 3 + 6 * 60, 60 + 3 + 6 * 60), None),
+    # Only short gaps: keep just past them.
+    ([5.0, 6.0, 7.0, 8.0] * 10, (8.0, 9.0), None),
+    # Hourly jobs (short gaps, then ~55 min): give back after the burst, start ahead.
+    (bursts(3300.0, 30, 10.0), (10.0, 12.0), (2500.0, 3200.0)),
+    # Rare and random (one gap per 3 h on average): give back at once, no pre-warm.
+    ([600.0, 20000.0, 3000.0, 9000.0, 15000.0, 1200.0, 30000.0, 7000.0, 11000.0,
+      4000.0] * 3, (0.0, 0.0), None),
+])
+def test_the_plan_follows_the_gaps(gaps: list[float], keep: tuple[float, float],
+                                   prewarm: tuple[float, float] | None) -> None:
+    p = plan(History(gaps, (), MONDAY), MONDAY, BOUNDS, COSTS)
+    assert keep[0] <= p.stop_after <= keep[1], p.reason
+    if prewarm is None:
+        assert p.prewarm_at is None, p.reason
+    else:
+        assert p.prewarm_at is not None, p.reason
+        assert prewarm[0] <= p.prewarm_at - MONDAY <= prewarm[1], p.reason
+    assert p.reason
+
+
+def test_it_is_scale_free() -> None:
+    """The same pattern 60 times faster (and a start 60 times shorter) gives the same
+    plan, 60 times shorter."""
+    slow = plan(History(bursts(3300.0, 30, 10.0), (), 0.0), 0.0, BOUNDS, COSTS)
+    fast = plan(History([g / 60 for g in bursts(3300.0, 30, 10.0)], (), 0.0), 0.0,
+                Bounds(idle_timeout=60.0), Costs(start=1.0, stop=0.05))
+    assert slow.prewarm_at is not None and fast.prewarm_at is not None
+    assert fast.stop_after == pytest.approx(slow.stop_after / 60)
+    assert fast.prewarm_at == pytest.approx(slow.prewarm_at / 60)
+
+
+@pytest.mark.parametrize(("bounds", "low", "high"), [
+    (Bounds(idle_timeout=600.0, min_idle=120.0), 120.0, 600.0),  # min_idle: the floor
+    (Bounds(idle_timeout=5.0), 0.0, 5.0),  # idle_timeout: the ceiling
+])
+def test_the_operator_bounds_hold(bounds: Bounds, low: float, high: float) -> None:
+    for gaps in ([1.0] * 40, [10_000.0] * 40, bursts(3300.0, 30, 10.0)):
+        p = plan(History(gaps, (), 0.0), 0.0, bounds, COSTS)
+        assert low <= p.stop_after <= high
+
+
+def test_preferring_latency_keeps_longer_than_preferring_savings() -> None:
+    gaps = [30.0 * (i % 17 + 1) for i in range(100)]
+    keeps = {prefer: plan(History(gaps, (), 0.0), 0.0, Bounds(3600.0, prefer=prefer),
+                          COSTS).stop_after for prefer in ("savings", "balanced", "latency")}
+    assert keeps["savings"] <= keeps["balanced"] <= keeps["latency"]
+    assert keeps["savings"] < keeps["latency"]
+
+
+def test_demand_at_the_same_time_each_day_is_foreseen() -> None:
+    # Three weekdays with the first request at 9:00-9:02 after the night.
+    downs = [MONDAY + d * DAY + 9 * 3600 + 60 * d for d in range(3)]
+    due = next_demand(downs, MONDAY, MONDAY + 2 * DAY + 18 * 3600)
+    assert due is not None
+    at, period = due
+    assert period == "day"
+    assert MONDAY + 3 * DAY + 8.8 * 3600 <= at <= MONDAY + 3 * DAY + 9 * 3600
+
+
+def test_random_demand_is_not_taken_for_a_pattern() -> None:
+    downs = [MONDAY + i * 10_007.0 for i in range(100)]  # every 2.8 h: no phase of the day
+    assert next_demand(downs, MONDAY, downs[-1]) is None
+
+
+def test_the_history_survives_a_restart_and_stays_bounded() -> None:
+    history = IdleHistory(since=MONDAY)
+    for i in range(2000):
+        history.gap(float(i), MONDAY + i, down=i % 2 == 0)
+    history.measured("default", "start", 40.0)
+    history.measured("default", "start", 20.0)
+    again = IdleHistory.from_json(history.to_json(), since=0.0)
+    assert len(again.gaps) == 512 and len(again.downs) == 256
+    assert again.view() == history.view()
+    assert again.duration("default", "start") == 30.0
+    assert IdleHistory.from_json({"gaps": "nonsense"}, since=5.0).since == 5.0
