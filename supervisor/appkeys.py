@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from supervisor.clients.table import Client
 from supervisor.gate import Gate
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
@@ -24,3 +25,4 @@ UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.Cli
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
 CONTROL: web.AppKey[Control] = web.AppKey("control")
+CLIENT: web.RequestKey[Client] = web.RequestKey("client", Client)  # who sent a /v1 request

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from supervisor.clients.table import Client
 from supervisor.config import HttpConfig
 from supervisor.errors import Refusal
 from supervisor.gate import Gate
@@ -64,13 +65,11 @@ class Context:
     metrics: Metrics
     gate: Gate
 
-    def admits(self, authorization: bytes | None) -> bool:
-        """Not in drain mode, and the client's key matches where keys are configured."""
+    def client_of(self, authorization: bytes | None) -> Client | None:
+        """Whose key it is; None in drain mode, or when the key matches no client."""
         if self.gate.draining:
-            return False
-        keys = self.gate.client_keys
-        return not keys or keys.allows(authorization.decode("latin-1") if authorization
-                                       else None)
+            return None
+        return self.gate.clients.identify(authorization)
 
 
 def _unset() -> asyncio.Protocol:
@@ -161,16 +160,20 @@ class DataPlane:
             model, data, need = route_inline(body, context.registry)
         except Refusal:
             return False
+        client, now = request.client, fastwire.now()
+        assert client is not None  # _classify found it
+        if client.admit(model.name, now) is not None:
+            return False  # the application refuses it (the same check, and its answer)
         tokens = need.tokens if need else None
-        exchange = Exchange(conn, context, model, request, tokens)
+        exchange = Exchange(conn, context, model, request, tokens, client, now)
         lease = model.lease_now(tokens, exchange)
-        if lease is None:
+        target = self.target(lease.replica.upstream) if lease is not None else None
+        if lease is None or target is None:
+            if lease is not None:
+                model.release(lease)
+            client.done(now, now, served=False)
             return False
         server = lease.replica
-        target = self.target(server.upstream)
-        if target is None:
-            model.release(lease)
-            return False
         conn.exchange = exchange
         drops, extra = self.upstream_headers(server)
         head = fastwire.request_head(target.prefix + request.url, request.headers,
