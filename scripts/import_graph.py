@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's, not
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "refusal", "state_file", "auth"),
     ("rules",),
-    ("observe", "runtime", "tokens"),
+    ("observe", "runtime", "tokens", "clients"),
     ("lifecycle",),
     ("gpus", "anatomy", "idle"),
     ("proxy",),

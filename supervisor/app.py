@@ -17,7 +17,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from supervisor.auth import admin_secrets, client_keys
+from supervisor.auth import admin_secrets
+from supervisor.clients.table import build_clients
 from supervisor.config import Config, ConfigError, host_port
 from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.wiring import feed_measured, load_budget
@@ -71,7 +72,7 @@ def build_app(config: Config, runtime: Runtime | None = None,
 
     metrics = Metrics(snapshots=snapshots, gpu=lambda: gpu.sample)
     app[METRICS] = metrics
-    app[GATE] = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
+    app[GATE] = Gate(build_clients(config), retry_after=config.drain_retry_after)
     app[BODY_BUDGET] = BodyBudget(config.max_body_memory)
 
     def used_bytes(model: str) -> int | None:

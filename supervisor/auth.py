@@ -64,7 +64,7 @@ def _read(path: Path, what: str) -> str:
         raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
 
 
-def _secret(env: str | None, file: Path | None, key: str) -> str | None:
+def read_secret(env: str | None, file: Path | None, key: str) -> str | None:
     """The `*_FILE` convention: the env var `env`, else the file named by `<env>_FILE`,
     else `file` from the config. `key` names the config key in errors, never the value."""
     if env:
@@ -80,21 +80,25 @@ def _secret(env: str | None, file: Path | None, key: str) -> str | None:
 
 
 def admin_token(admin: AdminConfig) -> str | None:
-    return _secret(admin.token_env, admin.token_file, "admin.token_file")
+    return read_secret(admin.token_env, admin.token_file, "admin.token_file")
 
 
-def client_keys(auth: ClientAuthConfig) -> Secrets:
-    keys = list(auth.keys)
+def secret_lines(path: Path, key: str) -> list[str]:
+    """A file of secrets, one a line; '#' starts a comment."""
+    lines = (line.split("#", 1)[0].strip() for line in _read(path, key).splitlines())
+    return [line for line in lines if line]
+
+
+def plain_keys(auth: ClientAuthConfig) -> list[str]:
+    """client_auth's keys: the anonymous client's (supervisor/clients/table.py)."""
+    keys = [k for k in auth.keys if k]
     if auth.keys_file is not None:
-        for line in _read(auth.keys_file, "client_auth.keys_file").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                keys.append(line)
-    return Secrets(keys)
+        keys += secret_lines(auth.keys_file, "client_auth.keys_file")
+    return keys
 
 
 def upstream_key(name: str, model: ModelConfig) -> str | None:
-    return _secret(model.upstream_key_env, model.upstream_key_file,
+    return read_secret(model.upstream_key_env, model.upstream_key_file,
                    f"models.{name}.upstream_key_file")
 
 

@@ -47,13 +47,17 @@ def _check_config(path: str) -> int:
     config = _load(path)
     if config is None:
         return 1
-    problems = check(config)
+    warnings: list[str] = []
+    problems = check(config, warnings=warnings)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{path}: invalid configuration", file=sys.stderr)
         return 1
-    print(f"{path}: OK ({len(config.models)} models)")
+    print(f"{path}: OK ({len(config.models)} models"
+          + (f", {len(warnings)} warnings" if warnings else "") + ")")
     return 0
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from supervisor.config.clients import ClientConfig, ClientName, clients_problem
 from supervisor.config.model import (
     TARGET_HINT,
     ModelConfig,
@@ -111,6 +112,9 @@ class Config(BaseSettings):
     admin: AdminConfig = AdminConfig()
     http: HttpConfig = HttpConfig()
     client_auth: ClientAuthConfig = ClientAuthConfig()
+    # Named clients (supervisor/clients/): a key each, the models it may use, its priority
+    # where requests wait and its limits. client_auth's keys are the `anonymous` client's.
+    clients: dict[ClientName, ClientConfig] = {}
     drain_retry_after: Duration = 30.0  # Retry-After while in maintenance (drain) mode
     timezone: TimeZone = "UTC"  # for schedules
     schedules: dict[str, ScheduleConfig] = {}
@@ -169,6 +173,9 @@ class Config(BaseSettings):
                         f"of model {owner[alias]!r}"
                     )
                 owner[alias] = name
+        problem = clients_problem(self.clients, {n: m.aliases for n, m in self.models.items()})
+        if problem:
+            raise ValueError(f"clients.{problem}")
         for name, schedule in self.schedules.items():
             problem = schedule_problem(self, schedule)
             if problem:
@@ -266,6 +273,9 @@ def load_config(path: str | Path) -> Config:
         config.admin.token_file = (path.parent / config.admin.token_file).resolve()
     if config.client_auth.keys_file is not None:
         config.client_auth.keys_file = (path.parent / config.client_auth.keys_file).resolve()
+    for client in config.clients.values():
+        if client.key_file is not None:
+            client.key_file = (path.parent / client.key_file).resolve()
     if config.state_file is None:
         config.state_file = path.with_name(path.stem + ".state.json")
     config.state_file = (path.parent / config.state_file).resolve()

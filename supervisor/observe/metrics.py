@@ -26,7 +26,7 @@ from supervisor.rules.table import State
 STATES = tuple(s.value for s in State)
 RefusalReason = Literal[
     "overflow", "hold_timeout", "context_length", "unknown_model", "bad_request", "start_failed",
-    "stopped", "upstream_died", "runtime_unavailable",
+    "stopped", "upstream_died", "runtime_unavailable", "model_not_allowed", "rate_limited",
 ]
 REFUSAL_REASONS: frozenset[str] = frozenset(get_args(RefusalReason))
 # Why the listener refused a request itself (proxy/request.py `Rejected.reason`).

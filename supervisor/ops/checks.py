@@ -21,6 +21,7 @@ from supervisor.gpus.needs import resolve_need
 from supervisor.gpus.placement import never_fits
 from supervisor.gpus.services import read_services
 from supervisor.lifecycle.units import Unit, units_of
+from supervisor.ops.cache_check import cache_warnings
 from supervisor.runtime.base import split_slot
 from supervisor.runtime.swarm import read_services as swarm_services
 from supervisor.runtime.swarm_tasks import replicas as swarm_replicas
@@ -99,11 +100,12 @@ def _services(config: Config) -> tuple[dict[str, dict[str, Any]], str | None, st
     return services, problem, str(config.compose.file if config.compose else "")
 
 
-def check(config: Config, nvml: Any = None) -> list[str]:
+def check(config: Config, nvml: Any = None, warnings: list[str] | None = None) -> list[str]:
     """Problems as 'key.path: reason' lines; empty when the config is usable.
 
     `nvml`: the pynvml module (a fake in tests); NVML's GPUs and the config's `gpus:`
-    make the inventory, and GPU checks run only when it is not empty.
+    make the inventory, and GPU checks run only when it is not empty. `warnings` gets
+    what works but costs (a vLLM service's caches inside its container).
     """
     services, problem, where = _services(config)
     problems = [problem] if problem else []
@@ -131,6 +133,10 @@ def check(config: Config, nvml: Any = None) -> list[str]:
                     f"exceeds what the model supports: {limit[1]} = {limit[0]} "
                     f"(from {model.model_dir}/config.json)"
                 )
+            if (warnings is not None and model.server == "vllm" and not problem
+                    and config.runtime == "compose" and service in services):
+                found = cache_warnings(_service_key(unit, pname), service, services[service])
+                warnings += [w for w in found if w not in warnings]
             if (inventory.enabled and config.runtime == "compose" and not problem
                     and profile.service in services):
                 problems += _gpu_problems(unit, pname, services[profile.service],

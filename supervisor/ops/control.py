@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from supervisor.anatomy.service import Anatomy
-from supervisor.auth import Secrets, admin_secrets, client_keys, upstream_key
+from supervisor.auth import Secrets, admin_secrets, upstream_key
+from supervisor.clients.table import build_clients
 from supervisor.config import (
     Config,
     ConfigError,
@@ -213,7 +214,7 @@ class Control:
             raise ConfigError(["the supervisor was not started from a config file"])
         new = await asyncio.to_thread(load_config, self.config_path)
         secrets = admin_secrets(new)
-        keys = client_keys(new.client_auth)
+        clients = build_clients(new, self.gate.clients)
         for name, model in new.models.items():
             upstream_key(name, model)  # an unreadable key file refuses the reload
         old = self.config
@@ -231,7 +232,7 @@ class Control:
         for name in changed:
             await self._change(name, new.models[name])
         self.config, self.admin_secrets = new, secrets
-        self.gate.client_keys, self.gate.retry_after = keys, new.drain_retry_after
+        self.gate.clients, self.gate.retry_after = clients, new.drain_retry_after
         self._reload_schedules(new)
         await self.persist()
         if self.fleet is not None:

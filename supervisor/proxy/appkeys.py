@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from supervisor.clients.table import Client
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.gate import Gate
@@ -19,3 +20,4 @@ REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
+CLIENT: web.RequestKey[Client] = web.RequestKey("client", Client)  # who sent a /v1 request

@@ -248,7 +248,8 @@ class ClientConnection(asyncio.Protocol):
                 and not request.url.startswith(b"/v1/models") and request.length is not None
                 and request.length <= self.plane.fast_body):
             context = self.plane.context
-            request.fast = context is not None and context.admits(request.authorization)
+            request.client = context.client_of(request.authorization) if context else None
+            request.fast = request.client is not None
 
     def on_body(self, body: bytes) -> None:
         request = self.reading

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from supervisor.clients.table import Client
 from supervisor.lifecycle.lease import Lease, Upstream
 from supervisor.lifecycle.servable import Servable
 from supervisor.proxy import fastwire
@@ -35,13 +36,14 @@ log = logging.getLogger("supervisor.proxy.routes")
 
 
 class Exchange:
-    __slots__ = ("began", "chunked", "client", "close", "conn", "context", "first_byte",
-                 "head", "held_head", "lease", "model", "out", "over", "peek", "request",
-                 "server", "status", "target", "tokens")
+    __slots__ = ("admitted", "began", "caller", "chunked", "client", "close", "conn", "context",
+                 "first_byte", "head", "held_head", "lease", "model", "out", "over", "peek",
+                 "request", "server", "status", "target", "tokens")
 
     def __init__(self, client: ClientConnection, context: Context, model: Servable,
-                 request: Request, tokens: int | None) -> None:
+                 request: Request, tokens: int | None, caller: Client, admitted: float) -> None:
         self.client = client
+        self.caller, self.admitted = caller, admitted  # whose request, and since when
         self.context = context
         self.model = model  # what the lease came from (a handle, or a replica set)
         self.server: Upstream | None = None  # the replica that granted it
@@ -207,15 +209,16 @@ class Exchange:
 
     def _hand_back(self, tokens: int | None = None) -> None:
         self._drop_conn()
-        self._release()
+        self._release(served=False)
         self.client.to_app(self.request, tokens)
 
     def _drop_conn(self) -> None:
         if self.conn is not None and self.conn.sink is self:
             self.conn.close()
 
-    def _release(self) -> None:
+    def _release(self, *, served: bool = True) -> None:
         self.over = True
+        self.caller.done(self.admitted, fastwire.now(), served=served)
         if self.lease is not None:
             self.model.release(self.lease)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from supervisor.clients.table import Client
 from supervisor.config import HttpConfig
 from supervisor.lifecycle.lease import Upstream
 from supervisor.lifecycle.servable import Catalog
@@ -36,7 +37,7 @@ from supervisor.proxy.connection import ClientConnection
 from supervisor.proxy.exchange import Exchange
 from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
-from supervisor.proxy.policy import admits
+from supervisor.proxy.policy import forwarded_client
 from supervisor.proxy.request import APP, FAST, WEBSOCKET, Rejected, Request, Warnings
 from supervisor.proxy.router import INLINE_ESTIMATE_BYTES, route_inline
 from supervisor.proxy.timeouts import Sweeper
@@ -65,9 +66,9 @@ class Context:
     metrics: Metrics
     gate: Gate
 
-    def admits(self, authorization: bytes | None) -> bool:
-        """Forwarded as it is (policy.admits); `authorization` as the listener read it."""
-        return admits(self.gate, authorization.decode("latin-1") if authorization else None)
+    def client_of(self, authorization: bytes | None) -> Client | None:
+        """Whose key it is, when forwarded as it is (policy.forwarded_client)."""
+        return forwarded_client(self.gate, authorization)
 
 
 def _unset() -> asyncio.Protocol:
@@ -158,16 +159,20 @@ class DataPlane:
             model, data, need = route_inline(body, context.registry)
         except Refusal:
             return False
+        client, now = request.client, fastwire.now()
+        assert client is not None  # _classify found it
+        if client.admit(model.name, now) is not None:
+            return False  # the application refuses it (the same check, and its answer)
         tokens = need.tokens if need else None
-        exchange = Exchange(conn, context, model, request, tokens)
+        exchange = Exchange(conn, context, model, request, tokens, client, now)
         lease = model.lease_now(tokens, exchange)
-        if lease is None:
+        target = self.target(lease.replica.upstream) if lease is not None else None
+        if lease is None or target is None:
+            if lease is not None:
+                model.release(lease)
+            client.done(now, now, served=False)
             return False
         server = lease.replica
-        target = self.target(server.upstream)
-        if target is None:
-            model.release(lease)
-            return False
         conn.exchange = exchange
         drops, extra = self.upstream_headers(server)
         head = fastwire.request_head(target.prefix + request.url, request.headers,

@@ -1,15 +1,15 @@
-"""What the proxy checks before anything else, and operators set: client keys and
-maintenance (drain) mode."""
+"""What the proxy checks before anything else, and operators set: the clients (their keys,
+scopes and limits) and maintenance (drain) mode."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from supervisor.auth import Secrets
+from supervisor.clients.table import Clients
 
 
 @dataclass(slots=True)
 class Gate:
-    client_keys: Secrets = field(default_factory=lambda: Secrets([]))
+    clients: Clients = field(default_factory=Clients)
     draining: bool = False
     retry_after: float = 30.0

@@ -5,6 +5,7 @@ this profile, send it again to a larger one"."""
 
 from __future__ import annotations
 
+from supervisor.clients.table import Client
 from supervisor.proxy.gate import Gate
 from supervisor.rules.profiles import Profile
 
@@ -20,16 +21,16 @@ CONTEXT_ERROR_TEXT = b"maximum context length"
 CONTEXT_ERROR_PEEK = 64 << 10  # how much of such a 400 is read before it is judged
 
 
-def key_allowed(gate: Gate, authorization: str | None) -> bool:
-    """The client's key matches, or no client keys are configured."""
-    keys = gate.client_keys
-    return not keys or keys.allows(authorization)
+def client_of(gate: Gate, authorization: bytes | str | None) -> Client | None:
+    """Whose key an `Authorization` field carries; None when keys are configured and it
+    carries none of them (401)."""
+    return gate.clients.identify(authorization)
 
 
-def admits(gate: Gate, authorization: str | None) -> bool:
-    """Forwarded as it is: not in drain mode, and the key is allowed (else the application
-    answers: 401 or 503)."""
-    return not gate.draining and key_allowed(gate, authorization)
+def forwarded_client(gate: Gate, authorization: bytes | str | None) -> Client | None:
+    """Whose request is forwarded as it is: not in drain mode, and a client's key; None:
+    the application answers it (503 or 401)."""
+    return None if gate.draining else client_of(gate, authorization)
 
 
 def may_be_too_long(status: int, tokens: int | None, profile: Profile,

@@ -18,6 +18,8 @@ _REASONS: dict[str, RefusalReason] = {
     "upstream_died": "upstream_died",
     "runtime_unavailable": "runtime_unavailable",
     "body_memory_exhausted": "overflow",
+    "model_not_allowed": "model_not_allowed",
+    "rate_limited": "rate_limited",
 }
 
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from supervisor.refusal import Refusal
+
+if TYPE_CHECKING:
+    from supervisor.clients.table import Client
 
 log = logging.getLogger("supervisor.proxy.edge")
 
@@ -42,9 +46,9 @@ def malformed(detail: str) -> Rejected:
 class Request:
     """What the listener knows of one request; its body bytes go where `sink` says."""
 
-    __slots__ = ("authorization", "body", "chunked", "complete", "connection", "discard", "fast",
-                 "headers", "keep_alive", "length", "method", "plain", "sink", "upgrade",
-                 "url", "version")
+    __slots__ = ("authorization", "body", "chunked", "client", "complete", "connection",
+                 "discard", "fast", "headers", "keep_alive", "length", "method", "plain",
+                 "sink", "upgrade", "url", "version")
 
     def __init__(self) -> None:
         self.method = b""
@@ -59,6 +63,7 @@ class Request:
         self.fast = False  # small enough, and plain enough, for the fast path
         self.plain = True  # no coding, multipart, Expect: its body goes out as it came
         self.authorization: bytes | None = None
+        self.client: Client | None = None  # whose key it carries (fast path candidates)
         self.connection: bytes | None = None  # its Connection header, when it has one
         self.upgrade: bytes | None = None  # the Upgrade it asks for (llhttp upgrades)
         self.sink: object | None = None  # the in-memory connection its body streams to

@@ -20,13 +20,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import progress
-from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM, Handler
+from supervisor.proxy.appkeys import CLIENT, GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
 from supervisor.proxy.inner import tokens_at_least
 from supervisor.proxy.policy import (
     CONTEXT_ERROR_PEEK,
     HOP_BY_HOP,
-    key_allowed,
+    client_of,
     may_be_too_long,
     retry_need,
 )
@@ -65,13 +65,17 @@ def _model_entry(handle: Model) -> dict[str, object]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    handles = request.app[REGISTRY].handles.values()
+    """The models the client's key may use."""
+    client = request[CLIENT]
+    handles = [h for h in request.app[REGISTRY].handles.values() if client.allows(h.name)]
     return web.json_response({"object": "list", "data": [_model_entry(h) for h in handles]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     try:
         handle = request.app[REGISTRY].get(request.match_info["model"])
+        if not request[CLIENT].allows(handle.name):
+            raise request[CLIENT].forbidden(handle.name)
     except Refusal as exc:
         return refusal_response(exc)
     return web.json_response(_model_entry(handle))
@@ -96,10 +100,12 @@ def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
 async def client_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With client keys configured, every /v1 request needs one; checked before routing,
     so nothing starts for a request without a valid key."""
-    if request.path.startswith("/v1/") and not key_allowed(
-            request.app[GATE], request.headers.get("Authorization")):
-        return error_response(401, "Incorrect API key provided. Send a valid key as "
-                              "'Authorization: Bearer <key>'.", "invalid_api_key")
+    if request.path.startswith("/v1/"):
+        client = client_of(request.app[GATE], request.headers.get("Authorization"))
+        if client is None:
+            return error_response(401, "Incorrect API key provided. Send a valid key as "
+                                  "'Authorization: Bearer <key>'.", "invalid_api_key")
+        request[CLIENT] = client
     return await handler(request)
 
 
@@ -114,6 +120,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except Refusal as exc:
         return _refuse(request, exc)
     handle, body = routed.handle, routed.body
+    client = request[CLIENT]
+    if (refusal := client.admit(handle.name, began)) is not None:
+        body.close()
+        return _refuse(request, refusal)
     tokens = routed.need.tokens if routed.need else None
     # A body in memory or spooled to disk can be sent twice, and only once.
     retry = body.replayable
@@ -138,6 +148,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             committed = await reports.stop()
         return await _answer(request, exc, committed)
     finally:
+        client.done(began, time.monotonic())
         if reports is not None:
             await reports.stop()
         body.close()

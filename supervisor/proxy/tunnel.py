@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -97,16 +98,23 @@ class Tunnel:
             if gate.draining:
                 raise Refusal("The supervisor is in maintenance (drain) mode; retry later",
                               status=503, code="maintenance", retry_after=int(gate.retry_after))
-            if not context.admits(self.request.header(b"authorization")):
+            client = context.client_of(self.request.header(b"authorization"))
+            if client is None:
                 raise Refusal("Incorrect API key provided. Send a valid key as "
                               "'Authorization: Bearer <key>'.", status=401,
                               code="invalid_api_key")
             model = context.registry.get(self._model_name())
             self.model = model.name
-            async with model.lease(None) as lease:
-                if lease.cold_start:
-                    context.metrics.hold(model.name, lease.hold_seconds)
-                await self._through(lease)
+            began = time.monotonic()
+            if (refusal := client.admit(model.name, began)) is not None:
+                raise refusal
+            try:
+                async with model.lease(None) as lease:
+                    if lease.cold_start:
+                        context.metrics.hold(model.name, lease.hold_seconds)
+                    await self._through(lease)
+            finally:
+                client.done(began, time.monotonic())
         except Refusal as refusal:
             self._refuse(refusal)
         except (OSError, TimeoutError) as exc:

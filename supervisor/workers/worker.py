@@ -16,7 +16,8 @@ import signal
 import socket
 from collections.abc import Callable
 
-from supervisor.auth import client_keys, upstream_key
+from supervisor.auth import upstream_key
+from supervisor.clients.table import build_clients
 from supervisor.config import Config, host_port
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.fastpath import Context, DataPlane
@@ -57,7 +58,7 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     registry = Mirrors(mirrors)
     units = list(registry.units.values())
     metrics = Metrics()
-    gate = Gate(client_keys(config.client_auth), retry_after=config.drain_retry_after)
+    gate = Gate(build_clients(config), retry_after=config.drain_retry_after)
     plane = DataPlane(config.http)
     plane.start(lambda: Relay(owner_socket),
                 Context(registry, metrics, gate))

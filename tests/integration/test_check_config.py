@@ -105,3 +105,25 @@ def test_a_profile_longer_than_the_model_supports_is_rejected(tmp_path: Path) ->
 def test_rope_scaling_extends_what_the_model_supports(tmp_path: Path) -> None:
     done = check_config(profiles_config(tmp_path, {"rope_type": "yarn", "factor": 2.0}))
     assert done.returncode == 0, done.stderr
+
+
+def test_the_gpu_example_keeps_its_caches_on_volumes(tmp_path: Path) -> None:
+    """The shipped example mounts vLLM's and the Hugging Face caches; the same file without
+    those mounts (as it was before) is warned about, with the key paths, and still valid."""
+    shipped = REPO / "compose/models.yml"
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "model-supervisor.example.yaml").read_text()
+                      .replace("compose/models.yml", str(tmp_path / "models.yml")))
+    (tmp_path / "models.yml").write_text(shipped.read_text())
+    done = check_config(config)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    before = "".join(line for line in shipped.read_text().splitlines(keepends=True)
+                     if "-cache:/root/.cache/" not in line)
+    (tmp_path / "models.yml").write_text(before)
+    done = check_config(config)
+    assert done.returncode == 0, done.stderr
+    assert "OK (1 models, 2 warnings)" in done.stdout
+    for cache in ("/root/.cache/vllm", "/root/.cache/huggingface"):
+        assert ("warning: models.step-audio.service: " in done.stderr
+                and f"({cache}) is inside the container of service 'step-audio-64k'"
+                in done.stderr and "services.step-audio-64k.volumes" in done.stderr)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from supervisor.app import build_app
-from supervisor.auth import Secrets, admin_secrets, admin_token, client_keys, is_loopback
+from supervisor.auth import Secrets, admin_secrets, admin_token, is_loopback, plain_keys
 from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError
 from supervisor.ops.schedule import ClockTrigger, WallClock, cron, window_open
 from supervisor.state_file import StateFile, write_atomically
@@ -57,10 +57,10 @@ def test_admin_on_a_network_address_needs_a_token(monkeypatch) -> None:
 
 def test_client_keys_from_list_and_file(tmp_path) -> None:
     (tmp_path / "k").write_text("# comment\nk2  # trailing\n\nk3\n")
-    keys = client_keys(ClientAuthConfig(keys=["k1"], keys_file=tmp_path / "k"))
-    assert all(keys.allows(f"Bearer k{i}") for i in (1, 2, 3))
+    keys = plain_keys(ClientAuthConfig(keys=["k1"], keys_file=tmp_path / "k"))
+    assert keys == ["k1", "k2", "k3"]
     with pytest.raises(ConfigError, match=r"client_auth\.keys_file: cannot read"):
-        client_keys(ClientAuthConfig(keys_file=tmp_path / "missing"))
+        plain_keys(ClientAuthConfig(keys_file=tmp_path / "missing"))
 
 
 def test_config_errors_name_the_key() -> None:
