@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("proxy",),
     ("workers",),
     ("ops",),
+    ("root",),
     ("app", "simulate"),
     ("cli",),
     ("__main__",),

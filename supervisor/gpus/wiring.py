@@ -44,25 +44,40 @@ async def load_budget(config: Config, clock: Clock, state: StateFile, sampler: G
     return GpuBudget(needs, clock, handles=handles, device_used=device_used)
 
 
-async def feed_measured(budget: GpuBudget, sampler: GpuSampler, state: StateFile,
-                        handles: Callable[[], Iterable[ModelHandle]]) -> None:
-    """Run until cancelled: what a ready model uses is its measured peak, what an asleep
-    one keeps its asleep size; both feed the next placement of that profile."""
-    if budget.needs is None or not budget.enabled:
-        return
-    measured = budget.needs.measured
-    while True:
-        await asyncio.sleep(sampler.interval)
-        sample = sampler.sample
-        if sample is None or not sample.available:
-            continue
-        used = by_profile(sample.models)
-        states = {(h.name, h.profile.name): h.state for h in handles()}
+class MeasuredFeed:
+    """Folds each NVML sample into the measured sizes while it runs: what a ready model
+    uses is its measured peak, what an asleep one keeps its asleep size; both feed the next
+    placement of that profile, and are saved (to the supervisor's one state file) when
+    they grow."""
+
+    def __init__(self, budget: GpuBudget, sampler: GpuSampler, state: StateFile,
+                 handles: Callable[[], Iterable[ModelHandle]]) -> None:
+        self.budget, self.sampler, self.state, self.handles = budget, sampler, state, handles
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        if self.budget.needs is None or not self.budget.enabled:
+            return
+        while True:
+            await asyncio.sleep(self.sampler.interval)
+            if self.fold():
+                await self.save()
+
+    def fold(self) -> bool:
+        """The latest sample into the measured sizes; whether any grew."""
+        sample = self.sampler.sample
+        if self.budget.needs is None or sample is None or not sample.available:
+            return False
+        measured = self.budget.needs.measured
+        states = {(h.name, h.profile.name): h.state for h in self.handles()}
         grew = False
-        for (model, profile), per_gpu in used.items():
+        for (model, profile), per_gpu in by_profile(sample.models).items():
             current = states.get((model, profile))
             if current in (State.READY, State.ASLEEP):
                 grew |= measured.record(model, profile, per_gpu,
                                         asleep=current is State.ASLEEP)
-        if grew:
-            await state.save_section(SECTION, measured.to_json())
+        return grew
+
+    async def save(self) -> None:
+        if self.budget.needs is not None:
+            await self.state.save_section(SECTION, self.budget.needs.measured.to_json())

@@ -130,8 +130,6 @@ class Metrics:
             preset=[(reason,) for reason in REJECTED_REASONS])
         self._live = LiveCollector(snapshots, gpu)
         r.register(self._live)
-        # What worker processes forwarded (workers/stats.py): added at each scrape.
-        self.workers: Callable[[], Collector] | None = None
 
     @property
     def forwarding(self) -> tuple[dict[str, Counter | LoopCounter], dict[str, LoopHistogram]]:
@@ -194,8 +192,11 @@ class Metrics:
 
     # -- exposition ---------------------------------------------------------
 
-    def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def handler(self, scrape: Callable[[], Collector] | None = None,
+                ) -> Callable[[web.Request], Awaitable[web.Response]]:
         """GET /metrics in the Prometheus text format (see exposition.py for why ours).
+        `scrape`: what to render instead of this registry (with workers: this registry
+        and what they forwarded, workers/stats.py).
 
         Collection runs on the event loop, where the handles live, so it needs no locks;
         it never touches NVML or Docker (the GPU sample is read from memory).
@@ -204,7 +205,7 @@ class Metrics:
         async def metrics(request: web.Request) -> web.Response:
             # Uncompressed: gzip would double the scrape's time on the event loop, and
             # scrapes come over loopback or a LAN.
-            merged = self.workers() if self.workers is not None else self.registry
+            merged = scrape() if scrape is not None else self.registry
             return web.Response(body=render(merged),
                                 headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 

@@ -57,10 +57,13 @@ async def configure(handle: Model) -> None:
 
 
 class Control:
+    """Given everything it acts on by the composition root (root.py): the supervisor's one
+    state file (shared with the GPU wiring), the GPU budget, the worker fleet (if any)."""
+
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
-                 metrics: Metrics, registry: Registry, gate: Gate, used_bytes: UsedBytesOf,
-                 state: StateFile | None = None, listeners: Listeners | None = None, *,
-                 gpus: GpuBudget, anatomy: Anatomy | None = None) -> None:
+                 metrics: Metrics, registry: Registry, gate: Gate, *, used_bytes: UsedBytesOf,
+                 state: StateFile, listeners: Listeners, gpus: GpuBudget,
+                 anatomy: Anatomy | None = None, fleet: Fleet | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -73,10 +76,10 @@ class Control:
         self.listeners = listeners  # what a model added by a reload is heard by
         self.anatomy = anatomy  # the records of the starts (GET /admin/models/{name}/starts)
         self.admin_secrets: Secrets = admin_secrets(config)
-        self.state = state or StateFile(config.state_file)  # the app's one, shared
+        self.state = state
         self.keep_warm = KeepWarm(self.find, config.timezone)
         self._retiring: set[asyncio.Task[None]] = set()
-        self.fleet: Fleet | None = None  # the worker processes (workers: N > 1)
+        self.fleet = fleet  # the worker processes (workers: N > 1)
 
     def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,7 +80,7 @@ class DataPlane:
     (`fast_path`); `tunnels`: pass WebSocket upgrades through (tunnel.py); `relay_to`: a
     worker's way to the owner, where its tunnels go."""
 
-    def __init__(self, http: HttpConfig | None = None) -> None:
+    def __init__(self, http: HttpConfig | None = None, *, relay_to: str | None = None) -> None:
         self.http = http or HttpConfig()
         self.inner = InnerPool(_unset)
         self.context: Context | None = None
@@ -89,7 +89,7 @@ class DataPlane:
         self.fast = True
         self.fast_body = FAST_BODY_BYTES
         self.tunnels = True
-        self.relay_to: str | None = None
+        self.relay_to = relay_to
         self.warn = Warnings()
         self._targets: dict[str, Target | None] = {}
         self._extra: dict[str, tuple[dict[str, str], frozenset[bytes], frozenset[bytes],
@@ -98,10 +98,10 @@ class DataPlane:
         # Requests by the path that answered (the metrics' counts once started).
         self.served: dict[tuple[str, ...], float] = dict.fromkeys((FAST, APP, WEBSOCKET), 0)
 
-    def start(self, aiohttp: Callable[[], asyncio.Protocol], context: Context, *,
-              fast: bool = True) -> None:
-        """`aiohttp` makes the application's protocol for an in-memory connection."""
-        self.inner, self.context, self.fast = InnerPool(aiohttp), context, fast
+    def start(self, inner: InnerPool, context: Context, *, fast: bool = True) -> None:
+        """`inner`: the in-memory connections to the application (the owner's aiohttp
+        server, or a worker's relays to the owner), known once that is set up."""
+        self.inner, self.context, self.fast = inner, context, fast
         self.served = context.metrics.paths.counts
 
     def rejected(self, conn: ClientConnection, rejected: Rejected) -> None:

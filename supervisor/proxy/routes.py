@@ -12,10 +12,12 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client.registry import Collector
 
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
@@ -281,11 +283,13 @@ async def not_found(request: web.Request) -> web.Response:
     return error_response(404, f"No route for {request.method} {request.path}", "not_found")
 
 
-def add_routes(app: web.Application, probes: dict[str, Handler]) -> None:
+def add_routes(app: web.Application, probes: dict[str, Handler],
+               scrape: Callable[[], Collector] | None = None) -> None:
+    """`scrape`: what GET /metrics renders (Metrics.handler)."""
     app.middlewares.extend((openai_errors, client_auth))
     for path, probe in probes.items():
         app.router.add_get(path, probe)
-    app.router.add_get("/metrics", app[METRICS].handler())
+    app.router.add_get("/metrics", app[METRICS].handler(scrape))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)

@@ -51,10 +51,11 @@ class ModelRecord:
 class Recorder:
     """A listener: seconds per state, and the starts and wakes that held requests."""
 
-    def __init__(self, clock: VirtualClock, models: dict[str, ModelRecord]) -> None:
+    def __init__(self, clock: VirtualClock, models: dict[str, ModelRecord],
+                 units: list[ModelHandle]) -> None:
         self.clock = clock
         self.models = models
-        self.units: list[ModelHandle] = []
+        self.units = units  # filled once the models are built
         self.all_down = asyncio.Event()  # every unit is down (stopped or failed)
 
     def on_state(self, unit: ModelHandle, old: State, new: State, event: str) -> None:
@@ -139,19 +140,21 @@ async def _replay(loop: VirtualLoop, trace: Trace, setup: Setup,
     configs = {n: _model_config(setup.config.models[n], setup) for n in names}
     runtime = TimedRuntime({p.service: setup.durations.get(n, Durations())
                             for n, c in configs.items() for p in profiles_of(c)})
-    effects = TimedEffects(runtime, clock)
     records = {n: ModelRecord() for n in names}
+    units: list[ModelHandle] = []
     listeners = Listeners()
-    recorder = Recorder(clock, records)
+    recorder = Recorder(clock, records, units)
     keeper = Keeper(lambda: trace.epoch + clock.now() - T0)
     listeners.add(recorder)
     listeners.add(keeper)
+    budget = None if needs is None else GpuBudget(needs, clock, handles=lambda: units)
+    if budget is not None:
+        listeners.add(budget)  # plans again when a unit's state or load changes
+    effects = TimedEffects(runtime, clock, budget)
     metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
     models: dict[str, Model] = {n: build_model(n, c, effects, metrics, listeners)
                                 for n, c in configs.items()}
-    units = recorder.units = [u for m in models.values() for u in m.units()]
-    if needs is not None:
-        effects.gpus = GpuBudget(needs, clock, handles=lambda: units)
+    units += [u for m in models.values() for u in m.units()]
     pending: set[asyncio.Task[None]] = set()
 
     async def serve(model: Model, duration: float, record: ModelRecord) -> None:

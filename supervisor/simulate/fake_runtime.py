@@ -12,6 +12,7 @@ from typing import cast
 import aiohttp
 
 from supervisor.config import ModelConfig
+from supervisor.lifecycle.admission import GpuAdmission
 from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.effects import Effects, Outcome
 from supervisor.rules.profiles import Profile
@@ -77,8 +78,10 @@ class TimedRuntime:
 class TimedEffects(Effects):
     """The real effects on a TimedRuntime; sleep and wake wait instead of calling vLLM."""
 
-    def __init__(self, runtime: TimedRuntime, clock: Clock) -> None:
-        super().__init__(runtime, cast(aiohttp.ClientSession, None), clock, probe=runtime.probe)
+    def __init__(self, runtime: TimedRuntime, clock: Clock,
+                 gpus: GpuAdmission | None = None) -> None:
+        super().__init__(runtime, cast(aiohttp.ClientSession, None), clock, probe=runtime.probe,
+                         gpus=gpus)
         self.timed = runtime
 
     async def sleep(self, name: str, config: ModelConfig, profile: Profile,

@@ -55,8 +55,6 @@ class Fleet:
 
     def start(self) -> None:
         self.listeners.add(self)  # its units' changes and fences, from now on
-        metrics = self.metrics
-        metrics.workers = lambda: stats.Merged(metrics, self.totals())
         for link in self.links:
             self._spawn(self._run(link))
         self._spawn(self._heartbeat())
@@ -151,7 +149,6 @@ class Fleet:
         for task in list(self._tasks):
             task.cancel()  # what is left of each slot's loop kills its process and waits
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.metrics.workers = None
         self.listeners.remove(self)  # alone again: its units' decisions need no fence
 
     def reload(self) -> None:
@@ -229,6 +226,10 @@ class Fleet:
             self.push()
 
     # -- views ----------------------------------------------------------------------------
+
+    def scrape(self) -> stats.Merged:
+        """What GET /metrics renders: the owner's registry with the workers' counts."""
+        return stats.Merged(self.metrics, self.totals())
 
     def totals(self) -> stats.Snapshot:
         total: stats.Snapshot = {}

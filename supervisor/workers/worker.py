@@ -59,11 +59,9 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     units = list(registry.units.values())
     metrics = Metrics()
     gate = Gate(build_clients(config), retry_after=config.drain_retry_after)
-    plane = DataPlane(config.http)
-    plane.start(lambda: Relay(owner_socket),
+    plane = DataPlane(config.http, relay_to=owner_socket)  # WebSockets go to the owner
+    plane.start(InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True),
                 Context(registry, metrics, gate))
-    plane.relay_to = owner_socket  # WebSockets go to the owner, which holds them
-    plane.inner = InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True)
     host, port = host_port(config.listen)
     limit = connection_limit(config.max_connections, config.fd_reserve)
     server = LimitedServer(plane.protocol, listen(host, port, 1024, reuse_port=True), limit,

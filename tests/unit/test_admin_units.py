@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from supervisor.app import build_app
 from supervisor.auth import Secrets, admin_secrets, admin_token, is_loopback, plain_keys
 from supervisor.config import AdminConfig, ClientAuthConfig, Config, ConfigError
 from supervisor.ops.schedule import ClockTrigger, WallClock, cron, window_open
+from supervisor.root import build
 from supervisor.state_file import StateFile, write_atomically
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -43,11 +43,11 @@ def test_admin_token_from_env_then_file_env_then_file(tmp_path, monkeypatch) -> 
     assert admin_token(admin) == "from-env"
 
 
-def test_admin_on_a_network_address_needs_a_token(monkeypatch) -> None:
+async def test_admin_on_a_network_address_needs_a_token(monkeypatch) -> None:
     monkeypatch.delenv("SUPERVISOR_ADMIN_TOKEN", raising=False)
     open_admin = config(admin={"listen": "0.0.0.0:8081"})
     with pytest.raises(ConfigError, match=r"admin\.listen: 0\.0\.0\.0:8081 is not a loopback"):
-        build_app(open_admin)
+        await build(open_admin)  # before anything is made
     assert not admin_secrets(config())  # loopback: allowed without a token
     monkeypatch.setenv("SUPERVISOR_ADMIN_TOKEN", "tok")
     assert admin_secrets(open_admin).allows("Bearer tok")

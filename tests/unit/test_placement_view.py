@@ -29,6 +29,7 @@ from supervisor.observe.metrics import Metrics
 from supervisor.ops.control import Control
 from supervisor.ops.openapi import MODEL
 from supervisor.proxy.gate import Gate
+from supervisor.state_file import StateFile
 from tests.fakes import Client, FakeClock, FakeRuntime, listening
 
 GIB = 1 << 30
@@ -65,7 +66,8 @@ async def build() -> AsyncIterator[Build]:
             effects.gpus = budget = GpuBudget(needs, clock, handles=handles.values)
             listeners.add(budget)
         control = Control(cfg, None, effects, metrics, Registry(handles.values()), Gate(),
-                          lambda _: None, gpus=budget)
+                          used_bytes=lambda _: None, state=StateFile(None),
+                          listeners=listeners, gpus=budget)
         made.append(handles)
         return control, handles
 
