@@ -297,14 +297,15 @@ class ClientConnection(asyncio.Protocol):
             self.to_app(request)
 
     def to_app(self, request: Request, tokens: int | None = None) -> None:
-        """The aiohttp application answers it: fed the head as parsed, its body re-framed."""
+        """The aiohttp application answers it: fed the head as parsed, its body re-framed;
+        `tokens`: the need it goes again with (the fast path's try was too long)."""
         self.exchange = None
         self.plane.served[APP] += 1
         inner = self.inner = self.plane.inner.take()
-        inner.attach(self, head_only=request.method == b"HEAD", tokens=tokens)
+        inner.attach(self, head_only=request.method == b"HEAD")
         if self.paused:
             inner.protocol.pause_writing()
-        inner.feed(app_head(request))
+        inner.feed(app_head(request, tokens))
         body, request.body = request.body, []
         for data in body:
             self._to_inner(request, data, inner)

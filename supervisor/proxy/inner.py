@@ -33,16 +33,14 @@ class Inner(asyncio.Transport):
         self._ended: ClientConnection | None = None  # the client whose response just ended
         self.head_only = False  # the answer to a HEAD: it ends with its head
         self.wrote = False
-        self.tokens: int | None = None  # the request needs a larger profile than it met
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._status = 0
         self.protocol = pool.factory()
         self.protocol.connection_made(self)
 
-    def attach(self, client: ClientConnection, *, head_only: bool,
-               tokens: int | None = None) -> None:
-        self.client, self.head_only, self.tokens = client, head_only, tokens
+    def attach(self, client: ClientConnection, *, head_only: bool) -> None:
+        self.client, self.head_only = client, head_only
         self.wrote = False  # a byte of this answer went out
         self._parser = httptools.HttpResponseParser(self)  # nothing left of the last answer
 
@@ -173,8 +171,3 @@ class InnerPool:
             inner.close()
         self._idle.clear()
 
-
-def tokens_at_least(transport: object) -> int | None:
-    """What the fast path learnt of the request it hands over on this connection: the
-    server refused it as too long for its profile (so it goes to a larger one at once)."""
-    return transport.tokens if isinstance(transport, Inner) else None

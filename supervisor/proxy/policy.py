@@ -16,6 +16,12 @@ HOP_BY_HOP = frozenset((
 ))
 HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)  # as the fast path reads them
 
+# The need the fast path hands over with a request it read back as too long: a field of the
+# re-framed head (request.app_head writes it, and drops any the client sent), read by the
+# application and never forwarded.
+RETRY_NEED = "x-supervisor-retry-need"
+RETRY_NEED_BYTES = RETRY_NEED.encode()
+
 # vLLM's 400 when a prompt exceeds max_model_len: "This model's maximum context length is ..."
 CONTEXT_ERROR_TEXT = b"maximum context length"
 CONTEXT_ERROR_PEEK = 64 << 10  # how much of such a 400 is read before it is judged
@@ -47,3 +53,8 @@ def retry_need(body: bytes, profile: Profile) -> int | None:
     if profile.max_model_len and CONTEXT_ERROR_TEXT in body:
         return profile.max_model_len + 1
     return None
+
+
+def handed_need(value: str | None) -> int | None:
+    """The need in a re-framed request's RETRY_NEED field (None: a first try)."""
+    return int(value) if value is not None and value.isdigit() else None

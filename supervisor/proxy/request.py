@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from supervisor.proxy.policy import RETRY_NEED_BYTES
 from supervisor.refusal import Refusal
 
 if TYPE_CHECKING:
@@ -113,12 +114,15 @@ def check(request: Request, method: bytes, version: str, upgrading: bool) -> Non
         raise malformed("Transfer-Encoding in an HTTP/1.0 request")
 
 
-def app_head(request: Request) -> bytes:
+def app_head(request: Request, need: int | None = None) -> bytes:
     """The head the aiohttp application reads: the request as parsed, less an upgrade the
-    proxy does not make (h2c is answered over HTTP/1.1)."""
+    proxy does not make (h2c is answered over HTTP/1.1), with `need` when the fast path
+    found it too long for its profile (policy.RETRY_NEED; a client's own is dropped)."""
     lines = [request.method, b" ", request.url, b" HTTP/", request.version.encode(), b"\r\n"]
     for name, value in request.headers:
         lower = name.lower()
+        if lower == RETRY_NEED_BYTES:
+            continue
         if lower == b"upgrade" and request.upgrade is not None:
             continue
         if lower == b"connection" and request.upgrade is not None:
@@ -127,6 +131,8 @@ def app_head(request: Request) -> bytes:
                 continue
             value = b",".join(tokens).strip()
         lines += (name, b": ", value, b"\r\n")
+    if need is not None:
+        lines += (RETRY_NEED_BYTES, b": ", b"%d" % need, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 

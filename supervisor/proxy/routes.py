@@ -24,11 +24,12 @@ from supervisor.lifecycle.registry import Model
 from supervisor.proxy import progress
 from supervisor.proxy.appkeys import CLIENT, GATE, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
-from supervisor.proxy.inner import tokens_at_least
 from supervisor.proxy.policy import (
     CONTEXT_ERROR_PEEK,
     HOP_BY_HOP,
+    RETRY_NEED,
     client_of,
+    handed_need,
     may_be_too_long,
     retry_need,
 )
@@ -39,7 +40,8 @@ from supervisor.rules.table import State
 
 log = logging.getLogger(__name__)
 
-_NOT_FORWARDED = HOP_BY_HOP | {"host"}  # aiohttp writes the upstream's Host itself
+# aiohttp writes the upstream's Host itself; the handed-over need is the proxy's own.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", RETRY_NEED}
 
 
 def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -129,7 +131,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     tokens = routed.need.tokens if routed.need else None
     # A body in memory or spooled to disk can be sent twice, and only once.
     retry = body.replayable
-    if (least := tokens_at_least(request.transport)) is not None:
+    if (least := handed_need(request.headers.get(RETRY_NEED))) is not None:
         tokens, retry = max(tokens or 0, least), False  # the fast path's try was the first
     reports = progress.LoadingProgress(request, handle) if progress.wanted(handle, body) else None
     committed: web.StreamResponse | None = None  # a 200 sent early by the loading progress

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from supervisor.proxy.policy import handed_need
 from supervisor.proxy.request import Rejected, Request, Warnings, app_head, check, malformed
 from supervisor.proxy.timeouts import Sweeper
 
@@ -67,6 +68,18 @@ def test_a_plain_request_is_fed_as_parsed() -> None:
     check(request, b"HEAD", "1.0", False)
     assert app_head(request) == (b"HEAD /v1/models?x=1 HTTP/1.0\r\nHost: a\r\n"
                                  b"Content-Length: 2\r\n\r\n")
+
+
+def test_the_fast_paths_need_goes_with_the_head_and_a_clients_own_never_does() -> None:
+    """A request the fast path read back as too long reaches the application with the need
+    it goes again with (routes.py reads it); one a client wrote itself is dropped."""
+    request = _request((b"Host", b"a"), (b"X-Supervisor-Retry-Need", b"999999"))
+    check(request, b"POST", "1.1", False)
+    assert app_head(request) == b"POST /v1/x HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert app_head(request, 4097) == (b"POST /v1/x HTTP/1.1\r\nHost: a\r\n"
+                                       b"x-supervisor-retry-need: 4097\r\n\r\n")
+    assert handed_need("4097") == 4097 and handed_need(None) is None
+    assert handed_need("-1") is None
 
 
 def test_warnings_are_one_line_at_most_every_ten_seconds(caplog: pytest.LogCaptureFixture
