@@ -18,7 +18,8 @@ from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import CONTROL
 from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.proxy.body_budget import BODY_BUDGET
-from supervisor.proxy.fastpath import Context, DataPlane
+from supervisor.proxy.context import Context
+from supervisor.proxy.fastpath import DataPlane
 from supervisor.proxy.inner import InnerPool
 from supervisor.proxy.limits import LimitedServer, LimitedSite, connection_limit
 from supervisor.proxy.routes import add_routes

@@ -12,38 +12,32 @@ The next request is taken only once the answer before it has ended. A request an
 before its body was read has the rest read and dropped (at most `max_discard` bytes), or
 the connection is closed, lingering so the answer is not lost to a reset. Limits and
 timeouts are nginx's (HttpConfig); a refused request is answered by the listener itself
-with the OpenAI error shape and `Connection: close`.
+with the OpenAI error shape and `Connection: close` (refusing, timeouts and closing:
+closing.py). What it hands requests to, it knows as sides.py's protocols.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
-from supervisor.proxy import fastwire
+from supervisor.proxy.closing import Closing
 from supervisor.proxy.request import APP, Rejected, Request, app_head, check, malformed
-
-if TYPE_CHECKING:
-    from supervisor.proxy.exchange import Exchange
-    from supervisor.proxy.fastpath import DataPlane
-    from supervisor.proxy.inner import Inner
-    from supervisor.proxy.tunnel import Tunnel
+from supervisor.proxy.sides import ExchangeSide, InnerSide, Plane, TunnelSide
 
 GONE_AFTER_EOF_SECONDS = 1.0
 MAX_PIPELINED = 64  # requests parsed ahead of their answers; past it the rest is not read
-_REQUEST_TIMEOUT = Rejected(408, "request_timeout", "The request was not sent in time",
-                            "header_timeout")
 
 
 class _Stop(Exception):
     """Raised inside a parser callback: parse no further (the reason is on the connection)."""
 
 
-class ClientConnection(asyncio.Protocol):
-    def __init__(self, plane: DataPlane) -> None:
+class ClientConnection(Closing, asyncio.Protocol):
+    def __init__(self, plane: Plane) -> None:
         self.plane = plane
         http = plane.http
         self.max_line, self.max_header = http.max_request_line, http.max_header_size
@@ -53,9 +47,9 @@ class ClientConnection(asyncio.Protocol):
         self.reading: Request | None = None  # whose bytes the parser reads now
         self.queue: deque[Request] = deque()  # parsed, not yet answered; [0] is answered first
         self.answering = False  # queue[0]'s answer is under way
-        self.exchange: Exchange | None = None
-        self.inner: Inner | None = None
-        self.tunnel: Tunnel | None = None
+        self.exchange: ExchangeSide | None = None
+        self.inner: InnerSide | None = None
+        self.tunnel: TunnelSide | None = None
         self.in_head = False
         self.head_bytes = self.head_size = self.fields = self.heads = 0
         self.head_since = 0.0  # when the head being read began (the sweeper's clock)
@@ -273,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading = None
         if request.sink is not None:
             if request.chunked:
-                cast("Inner", request.sink).feed(b"0\r\n\r\n")
+                cast(InnerSide, request.sink).feed(b"0\r\n\r\n")
             request.sink = None
         elif request.discard:
             self._next()  # its answer went out before its body ended
@@ -291,8 +285,7 @@ class ClientConnection(asyncio.Protocol):
     def _answer(self, request: Request) -> None:
         self.answering = True
         if request.upgrade is not None:
-            from supervisor.proxy.tunnel import Tunnel
-            self.tunnel = Tunnel(self, request)
+            self.tunnel = self.plane.tunnel(self, request)
         elif not (request.fast and self.plane.forward(self, request)):
             self.to_app(request)
 
@@ -315,11 +308,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             request.sink = inner
 
-    def _to_inner(self, request: Request, data: bytes, inner: Inner | None = None) -> None:
-        sink = inner or cast("Inner", request.sink)
+    def _to_inner(self, request: Request, data: bytes, inner: InnerSide | None = None) -> None:
+        sink = inner or cast(InnerSide, request.sink)
         sink.feed(b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else data)
 
-    def inner_done(self, inner: Inner, keep_alive: bool) -> None:
+    def inner_done(self, inner: InnerSide, keep_alive: bool) -> None:
         """aiohttp's answer ended."""
         if self.inner is not inner:
             return
@@ -329,10 +322,10 @@ class ClientConnection(asyncio.Protocol):
             inner.detach()        # for the rest, so that connection serves nobody else
             request.sink, request.discard = None, 1
         elif keep_alive:
-            self.plane.inner.put(inner)
+            inner.keep()
         self.answered(close=not keep_alive)
 
-    def inner_closed(self, inner: Inner) -> None:
+    def inner_closed(self, inner: InnerSide) -> None:
         """aiohttp ended the connection (`Connection: close`, or a failure)."""
         if self.inner is inner:
             self.inner = None
@@ -376,125 +369,6 @@ class ClientConnection(asyncio.Protocol):
         if self.in_head:  # a pipelined head waited for this answer: its time starts now
             self.head_since = self.sweeper.now
         self._watch()
-
-    # -- refusing, timing out, closing ---------------------------------------------------
-
-    def _refuse(self, rejected: Rejected) -> None:
-        """A request the listener refuses itself: answered after those before it, then the
-        connection closes."""
-        self.plane.rejected(self, rejected)
-        reading = self.reading
-        if reading is not None and not self._unanswer(reading):
-            self._abort()  # its answer began before the rest of it turned out bad
-            return
-        self.stopped, self.rejection = True, rejected
-        if reading is not None and reading in self.queue:
-            self.queue.remove(reading)
-        if not self.answering:
-            self._next()
-
-    def _unanswer(self, request: Request) -> bool:
-        """Take back the answer under way to `request` (aiohttp's, while it read the body),
-        if none of it went out yet; False: too late, the answer began."""
-        inner = self.inner
-        if not (self.answering and self.queue and self.queue[0] is request):
-            return True
-        if inner is None or inner.wrote:
-            return False
-        self.inner = None
-        request.sink = None
-        inner.lost(None)  # aiohttp cancels its handler (a held request leaves the hold)
-        self.answering = False
-        return True
-
-    def _reply(self, rejected: Rejected) -> None:
-        assert self.transport is not None
-        self.transport.write(fastwire.error_response(rejected, close=True))
-
-    def _watch(self) -> None:
-        """Set the timeout that applies now: the head's, a gap in a body, or keep-alive.
-        While an answer is under way the upstream's timeout governs instead."""
-        if self.closed or self.tunnel is not None or self.lingering:
-            return
-        http = self.plane.http
-        reading = self.reading
-        outstanding = self.answering or self.queue
-        if reading is not None and not self.in_head and (
-                reading.discard or not outstanding or self.queue[0] is reading):
-            self.limit, self.since = http.body_timeout, self.sweeper.now  # a body read or dropped
-        elif outstanding:
-            self.limit = 0.0
-        elif self.in_head:
-            self.limit, self.since = http.header_timeout, self.head_since
-        else:
-            self.limit, self.since = http.keepalive_timeout, self.sweeper.now
-
-    def expired(self) -> None:
-        """The timeout `_watch` (or eof_received, or a tunnel) set has passed."""
-        if self.tunnel is not None:
-            self.tunnel.idle()
-            return
-        if self.lingering or self.transport is None:
-            self._abort()
-            return
-        if self.eof and self.answering:  # set by eof_received: it left while it waited
-            if self.inner is not None and not self.inner.wrote:
-                self._abort()  # aiohttp cancels the request (a held one leaves the hold)
-            return
-        reading = self.reading
-        if reading is None or reading.discard:
-            self._close()  # idle keep-alive, or a dropped body that stalled
-            return
-        rejected = _REQUEST_TIMEOUT
-        if not self.in_head:
-            rejected = Rejected(408, "request_timeout", "The request body stalled",
-                                "body_timeout")
-        self._refuse(rejected)
-
-    def _close(self) -> None:
-        """End the connection once what was written is out; while the client may still be
-        sending, close lingering (nginx's lingering close)."""
-        transport = self.transport
-        if transport is None or self.closed:
-            return
-        self.stopped = True
-        reading = self.reading
-        if reading is not None and not reading.complete and transport.can_write_eof():
-            transport.write_eof()
-            http = self.plane.http
-            self.lingering = True
-            self.linger_since, self.linger_left = self.sweeper.now, http.max_discard
-            self.limit, self.since = http.lingering_timeout, self.sweeper.now
-            self._resume_reading()
-            return
-        self.closed = True
-        self.limit = 0.0
-        transport.close()
-
-    def _linger(self, size: int) -> None:
-        """Read and drop what the client still sends, in bounded time and bytes."""
-        self.linger_left -= size
-        now = self.sweeper.now
-        if self.linger_left < 0 or now - self.linger_since > self.plane.http.lingering_time:
-            self._abort()
-            return
-        self.since = now
-
-    def _abort(self) -> None:
-        self.stopped = True
-        self.limit = 0.0
-        if self.transport is not None:
-            self.transport.close()
-
-    def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
 
     # -- upgrades ------------------------------------------------------------------------
 

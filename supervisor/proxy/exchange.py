@@ -28,7 +28,7 @@ from supervisor.refusal import Refusal
 
 if TYPE_CHECKING:
     from supervisor.proxy.connection import ClientConnection
-    from supervisor.proxy.fastpath import Context, Target
+    from supervisor.proxy.context import Context, Target
     from supervisor.proxy.request import Request
 
 log = logging.getLogger("supervisor.proxy.routes")

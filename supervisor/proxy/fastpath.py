@@ -23,52 +23,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from supervisor.clients.table import Client
 from supervisor.config import HttpConfig
 from supervisor.lifecycle.lease import Upstream
-from supervisor.lifecycle.servable import Catalog
-from supervisor.observe.metrics import Metrics
 from supervisor.proxy import fastwire
 from supervisor.proxy.connection import ClientConnection
+from supervisor.proxy.context import Context, Target
 from supervisor.proxy.exchange import Exchange
-from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
-from supervisor.proxy.policy import forwarded_client
 from supervisor.proxy.request import APP, FAST, WEBSOCKET, Rejected, Request, Warnings
 from supervisor.proxy.router import INLINE_ESTIMATE_BYTES, route_inline
 from supervisor.proxy.timeouts import Sweeper
+from supervisor.proxy.tunnel import Tunnel
 from supervisor.proxy.upstream import UpstreamPool
 from supervisor.refusal import Refusal
 
 log = logging.getLogger(__name__)
 
 FAST_BODY_BYTES = INLINE_ESTIMATE_BYTES  # larger bodies take the path that spools them
-
-
-class Target:
-    """Where a model's upstream URL points, parsed once."""
-
-    __slots__ = ("host", "key", "prefix")
-
-    def __init__(self, host: bytes, key: tuple[str, int], prefix: bytes) -> None:
-        self.host, self.key, self.prefix = host, key, prefix
-
-
-@dataclass(slots=True)
-class Context:
-    """The application's objects the fast path reads (there once the app has started)."""
-
-    registry: Catalog
-    metrics: Metrics
-    gate: Gate
-
-    def client_of(self, authorization: bytes | None) -> Client | None:
-        """Whose key it is, when forwarded as it is (policy.forwarded_client)."""
-        return forwarded_client(self.gate, authorization)
 
 
 def _unset() -> asyncio.Protocol:
@@ -147,6 +121,9 @@ class DataPlane:
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def tunnel(self, conn: ClientConnection, request: Request) -> Tunnel:
+        return Tunnel(conn, request)
 
     def forward(self, conn: ClientConnection, request: Request) -> bool:
         """Forward a complete small request for a ready model here; False: the aiohttp

@@ -44,6 +44,10 @@ class Inner(asyncio.Transport):
         self.wrote = False  # a byte of this answer went out
         self._parser = httptools.HttpResponseParser(self)  # nothing left of the last answer
 
+    def keep(self) -> None:
+        """Its answer ended and the connection stays open: back to the pool."""
+        self.pool.put(self)
+
     def detach(self) -> None:
         """Its request was answered before aiohttp read all of it: aiohttp still waits for
         the rest, so this connection can serve nobody else."""

@@ -20,7 +20,8 @@ from supervisor.auth import upstream_key
 from supervisor.clients.table import build_clients
 from supervisor.config import Config, host_port
 from supervisor.observe.metrics import Metrics
-from supervisor.proxy.fastpath import Context, DataPlane
+from supervisor.proxy.context import Context
+from supervisor.proxy.fastpath import DataPlane
 from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
 from supervisor.proxy.limits import LimitedServer, connection_limit, listen
