@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import ComposeProject, wait_for
 
 from .conftest import COMPOSE_FILE, MODELS, chat, compose_project
 from .supervisor_process import SupervisorProcess, http_get
@@ -151,3 +151,49 @@ def _force_stop(sup: SupervisorProcess) -> tuple[int, Any]:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.status, json.loads(r.read())
+
+
+REPLICAS_COMPOSE = Path(__file__).parent / "compose-replicas.yml"
+VOX = {
+    "replicas": [{"service": "vox-a", "upstream": "http://127.0.0.1:19161"},
+                 {"service": "vox-b", "upstream": "http://127.0.0.1:19162"}],
+    "min_replicas": 2, "target_concurrency": 16, "stop_timeout": "1s",
+    "startup_timeout": "60s",
+}
+
+
+@pytest.fixture
+def replicas(docker_engine: None, tmp_path: Path) -> Iterator[SupervisorProcess]:
+    compose = ComposeProject(REPLICAS_COMPOSE)
+    process = SupervisorProcess(tmp_path, {
+        "compose": {"file": str(REPLICAS_COMPOSE), "project": compose.name},
+        "workers": 2, "models": {"vox": VOX}})
+    try:
+        process.start()
+        wait_until(lambda: sum(w["alive"] for w in workers(process)) == 2, 20)
+        yield process
+    finally:
+        process.stop()
+        compose.down()
+        print(f"supervisor log (tail):\n{process.log_tail(200)}")
+
+
+def served_by_server(port: int) -> int:
+    """Completions the stand-in itself answered (its own count, not the supervisor's)."""
+    _, body = http_get(f"http://127.0.0.1:{port}/standin/stats")
+    return int(body["requests"].get("POST /v1/chat/completions", 0))
+
+
+async def test_a_worker_forwards_to_the_replicas_of_a_model(replicas) -> None:
+    """`workers: 2` and a model with two replicas: the worker process forwards to them
+    itself (its own forwarded count), and every request reaches a replica's server."""
+    def both_ready() -> bool:
+        rows = http_get(replicas.admin + "/admin/models/vox")[1]["replicas"]
+        return [r["state"] for r in rows] == ["ready", "ready"]
+    wait_until(both_ready, 90)  # min_replicas: 2, started with the supervisor
+    answers = await each_connection(replicas, CONNECTIONS, chat("vox"), per_connection=10)
+    assert [s for s, _ in answers] == [200] * len(answers)
+    worker = next(w for w in workers(replicas) if w["role"] == "worker")
+    wait_until(lambda: next(w for w in workers(replicas) if w["slot"] == worker["slot"])
+               ["requests_forwarded"] > 0, 10)  # a worker reports once a second
+    assert served_by_server(19161) + served_by_server(19162) == len(answers)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import aiohttp
 import pytest
 
+from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.lease import Flight
-from supervisor.lifecycle.registry import Registry
+from supervisor.lifecycle.registry import Registry, build_model
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.fastpath import DataPlane
 from supervisor.proxy.gate import Gate
@@ -23,7 +25,16 @@ from supervisor.workers.link import Link
 from supervisor.workers.mirror import Mirror, Mirrors, MirrorSet
 from supervisor.workers.owner import Fleet
 from supervisor.workers.relay import Relay
-from tests.fakes import SINGLE, make_handle, model_config, settle, until
+from tests.fakes import (
+    SINGLE,
+    FakeClock,
+    FakeRuntime,
+    listening,
+    make_handle,
+    model_config,
+    settle,
+    until,
+)
 from tests.helpers import wait_for
 
 # -- messages ------------------------------------------------------------------------
@@ -304,3 +315,34 @@ async def test_a_relayed_answer_that_closes_ends_both_connections(tmp_path) -> N
     writer.close()
     server.close()
     owner_server.close()
+
+
+async def test_a_workers_busy_for_a_replica_counts_in_flight_on_that_replica() -> None:
+    """Workers forward for a model with replicas (MirrorSet says busy for `vox#2`): the
+    owner counts that flight on the replica that serves it, and on no other."""
+    runtime, clock = FakeRuntime(auto_ready={"vox-a", "vox-b"}), FakeClock()
+    effects = Effects(runtime, cast(aiohttp.ClientSession, None), clock, probe=runtime.probe)
+    metrics = Metrics(snapshots=lambda: [], gpu=lambda: None)
+    listeners = listening(metrics)
+    vox = build_model("vox", model_config({
+        "replicas": [{"service": "vox-a", "upstream": "http://127.0.0.1:19111"},
+                     {"service": "vox-b", "upstream": "http://127.0.0.1:19112"}],
+        "min_replicas": 2, "idle_timeout": "10s", "min_residency": "0s"}),
+        effects, metrics, listeners)
+    for replica in vox.replicas:
+        runtime.health_urls[replica.profile.service] = replica.profile.health_url
+    vox.adopt(set())  # start-up: min_replicas are started
+    await until(lambda: all(r.state is State.READY for r in vox.replicas), "both replicas up")
+    fleet = Fleet(2, "/dev/null", "/nonexistent", Registry([vox]), metrics, Gate(), listeners)
+    (link,) = fleet.links
+    link.writer = cast(asyncio.StreamWriter, Writer())
+    fleet._busy(link, "vox#2")
+    assert [r.in_flight for r in vox.replicas] == [0, 1]
+    assert vox.in_flight == 1 and not [m for m in link_sent(link) if m["t"] == "abort"]
+    link.idle("vox#2")
+    assert [r.in_flight for r in vox.replicas] == [0, 0]
+    await vox.close()
+
+
+def link_sent(link: Link) -> list[dict[str, Any]]:
+    return cast(Writer, link.writer).sent
