@@ -1,5 +1,6 @@
-"""Wiring: the proxy application, its upstream HTTP session, the model handles,
-adoption of services that already run, and the admin API on its own listener.
+"""What listens, around the composition root (root.py): the proxy's aiohttp application,
+the admin API on its own listener, the data plane in front of both, and the workers'
+private socket.
 """
 
 from __future__ import annotations
