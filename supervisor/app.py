@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from supervisor.anatomy.service import ANATOMY
 from supervisor.config import Config, host_port
 from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import CONTROL
@@ -40,6 +41,7 @@ def build_app(root: Supervisor) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[METRICS], app[GATE], app[REGISTRY] = root.metrics, root.gate, root.registry
     app[UPSTREAM], app[BODY_BUDGET], app[CONTROL] = root.session, root.body_budget, root.control
+    app[ANATOMY] = root.anatomy  # names the phase a held client waits for (progress.py)
     config = root.config
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
