@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from supervisor.clients.report import SERIES  # noqa: E402
 from supervisor.observe.metrics import STATES, Metrics  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("model-supervisor.json")
@@ -283,6 +284,23 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             bars=True, description="Malformed requests, heads past the limits and slow "
             "clients, answered 400/414/431/408/505 by the listener (http: in the config)."),
     ]
+    yield "Clients", [
+        timeseries("Requests by client", [target(
+            f"sum by (client) (rate(supervisor_client_requests_total{{{MODEL}}}{win}))",
+            "{{client}}")], unit="reqps", stack=True, w=8),
+        timeseries("Tokens by client", [
+            target(f"sum by (client) (rate(supervisor_client_prompt_tokens_total{{{MODEL}}}"
+                   f"{win}))", "{{client}} prompt"),
+            target(f"sum by (client) (rate(supervisor_client_completion_tokens_total"
+                   f"{{{MODEL}}}{win}))", "{{client}} completion"),
+        ], stack=True, w=8, description="From the answers' usage (streams ask for it)."),
+        timeseries("Seconds held and served by client", [
+            target(f"sum by (client) (rate(supervisor_client_held_seconds_total{{{MODEL}}}"
+                   f"{win}))", "{{client}} held"),
+            target(f"sum by (client) (rate(supervisor_client_seconds_total{{{MODEL}}}{win}))",
+                   "{{client}} served"),
+        ], w=8, description="Seconds per second: held waiting for a model, and in all."),
+    ]
     yield "vLLM", [
         timeseries("vLLM requests running and waiting", [
             target("sum by (model_name) (vllm:num_requests_running)", "{{model_name}} running"),
@@ -405,7 +423,7 @@ def queries(board: Json) -> Iterator[tuple[str, str]]:
 
 def check(board: Json, committed: str | None) -> list[str]:
     problems: list[str] = []
-    known = Metrics().exported_names() | VLLM_METRICS
+    known = Metrics().exported_names() | VLLM_METRICS | {f"{name}_total" for name, _, _ in SERIES}
     for title, expr in queries(board):
         for name in sorted(metric_names(expr) - known):
             problems.append(f"panel {title!r}: metric {name!r} is neither exported by "

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from supervisor.appkeys import CONTROL, GATE, METRICS, REGISTRY, UPSTREAM
 from supervisor.auth import admin_secrets
+from supervisor.clients.report import UsageCollector
 from supervisor.clients.table import build_clients
 from supervisor.config import Config, ConfigError, host_port
 from supervisor.gate import Gate
@@ -72,7 +73,8 @@ def build_app(config: Config, runtime: Runtime | None = None,
 
     metrics = Metrics(snapshots=snapshots, gpu=lambda: gpu.sample)
     app[METRICS] = metrics
-    app[GATE] = Gate(build_clients(config), retry_after=config.drain_retry_after)
+    gate = app[GATE] = Gate(build_clients(config), retry_after=config.drain_retry_after)
+    metrics.registry.register(UsageCollector(lambda: gate.clients))
     app[BODY_BUDGET] = BodyBudget(config.max_body_memory)
 
     def vram(model: str) -> int | None:

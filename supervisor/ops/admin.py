@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from supervisor.appkeys import CONTROL, Handler
+from supervisor.clients.report import usage_report
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.errors import BadRequest, NotFound, error_response, openai_errors
 from supervisor.lifecycle.registry import Model
@@ -224,6 +225,10 @@ async def gpus(request: web.Request) -> web.Response:
     return web.json_response(gpu_view(request.app[CONTROL].metrics.registry))
 
 
+async def usage(request: web.Request) -> web.Response:
+    return web.json_response(usage_report(request.app[CONTROL].gate.clients))
+
+
 async def workers(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].workers())
 
@@ -302,6 +307,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/events/stream", events_stream),
     ("GET", "/admin/gpus", gpus),
     ("GET", "/admin/workers", workers),
+    ("GET", "/admin/usage", usage),
 ]
 
 
