@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from supervisor.anatomy.service import Anatomy  # noqa: E402
 from supervisor.clients.report import SERIES  # noqa: E402
 from supervisor.observe.metrics import STATES, Metrics  # noqa: E402
 
@@ -182,6 +183,20 @@ def placement() -> list[Json]:
     ]
 
 
+def start_phases() -> Json:
+    """Each start's phases stacked into one bar per model (the mean where several starts
+    end in one interval): where a cold start's seconds go."""
+    seconds = "supervisor_start_phase_seconds"
+    per = f"{{{MODEL}}}[$__rate_interval]"
+    return timeseries("Start phases: $model", [target(
+        f"sum by (phase) (increase({seconds}_sum{per})) / "
+        f"sum by (phase) (increase({seconds}_count{per}))", "{{phase}}")],
+        stack=True, bars=True, unit="s", repeat="model", repeatDirection="h", maxPerRow=2,
+        description="Seconds of each phase of a start (container, weights, compile, "
+                    "kv_cache, graphs, api, healthy, warmup) or wake (wake, warmup), read "
+                    "from the server's log; GET /admin/models/{name}/starts has each start.")
+
+
 def replicas() -> list[Json]:
     """Models with `replicas:`: each replica's state, its load, and how requests split."""
     win = "[$__rate_interval]"
@@ -251,6 +266,7 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             "supervisor_request_hold_seconds", "le, model", (0.5, 0.95), "$__range",
             fn="increase"), unit="s", w=8,
             options={"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"}),
+        start_phases(),
     ]
     yield "GPU", [
         vram_per_gpu(),
@@ -421,9 +437,16 @@ def queries(board: Json) -> Iterator[tuple[str, str]]:
             yield f"variable {v['name']}", inner.group(1) if inner else v["definition"]
 
 
+def exported_names() -> set[str]:
+    """What the supervisor's registry exposes, with the series its parts add to it."""
+    metrics = Metrics()
+    Anatomy(None, metrics.registry)  # supervisor_start_phase_seconds
+    return metrics.exported_names()
+
+
 def check(board: Json, committed: str | None) -> list[str]:
     problems: list[str] = []
-    known = Metrics().exported_names() | VLLM_METRICS | {f"{name}_total" for name, _, _ in SERIES}
+    known = exported_names() | VLLM_METRICS | {f"{name}_total" for name, _, _ in SERIES}
     for title, expr in queries(board):
         for name in sorted(metric_names(expr) - known):
             problems.append(f"panel {title!r}: metric {name!r} is neither exported by "
