@@ -196,6 +196,8 @@ class ProfileConfig(_Strict):
     # the Compose service reserves ([]: uses no GPU); vram: memory needed on each of them.
     gpus: GpuIndices | None = None  # default: the model's, else from the Compose service
     vram: PositiveByteSize | None = None  # default: the model's, else estimated
+    # Read the weights into the page cache as a start begins (anatomy/prefetch.py).
+    prefetch: bool | None = None  # default: the model's
 
 
 class WarmupConfig(_Strict):
@@ -303,6 +305,7 @@ class ModelConfig(_Strict):
     health_interval: Duration = 0.1
     # What a request needs, for choosing a profile (see supervisor/estimate.py).
     model_dir: Path | None = None
+    prefetch: bool = False  # for every profile that says nothing (anatomy/prefetch.py)
     tokens_per_audio_second: float = Field(12.5, gt=0)
     reserved_tokens: int = Field(0, ge=0)
     default_output_tokens: int = Field(256, ge=0)
