@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGES = ("nginx-light", "wrk")
 
 _COMMON = """\
-worker_processes 1;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 worker_rlimit_nofile 16384;
@@ -53,7 +53,7 @@ _UPSTREAM = """\
         keepalive_timeout 75s;
     }}
     server {{
-        listen 127.0.0.1:{listen} backlog=4096;
+        listen 127.0.0.1:{listen} backlog=4096{reuseport};
         location / {{
             proxy_pass http://{name};
             proxy_http_version 1.1;
@@ -88,17 +88,20 @@ def ensure_tools(allow_install: bool) -> str | None:
 
 
 class Nginx:
-    """One nginx master (1 worker) in its own process group."""
+    """One nginx master and its `workers` (1 unless said) in their own process group,
+    on `cores` when given (sched_setaffinity before exec: the workers inherit it)."""
 
-    def __init__(self, name: str, workdir: Path, body: str, port: int) -> None:
+    def __init__(self, name: str, workdir: Path, body: str, port: int, workers: int = 1,
+                 cores: list[int] | None = None) -> None:
         self.name = name
         self.port = port
+        self.cores = cores
         self.dir = workdir / f"nginx-{name}"
         self.dir.mkdir(mode=0o755)
         # A root master runs its worker as `nobody`: it must reach its temp paths.
         os.chmod(workdir, 0o711)
         self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(_COMMON.format(dir=self.dir, body=body))
+        self.conf.write_text(_COMMON.format(workers=workers, dir=self.dir, body=body))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -108,14 +111,19 @@ class Nginx:
         return cls("backend", workdir, _BACKEND.format(port=port, answer=answer), port)
 
     @classmethod
-    def proxy(cls, workdir: Path, routes: dict[int, tuple[int, bool]]) -> Nginx:
-        """routes: listen port -> (upstream port, buffered); the first port is `.port`."""
+    def proxy(cls, workdir: Path, routes: dict[int, tuple[int, bool]], workers: int = 1,
+              cores: list[int] | None = None) -> Nginx:
+        """routes: listen port -> (upstream port, buffered); the first port is `.port`.
+        With several workers each listens on its own socket (`reuseport`), as the
+        supervisor's processes do, so the kernel spreads connections the same way."""
         servers = []
+        reuseport = " reuseport" if workers > 1 else ""
         for i, (listen, (upstream, buffered)) in enumerate(routes.items()):
             extra = "" if buffered else "            proxy_buffering off;\n"
             servers.append(_UPSTREAM.format(name=f"up{i}", port=upstream, listen=listen,
-                                            extra=extra))
-        return cls("proxy", workdir, "".join(servers), next(iter(routes)))
+                                            extra=extra, reuseport=reuseport))
+        return cls(f"proxy-{workers}" if workers > 1 else "proxy", workdir, "".join(servers),
+                   next(iter(routes)), workers, cores)
 
     def start(self, timeout: float = 10) -> None:
         binary = nginx_binary()
@@ -129,7 +137,7 @@ class Nginx:
             [binary, "-c", str(self.conf), "-g", "daemon off;"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=(self.dir / "stderr.log").open("wb"),
-            start_new_session=True,
+            start_new_session=True, preexec_fn=self._pin,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -141,6 +149,10 @@ class Nginx:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"nginx ({self.name}) did not listen on {self.port}")
+
+    def _pin(self) -> None:  # in the child, before exec
+        if self.cores:
+            os.sched_setaffinity(0, self.cores)
 
     def pids(self) -> list[int]:
         """The master and its worker(s)."""

@@ -1,25 +1,31 @@
-"""Data-plane scaling: requests/s forwarded by 1, 2, 4 ... supervisor processes that share
-one port (SO_REUSEPORT), beside the same load sent direct; for docs/multi-worker.md.
+"""Data-plane scaling: requests/s forwarded by K supervisor processes that share one port
+(SO_REUSEPORT), beside nginx with K workers on the same cores under the same load, and the
+same load sent direct; for docs/multi-worker.md.
 
 Each supervisor process is the real one (build_app, the fast path, a model handle) with a
 runtime that runs nothing: the model counts as running and is adopted at start, so no
 Docker is needed and what is measured is the forwarding path alone, one event loop a
-process. The coordination a multi-worker data plane adds (docs/multi-worker.md) is not in
-these figures; each process here has its own copy of the lifecycle.
+process. `--mode fleet` (the default) runs ONE supervisor with `workers: K`: the owner and
+K - 1 worker processes it spawns, so the coordination is in the figures; `--mode copies`
+runs K independent supervisors instead.
+
+Every row is measured the same way: K processes get K x `--connections` client
+connections in all, so each process forwards for the same number of connections at every
+K. (A fixed total, as this bench had before, gives the one-process row the most
+connections per process; since a process's cost per request grew with the requests it
+had in flight, that depressed the one-process row and made the curve look superlinear.)
 
 The backend answers a fixed chat completion from B processes (httptools, uvloop); the
-load comes from L processes of C keep-alive connections each, closed loop, POSTs of a small
-chat request. With --pin (the default where there are cores enough) load generators,
-backends and supervisors get cores of their own (sched_setaffinity), so the figures say
-what the supervisor processes can do, not what they leave to the others.
+load comes from L processes, closed loop, keep-alive, POSTs of a small chat request. With
+--pin (the default where there are cores enough) load generators, backends and the
+proxies get cores of their own (sched_setaffinity), so the figures say what K processes
+can do, not what they leave to the others; the table names the cores each side had.
 
     python bench/dataplane_bench.py [--workers 1 2 4] [--loadgens 4] [--backends 3]
                                     [--connections 64] [--duration 5] [--mode fleet]
 
-`--mode fleet` runs ONE supervisor with `workers: K` instead of K copies: the owner and
-K - 1 worker processes it spawns, so the coordination is in the figures.
-
-Prints a table; writes bench/results/dataplane.json. Needs no Docker, nginx or wrk.
+Prints a table; writes bench/results/dataplane.json. Needs no Docker or wrk; nginx
+(Debian's nginx-light) only for its column.
 """
 
 from __future__ import annotations
@@ -271,14 +277,17 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] * 1e3 if values else float("nan")
 
 
-def _measure(port: int, args: argparse.Namespace, cores: list[list[int] | None]) -> dict:
-    spec = {"port": port, "connections": args.connections, "warmup": args.warmup,
-            "duration": args.duration}
+def _measure(port: int, args: argparse.Namespace, connections: int,
+             cores: list[list[int] | None]) -> dict[str, Any]:
+    """`connections` in all, split over the load generators as evenly as they go."""
+    spec = {"port": port, "warmup": args.warmup, "duration": args.duration}
+    share = [connections // args.loadgens + (i < connections % args.loadgens)
+             for i in range(args.loadgens)]
     outs = [args.json.parent / f".load-{i}.json" for i in range(args.loadgens)]
-    gens = [_spawn(["load", json.dumps(spec | {"out": str(out)})], cores[i])
-            for i, out in enumerate(outs)]
+    gens = [_spawn(["load", json.dumps(spec | {"connections": n, "out": str(out)})], cores[i])
+            for i, (n, out) in enumerate(zip(share, outs, strict=True)) if n]
     results = []
-    for gen, out in zip(gens, outs, strict=True):
+    for gen, out in zip(gens, outs, strict=False):
         if gen.wait(timeout=args.warmup + args.duration + 60):
             raise RuntimeError(f"a load generator failed (exit {gen.returncode})")
         results.append(json.loads(out.read_text()))
@@ -290,73 +299,126 @@ def _measure(port: int, args: argparse.Namespace, cores: list[list[int] | None])
             "p99_ms": _pct(lat, 0.99)}
 
 
+def _supervisors(k: int, port: int, backend_port: int, args: argparse.Namespace,
+                 own: list[int] | None) -> list[subprocess.Popen[str]]:
+    """K processes on the port: one supervisor with `workers: K` (fleet: the owner and
+    K - 1 workers, which inherit its cores) or K independent copies, a core each."""
+    fast = "0" if args.no_fast_path else "1"
+    if args.mode == "fleet":
+        return [_spawn(["supervisor", str(port), str(backend_port), fast, str(k)], own)]
+    return [_spawn(["supervisor", str(port), str(backend_port), fast, "1"],
+                   [own[i]] if own else None) for i in range(k)]
+
+
+def _nginx_row(k: int, backend_port: int, args: argparse.Namespace, connections: int,
+               own: list[int] | None, gen_cores: list[list[int] | None]) -> dict[str, Any]:
+    """nginx as the reverse proxy with K workers on the same cores, the same load."""
+    import tempfile
+
+    from _nginx import Nginx
+
+    with tempfile.TemporaryDirectory(prefix="dataplane-nginx-") as tmp:
+        port = _free_port()
+        nginx = Nginx.proxy(Path(tmp), {port: (backend_port, True)}, workers=k, cores=own)
+        nginx.start()
+        try:
+            return _measure(port, args, connections, gen_cores)
+        finally:
+            nginx.stop()
+
+
+def _cores_text(cores: list[int] | None, pinned: bool, ncpu: int) -> str:
+    return ",".join(map(str, cores)) if pinned and cores else f"any of {ncpu}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--workers", type=int, nargs="+", default=[1, 2, 4])
     add("--loadgens", type=int, default=4)
     add("--backends", type=int, default=3)
-    add("--connections", type=int, default=64, help="per load generator")
+    add("--connections", type=int, default=64,
+        help="per supervisor process: K processes get K times as many in all")
     add("--duration", type=float, default=5.0)
     add("--warmup", type=float, default=1.0)
     add("--no-fast-path", action="store_true", help="the aiohttp path, for comparison")
-    add("--mode", choices=["copies", "fleet"], default="copies",
-        help="copies: K independent supervisors on the port (the forwarding alone); fleet: "
-             "one supervisor with `workers: K` (the real coordination)")
+    add("--mode", choices=["copies", "fleet"], default="fleet",
+        help="fleet: one supervisor with `workers: K` (the real coordination); copies: K "
+             "independent supervisors on the port (the forwarding alone)")
     add("--pin", choices=["auto", "yes", "no"], default="auto")
+    add("--nginx", choices=["auto", "yes", "no"], default="auto",
+        help="nginx with K workers beside each row (auto: where nginx is installed)")
     add("--json", type=Path, default=HERE / "results" / "dataplane.json")
     args = parser.parse_args()
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    from _nginx import nginx_binary
+    with_nginx = args.nginx == "yes" or (args.nginx == "auto" and nginx_binary() is not None)
     ncpu = len(os.sched_getaffinity(0))
+    loadavg = os.getloadavg()[0]  # others' work disturbs a run: say how busy the host was
     need = args.loadgens + args.backends + max(args.workers)
     pin = args.pin == "yes" or (args.pin == "auto" and ncpu >= need)
-    cores = list(sorted(os.sched_getaffinity(0)))
+    cores = sorted(os.sched_getaffinity(0))
 
     def core(i: int) -> list[int] | None:
         return [cores[i]] if pin else None
 
     gen_cores = [core(i) for i in range(args.loadgens)]
+    first = args.loadgens + args.backends  # the proxies' cores follow the others'
     backend_port = _free_port()
     rows: list[dict[str, Any]] = []
     backends = [_spawn(["backend", str(backend_port)], core(args.loadgens + i))
                 for i in range(args.backends)]
     with _running(backends, "backend"):
-        direct = _measure(backend_port, args, gen_cores)
-        rows.append({"path": "direct", "workers": 0, **direct})
-        print(f"direct: {direct['rps']:.0f} req/s p50 {direct['p50_ms']:.3f} ms", flush=True)
+        most = args.connections * max(args.workers)
+        direct = _measure(backend_port, args, most, gen_cores)
+        print(f"direct ({most} connections): {direct['rps']:.0f} req/s", flush=True)
         for k in args.workers:
+            own = [cores[first + i] for i in range(k)] if pin else None
+            connections = args.connections * k
             port = _free_port()
-            first = args.loadgens + args.backends
-            fast = "0" if args.no_fast_path else "1"
-            if args.mode == "fleet":  # one process; its workers inherit its cores
-                own = [c for i in range(k) for c in (core(first + i) or [])] or None
-                sups = [_spawn(["supervisor", str(port), str(backend_port), fast, str(k)],
-                               own)]
-            else:
-                sups = [_spawn(["supervisor", str(port), str(backend_port), fast, "1"],
-                               core(first + i)) for i in range(k)]
-            with _running(sups, "supervisor"):
-                res = _measure(port, args, gen_cores)
-            res["vs_direct"] = res["rps"] / direct["rps"]
-            rows.append({"path": args.mode, "workers": k, **res})
-            print(f"supervisor x{k}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.3f} ms",
-                  flush=True)
-    one = next((r["rps"] for r in rows if r["workers"] == 1), None)
-    print(f"\n{ncpu} cores; {'pinned' if pin else 'not pinned'}; {args.loadgens} load "
-          f"generators x {args.connections} connections, {args.backends} backend processes")
-    print(f"{'path':<12} | {'processes':>9} | {'req/s':>8} | {'x one':>6} | {'p50 ms':>7} | "
-          f"{'p99 ms':>7} | errors")
-    for r in rows:
-        scale = f"{r['rps'] / one:.2f}" if one and r["workers"] else "-"
-        print(f"{r['path']:<12} | {r['workers']:>9} | {r['rps']:>8.0f} | {scale:>6} | "
-              f"{r['p50_ms']:>7.3f} | {r['p99_ms']:>7.3f} | {r['errors']}")
-    result = {"benchmark": "dataplane", "cores": ncpu, "pinned": pin,
+            with _running(_supervisors(k, port, backend_port, args, own), "supervisor"):
+                res = _measure(port, args, connections, gen_cores)
+            ngx = (_nginx_row(k, backend_port, args, connections, own, gen_cores)
+                   if with_nginx else None)
+            rows.append({"path": args.mode, "processes": k, "connections": connections,
+                         "loadgen_cores": _cores_text(cores[:args.loadgens], pin, ncpu),
+                         "supervisor_cores": _cores_text(own, pin, ncpu), **res,
+                         "rps_per_process": res["rps"] / k, "nginx": ngx})
+            print(f"{k} process(es), {connections} connections: {res['rps']:.0f} req/s"
+                  + (f"; nginx {ngx['rps']:.0f}" if ngx else ""), flush=True)
+    _table(rows, direct, args, ncpu, pin)
+    print(f"load average (1 min) before the run: {loadavg:.2f}")
+    result = {"benchmark": "dataplane", "cores": ncpu, "pinned": pin, "loadavg": loadavg,
               "python": platform.python_version(), "settings": vars(args) | {"json": None},
-              "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+              "direct": direct | {"connections": most}, "rows": rows}
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+def _table(rows: list[dict[str, Any]], direct: dict[str, Any], args: argparse.Namespace,
+           ncpu: int, pin: bool) -> None:
+    one = rows[0]["rps_per_process"] if rows and rows[0]["processes"] == 1 else None
+    placed = ("pinned: each process on cores of its own" if pin
+              else "not pinned: every process shares every core")
+    print(f"\n{ncpu} cores, {placed}; "
+          f"{args.loadgens} load generator(s) and {args.backends} backend process(es) "
+          f"(direct to the backend: {direct['rps']:.0f} req/s); {args.connections} "
+          f"connections per supervisor process; {args.mode}. A row: K supervisor processes"
+          f"{' on K cores' if pin else ''}, and nginx with K workers"
+          f"{' on the same cores' if pin else ''} under the same load")
+    print(f"{'K':>2} | {'conns':>5} | {'load gen cores':<14} | {'proxy cores':<11} | "
+          f"{'req/s':>7} | {'per process':>11} | {'x one':>5} | {'p50 ms':>7} | "
+          f"{'p99 ms':>7} | {'errors':>6} | {'nginx req/s':>11} | {'per worker':>10}")
+    for r in rows:
+        ngx = r["nginx"]
+        scale = f"{r['rps_per_process'] * r['processes'] / one:.2f}" if one else "-"
+        print(f"{r['processes']:>2} | {r['connections']:>5} | {r['loadgen_cores']:<14} | "
+              f"{r['supervisor_cores']:<11} | {r['rps']:>7.0f} | "
+              f"{r['rps_per_process']:>11.0f} | {scale:>5} | {r['p50_ms']:>7.3f} | "
+              f"{r['p99_ms']:>7.3f} | {r['errors']:>6} | "
+              f"{ngx['rps'] if ngx else float('nan'):>11.0f} | "
+              f"{ngx['rps'] / r['processes'] if ngx else float('nan'):>10.0f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from supervisor.anatomy.service import Anatomy  # noqa: E402
+from supervisor.clients.report import SERIES  # noqa: E402
 from supervisor.observe.metrics import STATES, Metrics  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("model-supervisor.json")
@@ -181,6 +183,20 @@ def placement() -> list[Json]:
     ]
 
 
+def start_phases() -> Json:
+    """Each start's phases stacked into one bar per model (the mean where several starts
+    end in one interval): where a cold start's seconds go."""
+    seconds = "supervisor_start_phase_seconds"
+    per = f"{{{MODEL}}}[$__rate_interval]"
+    return timeseries("Start phases: $model", [target(
+        f"sum by (phase) (increase({seconds}_sum{per})) / "
+        f"sum by (phase) (increase({seconds}_count{per}))", "{{phase}}")],
+        stack=True, bars=True, unit="s", repeat="model", repeatDirection="h", maxPerRow=2,
+        description="Seconds of each phase of a start (container, weights, compile, "
+                    "kv_cache, graphs, api, healthy, warmup) or wake (wake, warmup), read "
+                    "from the server's log; GET /admin/models/{name}/starts has each start.")
+
+
 def replicas() -> list[Json]:
     """Models with `replicas:`: each replica's state, its load, and how requests split."""
     win = "[$__rate_interval]"
@@ -250,6 +266,7 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             "supervisor_request_hold_seconds", "le, model", (0.5, 0.95), "$__range",
             fn="increase"), unit="s", w=8,
             options={"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"}),
+        start_phases(),
     ]
     yield "GPU", [
         vram_per_gpu(),
@@ -282,6 +299,23 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             f"sum by (reason) (increase(supervisor_proxy_rejected_total{win}))", "{{reason}}")],
             bars=True, description="Malformed requests, heads past the limits and slow "
             "clients, answered 400/414/431/408/505 by the listener (http: in the config)."),
+    ]
+    yield "Clients", [
+        timeseries("Requests by client", [target(
+            f"sum by (client) (rate(supervisor_client_requests_total{{{MODEL}}}{win}))",
+            "{{client}}")], unit="reqps", stack=True, w=8),
+        timeseries("Tokens by client", [
+            target(f"sum by (client) (rate(supervisor_client_prompt_tokens_total{{{MODEL}}}"
+                   f"{win}))", "{{client}} prompt"),
+            target(f"sum by (client) (rate(supervisor_client_completion_tokens_total"
+                   f"{{{MODEL}}}{win}))", "{{client}} completion"),
+        ], stack=True, w=8, description="From the answers' usage (streams ask for it)."),
+        timeseries("Seconds held and served by client", [
+            target(f"sum by (client) (rate(supervisor_client_held_seconds_total{{{MODEL}}}"
+                   f"{win}))", "{{client}} held"),
+            target(f"sum by (client) (rate(supervisor_client_seconds_total{{{MODEL}}}{win}))",
+                   "{{client}} served"),
+        ], w=8, description="Seconds per second: held waiting for a model, and in all."),
     ]
     yield "vLLM", [
         timeseries("vLLM requests running and waiting", [
@@ -403,9 +437,16 @@ def queries(board: Json) -> Iterator[tuple[str, str]]:
             yield f"variable {v['name']}", inner.group(1) if inner else v["definition"]
 
 
+def exported_names() -> set[str]:
+    """What the supervisor's registry exposes, with the series its parts add to it."""
+    metrics = Metrics()
+    Anatomy(None, metrics.registry)  # supervisor_start_phase_seconds
+    return metrics.exported_names()
+
+
 def check(board: Json, committed: str | None) -> list[str]:
     problems: list[str] = []
-    known = Metrics().exported_names() | VLLM_METRICS
+    known = exported_names() | VLLM_METRICS | {f"{name}_total" for name, _, _ in SERIES}
     for title, expr in queries(board):
         for name in sorted(metric_names(expr) - known):
             problems.append(f"panel {title!r}: metric {name!r} is neither exported by "

@@ -5,12 +5,13 @@ what works in the background, `close` ends it.
 
 Shared, one of each: the runtime, the HTTP session to the servers, the clock, the state
 file (the admin API's toggles and the GPU wiring's measured sizes), the GPU budget, the
-listeners every unit tells (metrics, event log, GPU budget, start anatomy; the worker
-fleet subscribes while it runs)."""
+listeners every unit tells (metrics, event log, GPU budget, start anatomy, weights read
+ahead; the worker fleet subscribes while it runs)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import tempfile
@@ -20,11 +21,14 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.registry import Collector
 
+from supervisor.anatomy.prefetch import Prefetch
 from supervisor.anatomy.service import Anatomy
 from supervisor.auth import admin_secrets
+from supervisor.clients.report import UsageCollector
 from supervisor.clients.table import build_clients
 from supervisor.config import Config, ConfigError
 from supervisor.gpus.budget import GpuBudget
+from supervisor.gpus.services import read_services
 from supervisor.gpus.wiring import MeasuredFeed, load_budget
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
@@ -56,6 +60,7 @@ class Supervisor:
     listeners: Listeners
     budget: GpuBudget
     anatomy: Anatomy
+    prefetch: Prefetch
     effects: Effects
     registry: Registry
     gate: Gate
@@ -93,6 +98,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.gpu.stop()
+        self.prefetch.stop()
         await self.control.close()
         for handle in list(self.registry.handles.values()):
             await handle.close()
@@ -124,8 +130,10 @@ async def build(config: Config, runtime: Runtime | None = None,
 
     metrics = Metrics(snapshots=snapshots, gpu=lambda: gpu.sample)
     anatomy = Anatomy(rt, metrics.registry)
+    compose = config.compose
+    prefetch = Prefetch(functools.partial(read_services, compose) if compose else None)
     listeners = Listeners()
-    for listener in (metrics, metrics.events, budget, anatomy):
+    for listener in (metrics, metrics.events, budget, anatomy, prefetch):
         listeners.add(listener)
     # No total timeout: a generation may stream for many minutes. With the fast path
     # (which pools its own) this session keeps no idle connections: two pools of idle
@@ -142,6 +150,7 @@ async def build(config: Config, runtime: Runtime | None = None,
         await configure(handle)
         registry.add(handle)
     gate = Gate(build_clients(config), retry_after=config.drain_retry_after)
+    metrics.registry.register(UsageCollector(lambda: gate.clients))
     fleet, private = None, None
     if workers > 1:
         assert config_path is not None
@@ -162,7 +171,7 @@ async def build(config: Config, runtime: Runtime | None = None,
                       anatomy=anatomy, fleet=fleet)
     return Supervisor(
         config=config, runtime=rt, session=session, state=state, gpu=gpu, metrics=metrics,
-        listeners=listeners, budget=budget, anatomy=anatomy, effects=effects,
+        listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,
         registry=registry, gate=gate, body_budget=BodyBudget(config.max_body_memory),
         feed=MeasuredFeed(budget, gpu, state, registry.units), fleet=fleet, control=control,
         private=private)

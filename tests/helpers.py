@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,10 @@ from supervisor.lifecycle.handle import ModelHandle
 from supervisor.proxy.appkeys import REGISTRY
 
 EMPTY_IMAGE = "model-supervisor/empty:latest"
+# How long to wait for what is bound to happen. A deadline, never the behaviour under test:
+# a loaded 2-core CI machine may take many times the usual, and a test that judges by a
+# short window fails there without a fault. What a test proves it reads from an event.
+PATIENCE = 60.0
 
 
 def unavailable(what: str, reason: str) -> None:
@@ -199,3 +205,44 @@ async def model_status(
         assert r.status == 200, await r.text()
         status: dict[str, Any] = await r.json()
         return status
+
+
+Event = dict[str, Any]
+
+
+def event_matching(events: list[Event], **fields: str) -> Event | None:
+    """The first lifecycle event (as `GET /admin/events` lists them) whose fields equal
+    `fields`; `from_` stands for the field `from`."""
+    wanted = {("from" if k == "from_" else k): v for k, v in fields.items()}
+    return next((e for e in events if wanted.items() <= e.items()), None)
+
+
+def poll_event(admin: str, what: str, within: float = PATIENCE, **fields: str) -> Event:
+    """Blocking: wait for a lifecycle event of the supervisor whose admin API is `admin`
+    (for supervisors in a process of their own); fails naming `what` at the deadline."""
+    found: list[Event] = []
+
+    def seen() -> bool:
+        with urllib.request.urlopen(admin + "/admin/events", timeout=10) as r:
+            event = event_matching(json.loads(r.read())["events"], **fields)
+        found[:] = [event] if event is not None else []
+        return bool(found)
+
+    poll(what, within, seen)
+    return found[0]
+
+
+async def wait_for_event(session: aiohttp.ClientSession, sup: Supervisor, what: str,
+                         within: float = PATIENCE, **fields: str) -> Event:
+    """Wait for a lifecycle event (`GET /admin/events`) whose fields equal `fields`."""
+    found: list[Event] = []
+
+    async def seen() -> bool:
+        async with session.get(f"{sup.admin}/admin/events") as r:
+            assert r.status == 200, await r.text()
+            event = event_matching((await r.json())["events"], **fields)
+        found[:] = [event] if event is not None else []
+        return bool(found)
+
+    await wait_for(seen, within, what)
+    return found[0]

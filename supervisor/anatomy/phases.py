@@ -50,7 +50,7 @@ def _mark(pattern: str, phase: str, figure_of: str | None = None,
 
 _S = r"(?P<s>\d+(?:\.\d+)?)"
 # vLLM, V1 and V0 engines, GPU and CPU builds. The messages as vLLM formats them; the
-# real lines they were tested on are in tests/data/vllm_logs/ (with where each came from).
+# real lines they were tested on are in tests/unit/data/vllm_logs/ (with where each came from).
 VLLM: tuple[Mark, ...] = (
     _mark(r"Starting to load model", WEIGHTS),
     _mark(rf"Loading weights took {_S} seconds", WEIGHTS, WEIGHTS),

@@ -80,6 +80,11 @@ class Client:
         if not served and self.bucket is not None:
             self.bucket.tokens += 1.0
 
+    def record(self, model: str, seconds: float, held: float,
+               tokens: tuple[int, int] | None) -> None:
+        """A request a model answered: its time, its time held, its tokens when known."""
+        self.used(model).add(seconds, held, tokens)
+
     def used(self, model: str) -> Usage:
         usage = self.usage.get(model)
         if usage is None:

@@ -1,8 +1,25 @@
-"""What each client used, per model: requests, seconds, tokens (from the answers' `usage`)."""
+"""What each client used, per model: requests, seconds, tokens read from the answers'
+`usage`, at a cost the fast path does not notice: a non-streamed answer's last bytes are
+searched once at its end; a stream's events are looked at only where one mentions usage.
+
+A streamed request that did not ask for usage is sent with `stream_options.include_usage`
+(the server then ends its stream with one usage-only event), and that event is taken out
+of what the client gets, so the client sees the stream it asked for.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
+_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_ASK = b'"stream_options":{"include_usage":true},'
+TAIL_BYTES = 1024  # of a non-streamed answer: where its `usage` is (the last member)
+MAX_PENDING = 1 << 16  # an event longer than this goes on unread
 
 
 @dataclass(slots=True)
@@ -13,8 +30,110 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    def add(self, seconds: float, held: float, tokens: tuple[int, int] | None) -> None:
+        self.requests += 1
+        self.seconds += seconds
+        self.held_seconds += held
+        if tokens is not None:
+            self.prompt_tokens += tokens[0]
+            self.completion_tokens += tokens[1]
+
     def as_dict(self) -> dict[str, float]:
         return {"requests": self.requests, "seconds": round(self.seconds, 3),
                 "held_seconds": round(self.held_seconds, 3),
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens}
+
+
+def read_usage(tail: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of the last `usage` object in `tail`."""
+    found = None
+    for found in _USAGE.finditer(tail):  # noqa: B007 (the last one)
+        pass
+    if found is None:
+        return None
+    fields = found.group(1)
+    prompt, completion = _PROMPT.search(fields), _COMPLETION.search(fields)
+    return (int(prompt.group(1)) if prompt else 0,
+            int(completion.group(1)) if completion else 0)
+
+
+def ask_for_usage(payload: dict[str, Any], data: bytes) -> bytes | None:
+    """The body of a streamed request that says nothing of usage, asking for it; None for
+    any other (a client that set stream_options keeps its own)."""
+    if payload.get("stream") is not True or "stream_options" in payload:
+        return None
+    start = data.find(b"{") + 1
+    return data[:start] + _ASK + data[start:]
+
+
+class StreamTap:
+    """Reads the usage event of an SSE stream on its way to the client; `drop`: take that
+    event out (the client did not ask for it)."""
+
+    __slots__ = ("drop", "pending", "usage")
+
+    def __init__(self, *, drop: bool) -> None:
+        self.drop = drop
+        self.pending = b""
+        self.usage: tuple[int, int] | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """What of `data` goes to the client now."""
+        if not self.drop:
+            seen = self.pending + data
+            if b'"usage"' in seen:
+                self.usage = read_usage(seen) or self.usage
+            self.pending = data[-256:]
+            return data
+        data = self.pending + data
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no event ended yet
+            if len(data) > MAX_PENDING:
+                self.pending = b""
+                return data
+            self.pending = data
+            return b""
+        whole, self.pending = data[:end], data[end:]
+        if b'"usage"' not in whole:
+            return whole
+        kept = []
+        for event in whole.split(b"\n\n")[:-1]:
+            usage = read_usage(event) if _EMPTY_CHOICES.search(event) else None
+            if usage is not None:
+                self.usage = usage
+            else:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def end(self) -> bytes:
+        """What was held back when the stream ended (an unterminated last event)."""
+        rest, self.pending = (b"" if not self.drop else self.pending), b""
+        return rest
+
+
+def tap_for(headers: list[tuple[bytes, bytes]], *, asked: bool, chunked: bool
+            ) -> StreamTap | None:
+    """A tap for an SSE answer (None for any other); it drops the usage event only where
+    usage was `asked` for the client and the framing allows (chunked, not a length)."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            if value.lower().startswith(b"text/event-stream"):
+                return StreamTap(drop=asked and chunked)
+            return None
+    return None
+
+
+class Tail:
+    """The last bytes of an answer, where a non-streamed answer's `usage` is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def add(self, data: bytes) -> None:
+        self.data = data if len(data) >= TAIL_BYTES else (self.data + data)[-TAIL_BYTES:]
+
+    def usage(self) -> tuple[int, int] | None:
+        return read_usage(self.data) if b'"usage"' in self.data else None

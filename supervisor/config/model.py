@@ -189,6 +189,7 @@ class ModelConfig(_Strict):
     health_interval: Duration = 0.1
     # What a request needs, for choosing a profile (see supervisor/tokens/estimate.py).
     model_dir: Path | None = None
+    prefetch: bool = False  # for every profile that says nothing (anatomy/prefetch.py)
     tokens_per_audio_second: float = Field(12.5, gt=0)
     reserved_tokens: int = Field(0, ge=0)
     default_output_tokens: int = Field(256, ge=0)

@@ -66,6 +66,8 @@ class ProfileConfig(_Strict):
     # the Compose service reserves ([]: uses no GPU); vram: memory needed on each of them.
     gpus: GpuIndices | None = None  # default: the model's, else from the Compose service
     vram: PositiveByteSize | None = None  # default: the model's, else estimated
+    # Read the weights into the page cache as a start begins (anatomy/prefetch.py).
+    prefetch: bool | None = None  # default: the model's
 
 
 class WarmupConfig(_Strict):

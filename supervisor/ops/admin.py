@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from supervisor.clients.report import usage_report
 from supervisor.config import ConfigError, ScheduleConfig
 from supervisor.lifecycle.registry import Model
 from supervisor.ops import event_stream
@@ -220,6 +221,10 @@ async def gpus(request: web.Request) -> web.Response:
     return web.json_response(gpu_view(request.app[CONTROL].metrics.registry))
 
 
+async def usage(request: web.Request) -> web.Response:
+    return web.json_response(usage_report(request.app[CONTROL].gate.clients))
+
+
 async def workers(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].workers())
 
@@ -298,6 +303,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/events/stream", events_stream),
     ("GET", "/admin/gpus", gpus),
     ("GET", "/admin/workers", workers),
+    ("GET", "/admin/usage", usage),
 ]
 
 

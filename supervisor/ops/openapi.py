@@ -165,6 +165,16 @@ WORKER: Json = {
 }
 
 
+_USED = {"type": "object", "properties": {k: {"type": "number"} for k in (
+    "requests", "seconds", "held_seconds", "prompt_tokens", "completion_tokens")}}
+USAGE: Json = {"type": "object", "required": ["clients"], "properties": {"clients": {
+    "type": "object", "additionalProperties": {
+        "type": "object", "required": ["priority", "models", "total"],
+        "properties": {"priority": {"type": "integer"},
+                       "models": {"type": "object", "additionalProperties": _USED},
+                       "total": _USED}}}}}
+
+
 def _op(summary: str, ok: tuple[int, Json], *errors: int, body: Json | None = None,
         required: bool = True, public: bool = False) -> Json:
     responses = {str(ok[0]): _json(ok[1], "OK")}
@@ -288,5 +298,9 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "worker slot; empty with one process", (200, {
                     "type": "object", "required": ["workers"],
                     "properties": {"workers": {"type": "array", "items": WORKER}}}))},
+            "/admin/usage": {"get": _op(
+                "What each client (configured names and `anonymous`) used, per model and "
+                "in total: requests, seconds, held seconds, prompt and completion tokens",
+                (200, USAGE))},
         },
     }

@@ -17,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from supervisor.clients.table import Client
+from supervisor.clients.usage import StreamTap, Tail, tap_for
 from supervisor.lifecycle.lease import Lease, Upstream
 from supervisor.lifecycle.servable import Servable
 from supervisor.proxy import fastwire
@@ -36,14 +37,17 @@ log = logging.getLogger("supervisor.proxy.routes")
 
 
 class Exchange:
-    __slots__ = ("admitted", "began", "caller", "chunked", "client", "close", "conn", "context",
-                 "first_byte", "head", "held_head", "lease", "model", "out", "over", "peek",
-                 "request", "server", "status", "target", "tokens")
+    __slots__ = ("admitted", "asked", "began", "caller", "chunked", "client", "close", "conn",
+                 "context", "first_byte", "head", "held_head", "lease", "model", "out", "over",
+                 "peek", "request", "server", "status", "tail", "tap", "target", "tokens")
 
     def __init__(self, client: ClientConnection, context: Context, model: Servable,
                  request: Request, tokens: int | None, caller: Client, admitted: float) -> None:
         self.client = client
         self.caller, self.admitted = caller, admitted  # whose request, and since when
+        self.asked = False  # include_usage was added to it (router.route_inline)
+        self.tap: StreamTap | None = None  # an SSE answer's usage
+        self.tail = Tail()  # any other answer's last bytes, for its usage
         self.context = context
         self.model = model  # what the lease came from (a handle, or a replica set)
         self.server: Upstream | None = None  # the replica that granted it
@@ -135,6 +139,7 @@ class Exchange:
             return
         head, self.chunked = fastwire.response_head(status, reason, headers, lease.profile,
                                                     self.close)
+        self.tap = tap_for(headers, asked=self.asked, chunked=self.chunked)
         self.out.append(head)
         self.head = True
 
@@ -147,6 +152,12 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.first_byte is None:
             self.first_byte = fastwire.now()
+        if self.tap is not None:
+            data = self.tap.feed(data)
+            if not data:
+                return
+        else:
+            self.tail.add(data)
         if self.peek is not None:
             self.peek.append(data)
         elif self.chunked:
@@ -178,6 +189,9 @@ class Exchange:
             head, _ = fastwire.response_head(self.status, reason, headers, profile, self.close)
             self.out, self.peek, self.head = [head, body], None, True
         elif self.chunked:
+            rest = self.tap.end() if self.tap is not None else b""
+            if rest:
+                self.out += (b"%x\r\n" % len(rest), rest, b"\r\n")
             self.out.append(b"0\r\n\r\n")
         self.response_flush()
         self._finish(self.status, close=self.close)
@@ -230,5 +244,8 @@ class Exchange:
             ttfb = self.first_byte - self.began if self.first_byte else None
             self.context.metrics.request(self.model.name, status, end - self.began, ttfb,
                                          cold_start=False, first=lease.first)
+            tokens = (self.tap.usage if self.tap is not None else self.tail.usage()
+                      ) if status == 200 else None
+            self.caller.record(self.model.name, end - self.admitted, 0.0, tokens)
         self.client.plane.served[FAST] += 1
         self.client.answered(close=close)

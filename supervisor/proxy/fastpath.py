@@ -133,7 +133,7 @@ class DataPlane:
             return False
         body = b"".join(request.body)
         try:
-            model, data, need = route_inline(body, context.registry)
+            model, data, need, asked = route_inline(body, context.registry)
         except Refusal:
             return False
         client, now = request.client, fastwire.now()
@@ -151,6 +151,7 @@ class DataPlane:
             return False
         server = lease.replica
         conn.exchange = exchange
+        exchange.asked = asked
         drops, extra = self.upstream_headers(server)
         head = fastwire.request_head(target.prefix + request.url, request.headers,
                                      target.host, len(data), drops, extra, request.connection)

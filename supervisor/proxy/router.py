@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from supervisor.clients.usage import ask_for_usage
 from supervisor.lifecycle.registry import Model, Registry
 from supervisor.lifecycle.servable import Catalog, Servable
 from supervisor.proxy.body import (
@@ -60,6 +61,7 @@ class Routed:
     handle: Model
     body: Body
     need: RequestNeed | None  # None when the model has no context limits to route on
+    usage_asked: bool = False  # include_usage added: the client's stream loses that event
 
 
 async def resolve(request: web.Request, registry: Registry) -> Routed:
@@ -86,15 +88,19 @@ async def resolve(request: web.Request, registry: Registry) -> Routed:
     return routed
 
 
-def route_inline(data: bytes, registry: Catalog) -> tuple[Servable, bytes, RequestNeed | None]:
-    """A small JSON body's model, the body as the server must get it, and what it needs,
-    all without waiting (the fast path's routing; it raises what `resolve` would)."""
+def route_inline(data: bytes, registry: Catalog
+                 ) -> tuple[Servable, bytes, RequestNeed | None, bool]:
+    """A small JSON body's model, the body as the server must get it, what it needs, and
+    whether usage was asked for it, all without waiting (the fast path's routing; it
+    raises what `resolve` would)."""
     payload = _json_object(data)
     model = _model_of(payload)
     handle = registry.get(model)
     need = handle.estimator.for_json(payload) if handle.estimator is not None else None
     refuse_unfitting(handle, need)
-    return handle, _served(data, model, handle), need
+    data = _served(data, model, handle)
+    asked = ask_for_usage(payload, data)
+    return handle, asked or data, need, asked is not None
 
 
 async def _in_memory(received: Received, registry: Registry) -> Routed:
@@ -111,11 +117,13 @@ async def _in_memory(received: Received, registry: Registry) -> Routed:
             if len(data) <= INLINE_ESTIMATE_BYTES
             else await asyncio.to_thread(estimate, payload)
         )
+    served = _served(data, model, handle)
+    asked = ask_for_usage(payload, served)
     del payload
     received.reservation.shrink(len(data))  # the parsed copy is gone
-    data = _served(data, model, handle)
+    data = asked or served
     body = Body(data=data, reservation=received.reservation, decoded=received.decoded)
-    return Routed(handle, body, need)
+    return Routed(handle, body, need, asked is not None)
 
 
 def _served(data: bytes, model: str, handle: Servable) -> bytes:

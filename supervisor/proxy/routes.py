@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.registry import Collector
 
+from supervisor.clients.usage import Tail, tap_for
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import progress
@@ -142,7 +143,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                     if reports is not None:
                         committed, reports = await reports.stop(), None
                     return await _forward(request, handle, body, lease, began, tokens,
-                                          retry=retry, committed=committed)
+                                          retry=retry, committed=committed,
+                                          asked=routed.usage_asked)
             except _Again as again:
                 log.info("model=%s sending a request again: %s", handle.name, again.why)
                 tokens, retry = again.tokens, False
@@ -170,6 +172,7 @@ async def _answer(request: web.Request, refusal: Refusal,
 async def _forward(
     request: web.Request, handle: Model, body: Body, lease: Lease, began: float,
     tokens: int | None, *, retry: bool, committed: web.StreamResponse | None = None,
+    asked: bool = False,
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
     if lease.cold_start:
@@ -186,6 +189,7 @@ async def _forward(
     if body.length is not None:
         headers["Content-Length"] = str(body.length)
     response: web.StreamResponse | None = committed
+    tail, usage = Tail(), None
     try:
         upstream = await request.app[UPSTREAM].request(
             request.method,
@@ -251,9 +255,22 @@ async def _forward(
             if first:
                 await response.write(first)
                 first_byte = time.monotonic()
+            tap = tap_for([(k.encode(), v.encode()) for k, v in upstream.headers.items()
+                           if k.lower() == "content-type"], asked=asked,
+                          chunked="Content-Length" not in upstream.headers)
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
                 first_byte = first_byte or time.monotonic()
+                if tap is not None:
+                    chunk = tap.feed(chunk)
+                else:
+                    tail.add(chunk)
+                if chunk:
+                    await response.write(chunk)
+            if tap is not None:
+                await response.write(tap.end())
+                usage = tap.usage
+            else:
+                usage = tail.usage()
             await response.write_eof()
             return response
     except asyncio.CancelledError:
@@ -267,6 +284,8 @@ async def _forward(
             metrics.request(handle.name, status, time.monotonic() - began, ttfb,
                             cold_start=lease.cold_start, hold=lease.hold_seconds,
                             first=lease.first)
+            request[CLIENT].record(handle.name, time.monotonic() - began, lease.hold_seconds,
+                                   usage if status == 200 else None)
 
 
 async def _aborted(request: web.Request, handle: Model, lease: Lease,

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 T = TypeVar("T")
 COMPOSE_GRACE = 30.0  # seconds a cancelled `docker compose` may take to finish
 
@@ -73,7 +74,21 @@ class ComposeRuntime:
         return text
 
     async def start(self, service: str) -> None:
+        """Start the service's container again while its config is unchanged, so what it
+        keeps inside (a compile cache, downloads) survives; `up` creates it, or recreates
+        it when the operator changed its config, and the log says so."""
+        before = await self._sdk(self._newest, service)
+        if before is not None:
+            said = await self._compose("--profile", "*", "config", "--hash", service)
+            if before.labels.get(CONFIG_HASH_LABEL) == said.split()[-1]:
+                await self._compose("start", service)
+                return
         await self._compose("up", "--detach", service)
+        after = await self._sdk(self._newest, service)
+        if before is not None and after is not None and after.id != before.id:
+            log.warning("service=%s: Compose recreated its container (its config changed): "
+                        "what the old one kept inside (a compile cache not on a volume) is "
+                        "gone, this start begins from nothing", service)
 
     async def stop(self, service: str, grace: float) -> None:
         await self._compose("stop", "--timeout", str(max(0, round(grace))), service)
@@ -103,13 +118,16 @@ class ComposeRuntime:
         raw: bytes = containers[0].logs(tail=lines, stdout=True, stderr=True)
         return raw.decode(errors="replace").rstrip()
 
+    def _newest(self, service: str) -> Any | None:
+        containers = self._containers(service)
+        return max(containers, key=lambda c: c.attrs.get("Created", "")) if containers else None
+
     def log_stream(self, service: str, since: float) -> Any:
         """The log of the service's newest container from `since` on, stamped, followed
         (blocking; anatomy/follow.py reads it in a thread); None while it has none."""
-        containers = self._containers(service)
-        if not containers:
+        newest = self._newest(service)
+        if newest is None:
             return None
-        newest = max(containers, key=lambda c: c.attrs.get("Created", ""))
         return newest.logs(stream=True, follow=True, timestamps=True, since=since)
 
     def _running_services(self) -> set[str]:

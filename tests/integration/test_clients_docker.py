@@ -121,3 +121,43 @@ async def test_max_concurrent_and_a_reload_without_restart(tmp_path, project, fr
     assert status == 200
     await say(sup, "sk-alice", "chat-slow")
     await wait_for(lambda: sup.handle("chat-slow").state is State.READY, 5, "chat-slow")
+
+
+async def test_usage_per_client_equals_the_servers_usage(tmp_path, project, from_file,
+                                                         http) -> None:
+    path = write_config(tmp_path / "s.yaml", project, {"chat-fast": {}},
+                        client_auth={"keys": ["sk-plain"]}, clients=CLIENTS)
+    sup = await from_file(path)
+    alice = client(sup, "sk-alice")
+    prompt = completion = 0
+    for text in ("hello", "a longer prompt of several words", "x " * 40):  # cold, then fast
+        answer = await alice.chat.completions.create(
+            model="chat-fast", messages=[{"role": "user", "content": text}])
+        assert answer.usage is not None
+        prompt, completion = (prompt + answer.usage.prompt_tokens,
+                              completion + answer.usage.completion_tokens)
+    ask = {"model": "chat-fast", "messages": [{"role": "user", "content": "stream me"}],
+           "max_tokens": 6}
+    plain = [c async for c in await alice.chat.completions.create(**ask, stream=True)]
+    assert plain and all(c.usage is None and c.choices for c in plain)  # as it asked
+    counted = [c async for c in await alice.chat.completions.create(
+        **ask, stream=True, stream_options={"include_usage": True})]
+    usage = counted[-1].usage
+    assert usage is not None and counted[-1].choices == []
+    prompt += 2 * usage.prompt_tokens
+    completion += 2 * usage.completion_tokens
+    await say(sup, "sk-plain", "chat-fast")
+
+    status, report = await admin(http, sup, "GET", "/admin/usage")
+    assert status == 200
+    used = report["clients"]["alice"]["models"]["chat-fast"]
+    assert (used["requests"], used["prompt_tokens"], used["completion_tokens"]) == (
+        5, prompt, completion)
+    assert used["held_seconds"] > 0  # the first was held through the cold start
+    assert report["clients"]["anonymous"]["total"]["requests"] == 1
+    assert report["clients"]["bot"]["models"] == {}
+    text = await scrape(http, sup)
+    assert metric_value(text, "supervisor_client_prompt_tokens_total", client="alice",
+                        model="chat-fast") == prompt
+    assert metric_value(text, "supervisor_client_completion_tokens_total", client="alice",
+                        model="chat-fast") == completion

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import EMPTY_IMAGE, ComposeProject, require_docker, wait_for
+from tests.helpers import EMPTY_IMAGE, PATIENCE, ComposeProject, require_docker, wait_for
 from tests.standin import STANDIN, load_ledger
 
 GiB = 1 << 30
@@ -88,5 +88,5 @@ async def test_two_models_that_do_not_fit_one_gpu_take_turns(
     project.run("kill", "-s", "SIGKILL", "tts")
     killed = time.monotonic()
     assert L.held(ledger)[0] == 2 * GiB  # another pid namespace: only the heartbeat tells
-    await wait_for(lambda: L.held(ledger)[0] == 0, 15, "the dead holder's claim expired")
-    assert 1.0 <= time.monotonic() - killed < 6  # its own STANDIN_LEDGER_STALE: 2 s
+    await wait_for(lambda: L.held(ledger)[0] == 0, PATIENCE, "the dead holder's claim expired")
+    assert time.monotonic() - killed >= 1.0  # by its heartbeat going stale (2 s), not at once

@@ -147,3 +147,26 @@ async def test_without_a_token_the_page_shows_the_models_before_any_fetch(
     await wait_for(lambda: fetched, 5, "the page's calls (refused: what it shows came "
                    "with the page)")
     assert errors == []
+
+
+async def test_each_start_is_a_bar_of_its_phases(supervisor_factory, http, browser) -> None:
+    """A stand-in that prints a vLLM start's log lines (standin-vllm-start.txt): the page
+    draws the start as one bar, a segment per phase in the order they ran."""
+    sup = await supervisor_factory({"vllm-like": {}, "chat-slow": {}})
+    page = await browser.new_page(viewport={"width": 1500, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(sup.admin + "/")
+    await sign_in(page, TOKEN)
+    await expect(page.locator("#starts")).to_have_text("no start seen yet")
+    assert await request(http, sup.url, chat("vllm-like")) == 200
+    start = page.locator('#starts .start[data-model="vllm-like"]')
+    await expect(start).to_have_count(1, timeout=10_000)
+    await expect(start).to_contain_text("ok")
+    segments = start.locator(".bar span")
+    phases = [await s.get_attribute("data-phase") for s in await segments.all()]
+    assert phases == ["container", "weights", "compile", "kv_cache", "api", "healthy"]
+    assert "compile:" in (await segments.nth(2).get_attribute("title") or "")
+    await expect(page.locator("#phases")).to_contain_text("weights")
+    assert await page.locator('#starts .start[data-model="chat-slow"]').count() == 0
+    assert errors == []

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import ComposeProject, wait_for
+from tests.helpers import PATIENCE, ComposeProject, poll, poll_event, wait_for
 
 from .conftest import COMPOSE_FILE, MODELS, chat, compose_project
 from .supervisor_process import SupervisorProcess, http_get
@@ -37,18 +37,12 @@ def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
     process = SupervisorProcess(tmp_path, config)
     try:
         process.start()
-        wait_until(lambda: sum(w["alive"] for w in workers(process)) == 3, 20)
+        poll("the owner and both workers alive", PATIENCE,
+             lambda: sum(w["alive"] for w in workers(process)) == 3)
         yield process
     finally:
         process.stop()
         print(f"supervisor log (tail):\n{process.log_tail(200)}")
-
-
-def wait_until(check: Any, within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def workers(sup: SupervisorProcess) -> list[dict[str, Any]]:
@@ -89,7 +83,8 @@ async def test_requests_spread_counted_and_a_killed_worker_comes_back(sup) -> No
     hot = await each_connection(sup, CONNECTIONS, chat(MODEL), per_connection=20)
     assert all(s == 200 for s, _ in hot)
     sent = len(cold) + len(hot)
-    wait_until(lambda: requests_total(sup) == sent, 10)  # workers report once a second
+    poll("every request counted (workers report once a second)", PATIENCE,
+         lambda: requests_total(sup) == sent)
     rows = workers(sup)
     assert sum(1 for w in rows if w["requests_forwarded"] > 0) > 1, rows
     # Kill a worker: it is restarted, and the port keeps answering meanwhile.
@@ -97,41 +92,45 @@ async def test_requests_spread_counted_and_a_killed_worker_comes_back(sup) -> No
     os.kill(victim["pid"], signal.SIGKILL)
     # Once it is gone (clients queued at its listener when it died are reset, as with a
     # crashed nginx worker), the others answer while its slot restarts.
-    wait_until(lambda: next(w for w in workers(sup) if w["slot"] == victim["slot"])
-               ["restarts"] == 1, 10)
+    poll("the killed worker's slot restarted", PATIENCE,
+         lambda: next(w for w in workers(sup) if w["slot"] == victim["slot"])["restarts"] == 1)
     again = await each_connection(sup, CONNECTIONS, chat(MODEL))
     assert [s for s, _ in again] == [200] * CONNECTIONS
-    wait_until(lambda: all(w["alive"] for w in workers(sup)), 10)
+    poll("every worker alive again", PATIENCE, lambda: all(w["alive"] for w in workers(sup)))
     assert requests_total(sup) >= sent  # the dead worker's totals are kept
 
 
-async def test_idle_stop_is_exact_and_force_stop_aborts_worker_requests(sup) -> None:
+async def test_idle_stop_counts_worker_streams_and_force_stop_aborts_worker_requests(
+        sup) -> None:
     await each_connection(sup, 1, chat(MODEL))  # start it
     assert state(sup) == "ready"
     # Streams of ~4.5 s on every process, longer than idle_timeout (2 s).
     stream = chat(MODEL, stream=True, max_tokens=15, stream_delay=0.3)
-    task = asyncio.ensure_future(each_connection(sup, CONNECTIONS, stream))
+
+    async def streams() -> tuple[list[tuple[int, Any]], float]:
+        return await each_connection(sup, CONNECTIONS, stream), time.time()
+
+    task = asyncio.ensure_future(streams())
     while not task.done():
         assert await asyncio.to_thread(state, sup) == "ready"  # never stopped under one
         await asyncio.sleep(0.1)
-    assert all(s == 200 and b"[DONE]" in body for s, body in task.result())
-    ended = time.monotonic()
-    await wait_for(lambda: _not_ready(sup), 10, "the idle stop")
-    assert 1.5 < time.monotonic() - ended < 4.5  # idle_timeout after the last request
-    await wait_for(lambda: _is(sup, "stopped"), 15, "the model to stop")
+    answers, ended = task.result()
+    assert all(s == 200 and b"[DONE]" in body for s, body in answers)
+    # It stops because it was idle (the idle timer, not a stop for another reason), and
+    # not before idle_timeout (2 s) after the last stream: the owner counted the workers'.
+    idle = await asyncio.to_thread(poll_event, sup.admin, "the idle stop", model=MODEL,
+                                   from_="ready", event="idle")
+    assert idle["time"] - ended > 1.5, idle
+    await wait_for(lambda: _is(sup, "stopped"), PATIENCE, "the model to stop")
     # Force stop under slow requests on every process: each is answered 503 model_stopped.
     await each_connection(sup, 1, chat(MODEL))
     slow = asyncio.ensure_future(each_connection(sup, CONNECTIONS, chat(MODEL, delay=5)))
-    await wait_for(lambda: _in_flight(sup), 5, "every request in flight on its process")
+    await wait_for(lambda: _in_flight(sup), PATIENCE, "every request in flight on its process")
     status, _ = await asyncio.to_thread(_force_stop, sup)
     assert status == 202  # accepted: the stop goes on
     answers = await slow
     assert [s for s, _ in answers] == [503] * CONNECTIONS
     assert all(b"model_stopped" in body for _, body in answers)
-
-
-async def _not_ready(sup: SupervisorProcess) -> bool:
-    return await asyncio.to_thread(state, sup) != "ready"
 
 
 async def _is(sup: SupervisorProcess, wanted: str) -> bool:
@@ -170,7 +169,8 @@ def replicas(docker_engine: None, tmp_path: Path) -> Iterator[SupervisorProcess]
         "workers": 2, "models": {"vox": VOX}})
     try:
         process.start()
-        wait_until(lambda: sum(w["alive"] for w in workers(process)) == 2, 20)
+        poll("the owner and its worker alive", PATIENCE,
+             lambda: sum(w["alive"] for w in workers(process)) == 2)
         yield process
     finally:
         process.stop()
@@ -190,10 +190,12 @@ async def test_a_worker_forwards_to_the_replicas_of_a_model(replicas) -> None:
     def both_ready() -> bool:
         rows = http_get(replicas.admin + "/admin/models/vox")[1]["replicas"]
         return [r["state"] for r in rows] == ["ready", "ready"]
-    wait_until(both_ready, 90)  # min_replicas: 2, started with the supervisor
+    poll("both replicas ready (min_replicas: 2, started with the supervisor)", PATIENCE,
+         both_ready)
     answers = await each_connection(replicas, CONNECTIONS, chat("vox"), per_connection=10)
     assert [s for s, _ in answers] == [200] * len(answers)
     worker = next(w for w in workers(replicas) if w["role"] == "worker")
-    wait_until(lambda: next(w for w in workers(replicas) if w["slot"] == worker["slot"])
-               ["requests_forwarded"] > 0, 10)  # a worker reports once a second
+    poll("the worker's forwarded count reported (once a second)", PATIENCE,
+         lambda: next(w for w in workers(replicas) if w["slot"] == worker["slot"])
+         ["requests_forwarded"] > 0)
     assert served_by_server(19161) + served_by_server(19162) == len(answers)

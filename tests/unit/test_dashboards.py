@@ -108,3 +108,15 @@ def test_metric_names(expr: str, names: set[str]) -> None:
 def test_for_prometheus_replaces_grafana_variables() -> None:
     expr = 'rate(x{model=~"$model",gpu=~"$gpu"}[$__rate_interval]) + increase(y[$__range])'
     assert gen.for_prometheus(expr) == 'rate(x{model=~".*",gpu=~".*"}[1m]) + increase(y[1h])'
+
+
+def test_start_phases_are_stacked_per_model_from_the_exported_histogram() -> None:
+    board = gen.dashboard()
+    [phases] = [p for p in board["panels"] if p["title"].startswith("Start phases")]
+    assert phases["repeat"] == "model"
+    assert phases["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    [query] = [t["expr"] for t in phases["targets"]]
+    assert gen.metric_names(query) == {"supervisor_start_phase_seconds_sum",
+                                       "supervisor_start_phase_seconds_count"}
+    assert gen.metric_names(query) <= gen.exported_names()
+    assert "sum by (phase)" in query

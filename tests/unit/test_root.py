@@ -60,5 +60,14 @@ async def test_built_completely_before_anything_runs(root: Supervisor) -> None:
     assert root.control.gpus is root.budget and root.control.fleet is root.fleet is None
     assert root.registry.handles["chat"].listeners is root.listeners
     hooks = root.listeners.on_state
-    assert {h.__self__ for h in hooks} >= {root.metrics, root.budget, root.anatomy}
+    assert {h.__self__ for h in hooks} >= {root.metrics, root.budget, root.anatomy,
+                                           root.prefetch}
     assert root.budget.enabled and root.gpu._task is None  # nothing runs yet
+
+
+async def test_usage_per_client_is_in_the_metrics_from_the_start(root: Supervisor) -> None:
+    root.gate.clients.anonymous.record("chat", 1.5, 0.5, (7, 3))
+    labels = {"client": "anonymous", "model": "chat"}  # the gate's usage collector, registered
+    sample = root.metrics.registry.get_sample_value
+    assert sample("supervisor_client_requests_total", labels) == 1
+    assert sample("supervisor_client_prompt_tokens_total", labels) == 7
