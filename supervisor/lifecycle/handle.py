@@ -79,7 +79,7 @@ class ModelHandle(Commands):
         self._wanted = False  # an operator asked it to run: start again after a stop
         self._next_profile: str | None = None  # the profile an operator asked for
         self._pending: ModelConfig | None = None  # a reloaded definition, for the next start
-        self._flights: list[Flight] = []
+        self._flights: dict[Flight, None] = {}
         self._retiring = False
         self.retired = asyncio.Event()  # set once a retiring model is down and unused
 
@@ -161,7 +161,7 @@ class ModelHandle(Commands):
         self.last_request_at = self.clock.now()  # add_flight inlined: the hot path
         flight = Flight(task)
         self.in_flight += 1
-        self._flights.append(flight)
+        self._flights[flight] = None
         if hooks := self.listeners.on_flight_start:
             for hook in hooks:
                 hook(self, flight)
@@ -184,7 +184,7 @@ class ModelHandle(Commands):
 
     def _count(self, flight: Flight) -> None:
         self.in_flight += 1
-        self._flights.append(flight)
+        self._flights[flight] = None
         if hooks := self.listeners.on_flight_start:
             for hook in hooks:
                 hook(self, flight)
@@ -271,7 +271,7 @@ class ModelHandle(Commands):
 
     def _release(self, flight: Flight) -> None:
         if flight in self._flights:
-            self._flights.remove(flight)
+            del self._flights[flight]
         self.in_flight -= 1
         if not self.in_flight:
             if self.state is State.READY:
@@ -336,7 +336,7 @@ class ModelHandle(Commands):
             self._runner.abort()
         elif effect is Effect.FAIL_IN_FLIGHT:
             code = "upstream_died" if reason == Event.UNHEALTHY else "model_stopped"
-            for flight in self._flights:
+            for flight in list(self._flights):
                 flight.aborted = code
                 if flight.task is not None:
                     flight.task.cancel()

@@ -36,7 +36,7 @@ class Upstream(Protocol):
     async def upstream_failed(self) -> str | None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Flight:
     """A request counted in flight; a force stop or a dead server cancels its task (or the
     fast path's exchange) and says why in `aborted` (the error code its client gets)."""

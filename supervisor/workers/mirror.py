@@ -40,7 +40,7 @@ class Mirror:
         self.upstream_headers: dict[str, str] = {}
         self.last_error: str | None = None  # what refusals.aborted quotes
         self._send = send
-        self._flights: list[Flight] = []
+        self._flights: dict[Flight, None] = {}
 
     @property
     def served_name(self) -> str:
@@ -85,21 +85,21 @@ class Mirror:
         if not self.ready or profile is None or not profile.fits(tokens):
             return None
         flight = Flight(task)
-        self._flights.append(flight)
+        self._flights[flight] = None
         if len(self._flights) == 1:
             self._send({"t": "busy", "m": self.name})
         return Lease(profile, cold_start=False, hold_seconds=0.0, flight=flight, replica=self)
 
     def release(self, lease: Lease) -> None:
         if lease.flight in self._flights:
-            self._flights.remove(lease.flight)
+            del self._flights[lease.flight]
             if not self._flights:
                 self._send({"t": "idle", "m": self.name})
 
     def abort(self, code: str) -> None:
         """A force stop or a dead server: cancel this model's exchanges (each answers
         as it would in the owner, and releases its lease soon)."""
-        for flight in self._flights:
+        for flight in list(self._flights):
             flight.aborted = code
             if flight.task is not None:
                 flight.task.cancel()

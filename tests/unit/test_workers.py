@@ -99,6 +99,20 @@ def test_a_mirror_leases_only_when_the_owner_said_ready_and_tells_only_the_edges
     assert m.lease_now(None, Task()) is None
 
 
+def test_flights_are_told_apart_by_identity_not_by_their_fields() -> None:
+    """Two flights with equal fields (no task) are two requests: ending one twice leaves
+    the other in flight (kept in a dict by identity, not found by equality in a list)."""
+    m, sent = mirror()
+    ready(m)
+    first, second = m.lease_now(None, None), m.lease_now(None, None)
+    assert first is not None and second is not None
+    m.release(first)
+    m.release(first)
+    assert m.in_flight == 1 and sent == [{"t": "busy", "m": "m"}]
+    m.release(second)
+    assert m.in_flight == 0 and sent[-1] == {"t": "idle", "m": "m"}
+
+
 def test_a_mirror_follows_the_owner_profile_and_upstream() -> None:
     m, _ = mirror()
     ready(m, "http://10.0.0.7:19101")  # a Swarm task on another node
