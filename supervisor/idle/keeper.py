@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from supervisor.errors import Conflict
 from supervisor.idle.history import IdleHistory
 from supervisor.idle.policy import Bounds, Costs, Plan, plan
+from supervisor.idle.timeofday import quiet_from
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.table import DOWN, State
 
@@ -136,8 +137,14 @@ class Keeper:
             log.info("model=%s idle policy: %s", unit.name, u.plan.reason)
         if u.plan.sleep_after is not None:
             self._after(unit, u, u.plan.sleep_after, self._sleep, "planned sleep")
-        if u.plan.stop_after < unit.idle_timeout:
-            self._after(unit, u, u.plan.stop_after, self._give_back, "planned stop")
+        stop_after, why = u.plan.stop_after, "planned stop"
+        wall = self.wall()
+        ended = quiet_from(u.history.downs, u.history.since, wall, wall + stop_after)
+        if ended is not None:  # demand has ended for today: no keep-alive to pay for
+            stop_after = max(unit.config.min_idle, ended - wall)
+            why = "no request at this time of day on the last days"
+        if stop_after < unit.idle_timeout:
+            self._after(unit, u, stop_after, self._give_back, why)
 
     def _plan(self, unit: ModelHandle, u: _Unit, *, at: float | None = None,
               by_gap: bool = True) -> Plan:
