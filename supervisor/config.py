@@ -346,7 +346,7 @@ class ModelConfig(_Strict):
                 f"default_profile: {self.default_profile!r} is not one of its profiles "
                 f"({', '.join(self.profiles)})"
             )
-        problem = replicas_problem(self)
+        problem = replicas_problem(self) or idle_bounds_problem(self)
         if problem:
             raise ValueError(problem)
         for name, profile in self.profiles.items():
@@ -429,6 +429,11 @@ class Config(BaseSettings):
     # Runtime toggles (pin, idle timeout, schedules added through the admin API).
     # Default: <config name>.state.json next to the config file; none: memory only.
     state_file: Path | None = None
+    # One JSON line per request (supervisor/journal.py), what `simulate --trace` replays;
+    # rotated past journal_max_bytes, journal_keep old files kept (PATH.1 the newest).
+    journal: Path | None = None
+    journal_max_bytes: Annotated[ByteSize, Field(ge=4096)] = 64 << 20
+    journal_keep: int = Field(3, ge=0)
     # GPU inventory: total memory per GPU index; declares GPUs NVML cannot see (a CPU-only
     # test) or overrides what it reports. With neither, placement is off.
     gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
@@ -513,6 +518,20 @@ class Config(BaseSettings):
 
 
 
+def idle_bounds_problem(model: ModelConfig) -> str | None:
+    """'key: reason' when the adaptive idle policy's bounds cannot hold: it chooses when
+    to stop between `min_idle` and `idle_timeout` (`long_idle_timeout` for the larger
+    profiles)."""
+    if model.idle_policy == "adaptive" and model.idle_timeout <= 0:
+        return "idle_timeout: idle_policy adaptive needs one above 0 (its upper bound)"
+    for key, bound in (("idle_timeout", model.idle_timeout),
+                       ("long_idle_timeout", model.long_idle_timeout)):
+        if bound is not None and model.min_idle > bound:
+            return (f"min_idle: {model.min_idle:g} s is above {key} ({bound:g} s); it is "
+                    "the lower bound of the idle time")
+    return None
+
+
 def schedule_problem(config: Config, schedule: ScheduleConfig) -> str | None:
     """'key: reason' when a schedule names a model or profile the config lacks."""
     model = config.models.get(schedule.model)
@@ -584,6 +603,8 @@ def load_config(path: str | Path) -> Config:
     for client in config.clients.values():
         if client.key_file is not None:
             client.key_file = (path.parent / client.key_file).resolve()
+    if config.journal is not None:
+        config.journal = (path.parent / config.journal).resolve()
     if config.state_file is None:
         config.state_file = path.with_name(path.stem + ".state.json")
     config.state_file = (path.parent / config.state_file).resolve()
