@@ -73,8 +73,10 @@ class Keeper:
         return u
 
     def histories(self) -> dict[str, Any]:
-        """The state file's `idle` section."""
-        return {name: u.history.to_json() for name, u in self._units.items()}
+        """The state file's `idle` section (with the saved histories of models not seen
+        since the start, which a save would otherwise drop)."""
+        return {**{name: h.to_json() for name, h in self._saved.items()},
+                **{name: u.history.to_json() for name, u in self._units.items()}}
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """The last timeout chosen and the last pre-warm, with their reasons."""

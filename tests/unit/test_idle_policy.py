@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.idle.history import IdleHistory
+from supervisor.idle.keeper import Keeper
 from supervisor.idle.policy import MIN_GAPS, Bounds, Costs, History, plan
 from supervisor.idle.timeofday import DAY, next_demand, quiet_from
 
@@ -134,3 +135,10 @@ def test_a_day_that_had_a_late_request_keeps_the_model() -> None:
     downs[1] = (downs[1][0], 9 * 3600 + DAY - 18.5 * 3600)  # the second night began 18:30
     today = MONDAY + 3 * DAY
     assert quiet_from(downs, MONDAY, today + 17.92 * 3600, today + 18.33 * 3600) is None
+
+
+def test_a_save_keeps_the_histories_of_models_not_seen_since_the_start() -> None:
+    saved = IdleHistory(since=MONDAY)
+    saved.gap(42.0, MONDAY + 42, down=True)
+    keeper = Keeper(lambda: MONDAY + DAY, {"quiet": saved})
+    assert keeper.histories() == {"quiet": saved.to_json()}
