@@ -6,13 +6,14 @@ the graph import-linter checks; imports under TYPE_CHECKING count: a type is kno
 
 A circle is a strongly connected set of modules (or of the packages and top-level modules
 that hold them); an upward import goes from a lower layer of LAYERS to a higher one.
-LAYERS restates the `layers` contract of pyproject.toml so that the numbers can also be
+LAYERS is read from the `layers` contract of pyproject.toml; the numbers can also be
 taken on a tree that does not satisfy it yet.
 """
 
 from __future__ import annotations
 
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,21 +21,20 @@ import grimp
 
 ROOT = "supervisor"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's, not an installed one
+
+
+def contract_layers() -> tuple[tuple[str, ...], ...]:
+    """The `layers` contract of pyproject.toml, lowest first (one source for both tools)."""
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    for contract in config["tool"]["importlinter"]["contracts"]:
+        if contract["id"] == "layers":
+            return tuple(tuple(n.strip() for n in layer.split("|"))
+                         for layer in reversed(contract["layers"]))
+    raise SystemExit("pyproject.toml has no import-linter contract with id 'layers'")
+
+
 # Lowest first; a module's layer is that of its longest listed prefix.
-LAYERS: tuple[tuple[str, ...], ...] = (
-    ("config", "refusal", "state_file", "auth"),
-    ("rules",),
-    ("observe", "runtime", "tokens", "clients"),
-    ("lifecycle",),
-    ("gpus", "anatomy", "idle"),
-    ("proxy",),
-    ("workers",),
-    ("ops",),
-    ("root",),
-    ("app", "simulate"),
-    ("cli",),
-    ("__main__",),
-)
+LAYERS = contract_layers()
 
 
 def edges(graph: grimp.ImportGraph) -> dict[str, set[str]]:

@@ -121,6 +121,11 @@ class Config(BaseSettings):
     # Runtime toggles (pin, idle timeout, schedules added through the admin API).
     # Default: <config name>.state.json next to the config file; none: memory only.
     state_file: Path | None = None
+    # One JSON line per request (supervisor/journal.py), what `simulate --trace` replays;
+    # rotated past journal_max_bytes, journal_keep old files kept (PATH.1 the newest).
+    journal: Path | None = None
+    journal_max_bytes: Annotated[ByteSize, Field(ge=4096)] = 64 << 20
+    journal_keep: int = Field(3, ge=0)
     # GPU inventory: total memory per GPU index; declares GPUs NVML cannot see (a CPU-only
     # test) or overrides what it reports. With neither, placement is off.
     gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
@@ -276,6 +281,8 @@ def load_config(path: str | Path) -> Config:
     for client in config.clients.values():
         if client.key_file is not None:
             client.key_file = (path.parent / client.key_file).resolve()
+    if config.journal is not None:
+        config.journal = (path.parent / config.journal).resolve()
     if config.state_file is None:
         config.state_file = path.with_name(path.stem + ".state.json")
     config.state_file = (path.parent / config.state_file).resolve()

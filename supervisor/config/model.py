@@ -230,7 +230,7 @@ class ModelConfig(_Strict):
                 f"default_profile: {self.default_profile!r} is not one of its profiles "
                 f"({', '.join(self.profiles)})"
             )
-        problem = replicas_problem(self)
+        problem = replicas_problem(self) or idle_bounds_problem(self)
         if problem:
             raise ValueError(problem)
         for name, profile in self.profiles.items():
@@ -239,3 +239,17 @@ class ModelConfig(_Strict):
                     f"profiles.{name}.upstream: required, as the model declares no `upstream`"
                 )
         return self
+
+
+def idle_bounds_problem(model: ModelConfig) -> str | None:
+    """'key: reason' when the adaptive idle policy's bounds cannot hold: it chooses when
+    to stop between `min_idle` and `idle_timeout` (`long_idle_timeout` for the larger
+    profiles)."""
+    if model.idle_policy == "adaptive" and model.idle_timeout <= 0:
+        return "idle_timeout: idle_policy adaptive needs one above 0 (its upper bound)"
+    for key, bound in (("idle_timeout", model.idle_timeout),
+                       ("long_idle_timeout", model.long_idle_timeout)):
+        if bound is not None and model.min_idle > bound:
+            return (f"min_idle: {model.min_idle:g} s is above {key} ({bound:g} s); it is "
+                    "the lower bound of the idle time")
+    return None

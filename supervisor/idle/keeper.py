@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.idle.history import IdleHistory
 from supervisor.idle.policy import Bounds, Costs, Plan, plan
+from supervisor.idle.timeofday import quiet_from
 from supervisor.lifecycle.clock import Timer
 from supervisor.refusal import Conflict
 from supervisor.rules.table import DOWN, State
@@ -72,8 +73,10 @@ class Keeper:
         return u
 
     def histories(self) -> dict[str, Any]:
-        """The state file's `idle` section."""
-        return {name: u.history.to_json() for name, u in self._units.items()}
+        """The state file's `idle` section (with the saved histories of models not seen
+        since the start, which a save would otherwise drop)."""
+        return {**{name: h.to_json() for name, h in self._saved.items()},
+                **{name: u.history.to_json() for name, u in self._units.items()}}
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """The last timeout chosen and the last pre-warm, with their reasons."""
@@ -136,8 +139,14 @@ class Keeper:
             log.info("model=%s idle policy: %s", unit.name, u.plan.reason)
         if u.plan.sleep_after is not None:
             self._after(unit, u, u.plan.sleep_after, self._sleep, "planned sleep")
-        if u.plan.stop_after < unit.idle_timeout:
-            self._after(unit, u, u.plan.stop_after, self._give_back, "planned stop")
+        stop_after, why = u.plan.stop_after, "planned stop"
+        wall = self.wall()
+        ended = quiet_from(u.history.downs, u.history.since, wall, wall + stop_after)
+        if ended is not None:  # demand has ended for today: no keep-alive to pay for
+            stop_after = max(unit.config.min_idle, ended - wall)
+            why = "no request at this time of day on the last days"
+        if stop_after < unit.idle_timeout:
+            self._after(unit, u, stop_after, self._give_back, why)
 
     def _plan(self, unit: ModelHandle, u: _Unit, *, at: float | None = None,
               by_gap: bool = True) -> Plan:

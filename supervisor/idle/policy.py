@@ -7,30 +7,36 @@ chosen by pricing every candidate on the gaps already seen, as GPU-seconds held 
 seconds requests would wait on a start (times `prefer`'s weight): a fixed timer is one of
 the candidates, so the choice is never worse on the past than the operator's bound. Where
 the gaps say nothing (demand that repeats by time of day or week, not by gap), the arrivals
-that found the model down are folded by day and by week: a phase seen in most periods is
-demand to pre-warm for. Nothing here knows seconds from hours: margins are fractions of
-the gaps and of the period, so a pattern of 30 s is learned as one of 30 min.
+that found the model down are folded by day and by week (timeofday.py): a phase seen in
+most periods is demand to pre-warm for. Each gap seen stands for a spread around it and the
+keep-alive moves only part of the way to each new cheapest one: on the flat cost of random
+gaps a choice that follows every new gap wanders, and pays more than any one choice. Nothing
+here knows seconds from hours: margins are fractions of the gaps and of the period, so a
+pattern of 30 s is learned as one of 30 min.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-DAY = 86400.0
-WEEK = 7 * DAY
+from supervisor.idle.timeofday import DAY, PHASE_TOLERANCE, next_demand
+
 MIN_GAPS = 8  # fewer idle gaps seen: the operator's fixed timers (not representative yet)
 MARGIN = 0.1  # of a gap: a pre-warm is ready this much early, a keep-alive this much late
 # One user-second waited is worth this many GPU-seconds held.
 WAIT_WEIGHT = {"latency": 30.0, "balanced": 6.0, "savings": 1.0}
-PHASE_TOLERANCE = 1 / 288  # of a day: arrivals this close are at the same time (5 min)
 LONG_GAP = 4.0  # x the keep-alive: demand after such gaps is looked for by time of day
-STICKY = 0.05  # a new keep-alive must cost this much less (a fraction) than the last one
-SIGNIFICANCE = 1e-3  # a phase is demand when chance explains its periods this rarely
+DAMPING = 0.1  # how far a new plan moves the keep-alive towards the cheapest
 QUANTILES = tuple(i / 40 for i in range(41))  # keep-alive candidates among the gaps
+KERNEL = (-1.28, -0.52, 0.0, 0.52, 1.28)  # normal quantiles: five equally likely points
+BANDWIDTH = 0.5  # the widest kernel, in log-seconds
+NEIGHBOURS = 3  # a gap's kernel spans this many gaps on either side of it
+FLOOR = 0.25  # the narrowest, for one gap seen (Silverman: x n^-1/5)
+GRID = tuple(2 ** (-i / 4) for i in range(41))  # keep-alive candidates, of idle_timeout
 PREWARM_WINDOWS = ((0.0, 1.0), (0.05, 0.99), (0.1, 0.9), (0.25, 0.75))  # of the long gaps
 
 
@@ -88,10 +94,22 @@ class _Choice:
 
 
 class _Gaps:
-    """Sorted gaps with prefix sums: the cost of a choice in O(log n)."""
+    """Sorted gaps with prefix sums: the cost of a choice in O(log n). Each gap seen stands
+    for a spread of gaps around it (a log-normal kernel as wide as the gaps near it are
+    apart): a sample's cost curve is jagged where gaps are few (the tail), so that its
+    cheapest point would follow each new long gap; where gaps cluster (a job that comes
+    every hour) they stay as sharp as seen."""
 
     def __init__(self, gaps: Sequence[float]) -> None:
-        self.s = sorted(gaps)
+        logs = sorted(math.log(max(g, 1e-9)) for g in gaps)
+        n, k, inf = len(logs), NEIGHBOURS, math.inf
+        floor = FLOOR * n ** -0.2
+        # Apart from the k-th gap on the nearer side: at a cluster's edge, its own side.
+        near = [min(x - logs[i - k] if i >= k else inf, logs[i + k] - x if i + k < n else inf)
+                for i, x in enumerate(logs)]
+        widths = [min(BANDWIDTH, max(floor, d)) for d in near]
+        self.s = sorted(math.exp(x + w * z) for x, w in zip(logs, widths, strict=True)
+                        for z in KERNEL)
         self.sums = [0.0, *accumulate(self.s)]
 
     def count(self, lo: float, hi: float) -> tuple[int, float]:
@@ -132,15 +150,24 @@ def _price(g: _Gaps, keep: float, prewarm: float | None, window: float, up: floa
 
 def _best(gaps: Sequence[float], up: float, down: float, lo: float, hi: float,
           weight: float, previous: float | None = None) -> _Choice:
-    """The cheapest keep-alive in [lo, hi] on these gaps, with or without a pre-warm; the
-    `previous` keep-alive (without a pre-warm) while it costs about as little: past gaps
-    are a sample, and a choice that follows each new one wanders over a flat cost."""
+    """The cheapest keep-alive in [lo, hi] on these gaps, with or without a pre-warm; with
+    a `previous` keep-alive, one moved from it only part of the way towards the cheapest:
+    on a flat cost the cheapest follows each new gap, and a policy that jumps between
+    keep-alives pays more than any one of them would."""
     g = _Gaps(gaps)
-    if previous is not None and lo <= previous <= hi:
-        kept = _price(g, previous, None, 0.0, up, down, weight)
-        fresh = _best(gaps, up, down, lo, hi, weight)
-        return kept if kept.cost <= fresh.cost * (1 + STICKY) else fresh
-    keeps = {hi, lo} | {min(hi, max(lo, g.quantile(q) * (1 + MARGIN))) for q in QUANTILES}
+    fresh = _cheapest(g, up, down, lo, hi, weight)
+    if previous is None or not lo <= previous <= hi:
+        return fresh
+    keep = previous + DAMPING * (fresh.keep - previous)
+    if fresh.prewarm is not None and fresh.prewarm - keep - down >= up:
+        return _price(g, keep, fresh.prewarm, fresh.window, up, down, weight)
+    return _price(g, keep, None, 0.0, up, down, weight)
+
+
+def _cheapest(g: _Gaps, up: float, down: float, lo: float, hi: float,
+              weight: float) -> _Choice:
+    keeps = ({hi, lo} | {min(hi, max(lo, g.quantile(q) * (1 + MARGIN))) for q in QUANTILES}
+             | {max(lo, hi * f) for f in GRID})
     best: _Choice | None = None  # ties go to the shorter keep-alive: no gap seen says more
     for keep in sorted(keeps):
         candidates = [_price(g, keep, None, 0.0, up, down, weight)]
@@ -167,55 +194,6 @@ def requests_per_start(gaps: Sequence[float], up: float) -> float:
         return 1.0
     median = sorted(gaps)[len(gaps) // 2]
     return 1.0 + min(up / median, 100.0) if median > 0 else 100.0
-
-
-def _tail(n: int, k: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): how often chance alone puts demand into k of n
-    periods at one phase."""
-    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
-
-
-def _seen_a_week_before(downs: Sequence[float], since: float, due: float, tol: float,
-                        period: float) -> bool:
-    """Daily demand on a day of the week that had none at that time a week before (a
-    weekend) is not foreseen, once a week has been seen."""
-    if period >= WEEK or due - WEEK < since:
-        return True
-    i = bisect_left(downs, due - WEEK - tol)
-    return i < len(downs) and downs[i] <= due - WEEK + 3 * tol
-
-
-def next_demand(downs: Sequence[float], since: float, after: float) -> tuple[float, str] | None:
-    """The first wall-clock time after `after` at which demand that found the model down
-    (`downs`, sorted) has come in more of the periods seen than chance explains (week, else
-    day; two periods seen at least), less the tolerance; with the period's name. None: no
-    such phase."""
-    for period, name in ((WEEK, "week"), (DAY, "day")):
-        covered = int((after - since) // period)
-        if covered < 2 or not downs:
-            continue
-        tol = DAY * PHASE_TOLERANCE
-        recent = [t for t in downs if t >= after - covered * period]
-        phases = sorted((t % period, int(t // period)) for t in recent)
-        keys = [p for p, _ in phases]
-        # How likely one period has demand in a window of 2 x tol by chance.
-        chance = min(1.0, len(recent) / covered * 2 * tol / period)
-        needed = next((k for k in range(2, covered + 1)
-                       if _tail(covered, k, chance) < SIGNIFICANCE), None)
-        if needed is None:
-            continue
-        best: float | None = None
-        for phase, _ in phases:
-            i, j = bisect_left(keys, phase - tol), bisect_right(keys, phase + tol)
-            if len({k for _, k in phases[i:j]}) < needed:
-                continue
-            due = after - after % period + phase - tol
-            while due <= after or not _seen_a_week_before(downs, since, due, tol, period):
-                due += period
-            best = due if best is None else min(best, due)
-        if best is not None:
-            return best, name
-    return None
 
 
 def plan(history: History, now: float, bounds: Bounds, costs: Costs, *,

@@ -136,7 +136,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROL].describe(_handle(request)))
+    """One model, with its last starts (only here: every action answers with describe())."""
+    control, handle = request.app[CONTROL], _handle(request)
+    return web.json_response({**control.describe(handle), "starts": control.starts(handle.name)})
 
 
 async def starts(request: web.Request) -> web.Response:

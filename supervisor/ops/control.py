@@ -155,7 +155,6 @@ class Control:
             else placement_view(self.gpus, handle),
             "replicas": replicas_view(self.gpus, self.used_bytes, handle)
             if handle.replicas else None,
-            "starts": self.starts(handle.name),
         }
 
     def starts(self, name: str) -> list[dict[str, Any]]:

@@ -93,7 +93,6 @@ MODEL: Json = {
         "idle_timeout": {"type": "number"}, "idle_timeout_override": NULLABLE_NUMBER,
         "idle_seconds": {"type": "number"}, "in_flight": {"type": "integer"},
         "held": {"type": "integer"}, "last_cold_start_seconds": NULLABLE_NUMBER,
-        "starts": {"type": "array", "items": START},
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
         "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
@@ -239,7 +238,9 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "type": "object", "required": ["models", "draining"],
                 "properties": {"models": {"type": "array", "items": MODEL},
                                "draining": {"type": "boolean"}}}))},
-            "/admin/models/{name}": {**per_model, "get": _op("One model", model_ok, 404)},
+            "/admin/models/{name}": {**per_model, "get": _op("One model, with its last starts", (
+                200, {**MODEL, "properties": {**MODEL["properties"], "starts": {
+                    "type": "array", "items": START}}}), 404)},
             "/admin/models/{name}/starts": {**per_model, "get": _op(
                 "Its last starts and wakes, each phase's seconds", (200, {
                     "type": "object", "required": ["model", "starts"],

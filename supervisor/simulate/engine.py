@@ -43,6 +43,7 @@ class ModelRecord:
     starts: int = 0  # every start, pre-warms included
     prewarms: int = 0
     held: list[float] = field(default_factory=list)  # seconds each held request waited
+    held_at: list[float] = field(default_factory=list)  # when each came (trace seconds)
     seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
     entered: float = T0
     state: str = State.STOPPED.value
@@ -159,10 +160,12 @@ async def _replay(loop: VirtualLoop, trace: Trace, setup: Setup,
 
     async def serve(model: Model, duration: float, record: ModelRecord) -> None:
         record.requests += 1
+        came = loop.time() - T0
         try:
             async with model.lease(None) as lease:
                 if lease.cold_start:
                     record.held.append(lease.hold_seconds)
+                    record.held_at.append(came)
                 await asyncio.sleep(duration)
         except Refusal:
             record.failed += 1

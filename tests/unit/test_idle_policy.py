@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from supervisor.idle.history import IdleHistory
-from supervisor.idle.policy import DAY, MIN_GAPS, Bounds, Costs, History, next_demand, plan
+from supervisor.idle.keeper import Keeper
+from supervisor.idle.policy import MIN_GAPS, Bounds, Costs, History, plan
+from supervisor.idle.timeofday import DAY, next_demand, quiet_from
 
 MONDAY = 1704067200.0
 COSTS = Costs(start=60.0, stop=3.0)
@@ -24,8 +26,8 @@ def bursts(period: float, burst_gaps: int, pace: float) -> list[float]:
 @pytest.mark.parametrize(("gaps", "keep", "prewarm"), [
     # Too few gaps: keep as long as a start costs (ski rental), no pre-warm.
     ([5.0] * (MIN_GAPS - 1), (60 + 3 + 6 * 60, 60 + 3 + 6 * 60), None),
-    # Only short gaps: keep just past them.
-    ([5.0, 6.0, 7.0, 8.0] * 10, (8.0, 9.0), None),
+    # Only short gaps: keep just past them (each gap seen stands for a few around it).
+    ([5.0, 6.0, 7.0, 8.0] * 10, (8.0, 10.0), None),
     # Hourly jobs (short gaps, then ~55 min): give back after the burst, start ahead.
     (bursts(3300.0, 30, 10.0), (10.0, 12.0), (2500.0, 3200.0)),
     # Rare and random (one gap per 3 h on average): give back at once, no pre-warm.
@@ -99,3 +101,44 @@ def test_the_history_survives_a_restart_and_stays_bounded() -> None:
     assert again.view() == history.view()
     assert again.duration("default", "start") == 30.0
     assert IdleHistory.from_json({"gaps": "nonsense"}, since=5.0).since == 5.0
+
+
+def office_nights(days: int, last: float = 17.9 * 3600) -> list[tuple[float, float]]:
+    """The first request of each day at 9:00 after a night that began at `last`."""
+    return [(MONDAY + d * DAY + 9 * 3600, 9 * 3600 + DAY - last) for d in range(1, days + 1)]
+
+
+@pytest.mark.parametrize(("days", "now", "until", "ends"), [
+    # Two days of nights that began at 17:54: at 17:55 with a keep-alive until 18:20,
+    # it goes 5 min after the latest night began (17:59).
+    (2, 17.92, 18.33, 17.9 + 1 / 12),
+    # At noon (requests came until 17:54 on the days before): no.
+    (2, 12.0, 12.5, None),
+    # One day seen is not a pattern.
+    (1, 17.92, 18.33, None),
+    # It would not end before the keep-alive does.
+    (2, 17.92, 17.95, None),
+])
+def test_the_end_of_the_days_demand_is_foreseen(days: int, now: float, until: float,
+                                                ends: float | None) -> None:
+    downs = office_nights(days)
+    today = MONDAY + days * DAY
+    got = quiet_from(downs, MONDAY, today + now * 3600, today + until * 3600)
+    if ends is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(today + ends * 3600)
+
+
+def test_a_day_that_had_a_late_request_keeps_the_model() -> None:
+    downs = office_nights(3)
+    downs[1] = (downs[1][0], 9 * 3600 + DAY - 18.5 * 3600)  # the second night began 18:30
+    today = MONDAY + 3 * DAY
+    assert quiet_from(downs, MONDAY, today + 17.92 * 3600, today + 18.33 * 3600) is None
+
+
+def test_a_save_keeps_the_histories_of_models_not_seen_since_the_start() -> None:
+    saved = IdleHistory(since=MONDAY)
+    saved.gap(42.0, MONDAY + 42, down=True)
+    keeper = Keeper(lambda: MONDAY + DAY, {"quiet": saved})
+    assert keeper.histories() == {"quiet": saved.to_json()}
