@@ -18,7 +18,7 @@ from supervisor.anatomy.service import ANATOMY
 from supervisor.config import Config, host_port
 from supervisor.ops.admin import build_admin_app, healthz, readyz
 from supervisor.ops.control import CONTROL
-from supervisor.proxy.appkeys import GATE, METRICS, REGISTRY, UPSTREAM
+from supervisor.proxy.appkeys import GATE, JOURNAL, METRICS, REGISTRY, UPSTREAM
 from supervisor.proxy.body_budget import BODY_BUDGET
 from supervisor.proxy.context import Context
 from supervisor.proxy.fastpath import DataPlane
@@ -42,6 +42,8 @@ def build_app(root: Supervisor) -> web.Application:
     app[METRICS], app[GATE], app[REGISTRY] = root.metrics, root.gate, root.registry
     app[UPSTREAM], app[BODY_BUDGET], app[CONTROL] = root.session, root.body_budget, root.control
     app[ANATOMY] = root.anatomy  # names the phase a held client waits for (progress.py)
+    if root.journal is not None:
+        app[JOURNAL] = root.journal
     config = root.config
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -108,7 +110,8 @@ async def start_server(config: Config, runtime: Runtime | None = None,
         await root.session.close()
         raise
     assert runner.server is not None
-    plane.start(InnerPool(runner.server), Context(root.registry, root.metrics, root.gate),
+    plane.start(InnerPool(runner.server), Context(root.registry, root.metrics, root.gate,
+                                                        root.journal),
                 fast=config.fast_path)
     limit = connection_limit(config.max_connections, config.fd_reserve)
     site = LimitedSite(runner, *host_port(config.listen), limit=limit, label="proxy",

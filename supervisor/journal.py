@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +56,26 @@ class Journal:
         self._every = every
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+
+    def start(self) -> None:
+        """Write every second from now on (until then, only `close` writes)."""
         self._thread.start()
 
     def record(self, entry: Entry) -> None:
         """On the event loop: the line is made and written in the journal's thread."""
         self._queue.append(entry)
 
+    def served(self, model: str, profile: str, began: float, ended: float, held: float,
+               start: StartKind, status: int) -> None:
+        """A request that began and ended at these monotonic times (the proxy's clock)."""
+        self._queue.append(Entry(time.time() - (ended - began), model, profile, ended - began,
+                                 held, start, status))
+
     def close(self) -> None:
         """Write what is left and end the thread (blocks: call it from a thread)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._flush()
 
     def _run(self) -> None:

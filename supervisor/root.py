@@ -6,7 +6,7 @@ what works in the background, `close` ends it.
 Shared, one of each: the runtime, the HTTP session to the servers, the clock, the state
 file (the admin API's toggles and the GPU wiring's measured sizes), the GPU budget, the
 listeners every unit tells (metrics, event log, GPU budget, start anatomy, weights read
-ahead; the worker fleet subscribes while it runs)."""
+ahead, the idle keeper; the worker fleet subscribes while it runs), the request journal."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import functools
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from supervisor.config import Config, ConfigError
 from supervisor.gpus.budget import GpuBudget
 from supervisor.gpus.services import read_services
 from supervisor.gpus.wiring import MeasuredFeed, load_budget
+from supervisor.idle.keeper import Keeper
+from supervisor.idle.store import HistoryStore, saved_histories
+from supervisor.journal import Journal
 from supervisor.lifecycle.clock import LoopClock
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.listeners import Listeners
@@ -66,6 +70,9 @@ class Supervisor:
     gate: Gate
     body_budget: BodyBudget
     feed: MeasuredFeed
+    keeper: Keeper  # idle_policy: adaptive, and every model's measured start/stop/wake
+    histories: HistoryStore  # the keeper's, saved to the state file
+    journal: Journal | None  # journal: PATH, a line per request
     fleet: Fleet | None  # with workers: N > 1 (the fast path on)
     control: Control
     private: Path | None  # the fleet's directory: the socket its workers relay to
@@ -89,8 +96,11 @@ class Supervisor:
         for handle in self.registry.handles.values():
             handle.adopt(running)
         self._tasks += [asyncio.create_task(watch(self.effects, self.registry)),
-                        asyncio.create_task(self.feed.run())]
+                        asyncio.create_task(self.feed.run()),
+                        asyncio.create_task(self.histories.run())]
         self.control.start()
+        if self.journal is not None:
+            self.journal.start()
         await self.gpu.start()
 
     async def close(self) -> None:
@@ -100,8 +110,12 @@ class Supervisor:
         await self.gpu.stop()
         self.prefetch.stop()
         await self.control.close()
+        self.keeper.close()
         for handle in list(self.registry.handles.values()):
             await handle.close()
+        await self.histories.save()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
         await self.session.close()
         if self.private is not None:
             await asyncio.to_thread(shutil.rmtree, self.private, ignore_errors=True)
@@ -132,8 +146,10 @@ async def build(config: Config, runtime: Runtime | None = None,
     anatomy = Anatomy(rt, metrics.registry)
     compose = config.compose
     prefetch = Prefetch(functools.partial(read_services, compose) if compose else None)
+    saved = await asyncio.to_thread(state.load)
+    keeper = Keeper(time.time, saved_histories(saved, time.time()), note=metrics.events.record)
     listeners = Listeners()
-    for listener in (metrics, metrics.events, budget, anatomy, prefetch):
+    for listener in (metrics, metrics.events, budget, anatomy, prefetch, keeper):
         listeners.add(listener)
     # No total timeout: a generation may stream for many minutes. With the fast path
     # (which pools its own) this session keeps no idle connections: two pools of idle
@@ -168,12 +184,15 @@ async def build(config: Config, runtime: Runtime | None = None,
 
     control = Control(config, config_path, effects, metrics, registry, gate,
                       used_bytes=used_bytes, state=state, listeners=listeners, gpus=budget,
-                      anatomy=anatomy, fleet=fleet)
+                      anatomy=anatomy, fleet=fleet, keeper=keeper)
+    journal = None if config.journal is None else Journal(
+        config.journal, config.journal_max_bytes, config.journal_keep)
     return Supervisor(
         config=config, runtime=rt, session=session, state=state, gpu=gpu, metrics=metrics,
         listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,
         registry=registry, gate=gate, body_budget=BodyBudget(config.max_body_memory),
-        feed=MeasuredFeed(budget, gpu, state, registry.units), fleet=fleet, control=control,
+        feed=MeasuredFeed(budget, gpu, state, registry.units), keeper=keeper,
+        histories=HistoryStore(keeper, state), journal=journal, fleet=fleet, control=control,
         private=private)
 
 

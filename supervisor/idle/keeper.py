@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisor.config import ModelConfig
 from supervisor.idle.history import IdleHistory
 from supervisor.idle.policy import Bounds, Costs, Plan, plan
 from supervisor.idle.timeofday import quiet_from
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.idle")
 
 DEFAULT_SECONDS = {"start": 30.0, "stop": 3.0, "wake": 2.0}  # until one is measured
+# What a decision is told to besides the log (the event log's `record`): model, from and
+# to state, the event ("prewarm") and the reason.
+Note = Callable[..., None]
 _GOING = {State.STARTING: "start", State.WAKING: "wake", State.STOPPING: "stop"}
 
 
@@ -54,8 +58,10 @@ class _Unit:
 
 class Keeper:
     def __init__(self, wall: Callable[[], float],
-                 histories: dict[str, IdleHistory] | None = None) -> None:
+                 histories: dict[str, IdleHistory] | None = None,
+                 note: Note | None = None) -> None:
         self.wall = wall  # wall-clock seconds (time of day and week)
+        self.note = note
         self._units: dict[str, _Unit] = {}
         self._handles: dict[str, ModelHandle] = {}
         self._saved = dict(histories or {})
@@ -82,6 +88,29 @@ class Keeper:
         """The last timeout chosen and the last pre-warm, with their reasons."""
         u = self._units.get(name)
         return None if u is None else {**u.decision, "prewarms": u.prewarms}
+
+    def measured(self, name: str, profile: str, kind: str) -> float | None:
+        """The measured seconds of a unit's start, stop or wake on `profile` (every
+        model's, adaptive or not), None before the first."""
+        u = self._units.get(name)
+        history = u.history if u is not None else self._saved.get(name)
+        return None if history is None else history.duration(profile, kind)
+
+    def view(self, name: str, config: ModelConfig, profile: str,
+             idle_timeout: float) -> dict[str, Any]:
+        """`GET /admin/models`'s `idle`: the policy's current choice and why, and the
+        measured seconds it weighs."""
+        measured = {k: self.measured(name, profile, k) for k in DEFAULT_SECONDS}
+        nap = config.sleep.after if config.sleep.enabled else None
+        fixed = {"policy": config.idle_policy, "sleep_after": nap, "stop_after": idle_timeout,
+                 "prewarm_at": None, "reason": "fixed timers (idle_policy: fixed)",
+                 "prewarms": 0, "measured": measured}
+        if config.idle_policy != "adaptive":
+            return fixed
+        decision = self.describe(name) or {}
+        if not decision.get("reason"):
+            decision = {**decision, "reason": "no idle period yet: the fixed bounds"}
+        return {**fixed, **decision, "measured": measured}
 
     def close(self) -> None:
         for u in self._units.values():
@@ -125,6 +154,8 @@ class Keeper:
             gap = unit.clock.now() - u.idle_at
             u.history.gap(gap, self.wall(), down=down or u.prewarming)
         u.idle_at, u.prewarming = None, False
+        if u.decision.get("prewarm_at") is not None:  # demand came: that one is past
+            u.decision["prewarm_at"] = None
         u.cancel()
 
     def _idle(self, unit: ModelHandle, u: _Unit) -> None:
@@ -135,8 +166,11 @@ class Keeper:
             u.plan = self._plan(unit, u)
             u.planned_at_version = u.history.version
             u.decision = {"policy": "adaptive", "sleep_after": u.plan.sleep_after,
-                          "stop_after": u.plan.stop_after, "reason": u.plan.reason}
-            log.info("model=%s idle policy: %s", unit.name, u.plan.reason)
+                          "stop_after": u.plan.stop_after, "prewarm_at": None,
+                          "reason": u.plan.reason}
+            log.info("model=%s idle policy: sleep after %s, stop after %.1fs (%s)", unit.name,
+                     "-" if u.plan.sleep_after is None else f"{u.plan.sleep_after:.1f}s",
+                     u.plan.stop_after, u.plan.reason)
         if u.plan.sleep_after is not None:
             self._after(unit, u, u.plan.sleep_after, self._sleep, "planned sleep")
         stop_after, why = u.plan.stop_after, "planned stop"
@@ -145,6 +179,8 @@ class Keeper:
         if ended is not None:  # demand has ended for today: no keep-alive to pay for
             stop_after = max(unit.config.min_idle, ended - wall)
             why = "no request at this time of day on the last days"
+            u.decision = {**u.decision, "stop_after": stop_after, "reason": why}
+            log.info("model=%s idle policy: stop after %.1fs (%s)", unit.name, stop_after, why)
         if stop_after < unit.idle_timeout:
             self._after(unit, u, stop_after, self._give_back, why)
 
@@ -212,6 +248,10 @@ class Keeper:
                      unit.name, ", ".join(waiting))
             return
         log.info("model=%s idle policy: pre-warming (%s)", unit.name, why)
+        if self.note is not None:
+            state = unit.state.value
+            self.note(unit.name, state, state, event="prewarm", profile=unit.profile.name,
+                      reason=why)
         u.prewarming, u.prewarms = True, u.prewarms + 1
         u.decision = {**u.decision, "last_prewarm": self.wall(), "prewarm_reason": why}
         try:

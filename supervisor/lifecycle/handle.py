@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from supervisor.config import ModelConfig
+from supervisor.journal import StartKind
 from supervisor.lifecycle.commands import Commands
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.hold import Held, HoldQueue
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.lifecycle")
 
 DEFAULT_RETRY_AFTER = 10
+WAKES = (State.ASLEEP, State.SLEEPING, State.WAKING)  # a request held now waits on a wake
 
 
 class ModelHandle(Commands):
@@ -215,6 +217,7 @@ class ModelHandle(Commands):
                 status=503, code="model_overloaded", retry_after=self._retry_after(),
                 model=self.name)
         held = self.hold.join(tokens, flight, self.config.hold_timeout, self._expire)
+        start: StartKind = "wake" if self.state in WAKES else "cold"
         if self.state is State.READY:
             self._swaps.consider()  # it does not fit the running profile
         else:
@@ -234,7 +237,7 @@ class ModelHandle(Commands):
                 held.expiry.cancel()
         return Lease(self.profile, cold_start=True, hold_seconds=self.clock.now() - began,
                      flight=flight, replica=self, first=self._take_first(),
-                     evicted=self._runner.evicted)
+                     evicted=self._runner.evicted, start=start)
 
     def _take_first(self) -> bool:
         """True for the first request forwarded after a start or a wake (its latency is the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from supervisor.journal import StartKind
 from supervisor.refusal import Refusal, StartFailed
 from supervisor.rules.profiles import Profile
 
@@ -56,6 +57,7 @@ class Lease:
     replica: Upstream  # what granted it (one of a model's replicas, or the model)
     first: bool = False  # the first request the server answers after a start or wake
     evicted: tuple[str, ...] = ()  # models stopped (or put to sleep) to make room for it
+    start: StartKind = "warm"  # what it found: a start (cold), a wake, or a ready server
 
     @property
     def aborted(self) -> str | None:

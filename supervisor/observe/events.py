@@ -19,10 +19,13 @@ class EventLog:
         self._seq = 0
 
     def record(self, model: str, from_state: str, to_state: str, *, event: str,
-               profile: str, error: str | None = None) -> None:
+               profile: str, error: str | None = None, reason: str | None = None) -> None:
+        """A state change; or, `from_state` equal to `to_state`, a decision about the model
+        (the idle policy's "prewarm", with its `reason`)."""
         self._seq += 1
         entry = {"seq": self._seq, "time": time.time(), "model": model, "from": from_state,
-                 "to": to_state, "event": event, "profile": profile, "error": error}
+                 "to": to_state, "event": event, "profile": profile, "error": error,
+                 "reason": reason}
         self._ring.append(entry)
         for queue in list(self._subscribers):
             if queue.qsize() < SUBSCRIBER_BACKLOG:

@@ -28,6 +28,7 @@ from supervisor.config import (
     schedule_problem,
 )
 from supervisor.gpus.budget import GpuBudget
+from supervisor.idle.keeper import Keeper
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Model, Registry, build_model
@@ -63,7 +64,8 @@ class Control:
     def __init__(self, config: Config, config_path: Path | None, effects: Effects,
                  metrics: Metrics, registry: Registry, gate: Gate, *, used_bytes: UsedBytesOf,
                  state: StateFile, listeners: Listeners, gpus: GpuBudget,
-                 anatomy: Anatomy | None = None, fleet: Fleet | None = None) -> None:
+                 anatomy: Anatomy | None = None, fleet: Fleet | None = None,
+                 keeper: Keeper | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -80,6 +82,7 @@ class Control:
         self.keep_warm = KeepWarm(self.find, config.timezone)
         self._retiring: set[asyncio.Task[None]] = set()
         self.fleet = fleet  # the worker processes (workers: N > 1)
+        self.keeper = keeper  # the idle policies' choices and measured seconds
 
     def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)
@@ -155,6 +158,8 @@ class Control:
             else placement_view(self.gpus, handle),
             "replicas": replicas_view(self.gpus, self.used_bytes, handle)
             if handle.replicas else None,
+            "idle": None if self.keeper is None else self.keeper.view(
+                handle.name, handle.config, handle.profile.name, handle.idle_timeout),
         }
 
     def starts(self, name: str) -> list[dict[str, Any]]:

@@ -80,6 +80,19 @@ START: Json = {
                            "server_seconds": {"type": "number"}}}},
     },
 }
+IDLE: Json = {
+    "type": ["object", "null"],
+    "description": "The idle policy's current choice and why; the seconds it weighs",
+    "required": ["policy", "sleep_after", "stop_after", "prewarm_at", "reason"],
+    "properties": {
+        "policy": {"type": "string", "enum": ["fixed", "adaptive"]},
+        "sleep_after": NULLABLE_NUMBER, "stop_after": {"type": "number"},
+        "prewarm_at": {**NULLABLE_NUMBER, "description": "wall-clock seconds"},
+        "reason": {"type": "string"}, "prewarms": {"type": "integer"},
+        "last_prewarm": NULLABLE_NUMBER, "prewarm_reason": {"type": ["string", "null"]},
+        "measured": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
+    },
+}
 MODEL: Json = {
     "type": "object",
     "required": ["name", "state", "pinned", "idle_timeout", "idle_seconds", "in_flight", "held"],
@@ -96,7 +109,7 @@ MODEL: Json = {
         "vram_bytes": {"type": ["integer", "null"]}, "sleep_supported": {"type": "boolean"},
         "last_error": {"type": ["string", "null"]},
         "start_failures": {"type": "integer"}, "retry_in_seconds": {"type": "number"},
-        "gpu": PLACEMENT, "replicas": REPLICAS,
+        "gpu": PLACEMENT, "replicas": REPLICAS, "idle": IDLE,
     },
 }
 CRON: Json = {"type": "string", "minLength": 9, "maxLength": 100,
@@ -121,7 +134,8 @@ EVENT: Json = {
     "properties": {"seq": {"type": "integer"}, "time": {"type": "number"},
                    "model": {"type": "string"}, "from": {"type": "string"},
                    "to": {"type": "string"}, "event": {"type": "string"},
-                   "profile": {"type": "string"}, "error": {"type": ["string", "null"]}},
+                   "profile": {"type": "string"}, "error": {"type": ["string", "null"]},
+                   "reason": {"type": ["string", "null"]}},
 }
 GPU: Json = {
     "type": "object",

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from supervisor.clients.table import Client
+from supervisor.journal import Journal
 from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.gate import Gate
@@ -20,4 +21,5 @@ REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream", aiohttp.ClientSession)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
+JOURNAL: web.AppKey[Journal] = web.AppKey("journal", Journal)  # set with `journal:` only
 CLIENT: web.RequestKey[Client] = web.RequestKey("client", Client)  # who sent a /v1 request

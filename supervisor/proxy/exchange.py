@@ -247,5 +247,8 @@ class Exchange:
             tokens = (self.tap.usage if self.tap is not None else self.tail.usage()
                       ) if status == 200 else None
             self.caller.record(self.model.name, end - self.admitted, 0.0, tokens)
+            if (journal := self.context.journal) is not None:
+                journal.served(self.model.name, lease.profile.name, self.began, end, 0.0,
+                               "warm", status)
         self.client.plane.served[FAST] += 1
         self.client.answered(close=close)

@@ -23,7 +23,7 @@ from supervisor.clients.usage import Tail, tap_for
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import progress
-from supervisor.proxy.appkeys import CLIENT, GATE, METRICS, REGISTRY, UPSTREAM, Handler
+from supervisor.proxy.appkeys import CLIENT, GATE, JOURNAL, METRICS, REGISTRY, UPSTREAM, Handler
 from supervisor.proxy.http_errors import error_response, openai_errors, refusal_response
 from supervisor.proxy.policy import (
     CONTEXT_ERROR_PEEK,
@@ -208,6 +208,7 @@ async def _forward(
         if isinstance(exc, aiohttp.ServerTimeoutError):  # alive, but silent too long
             metrics.request(handle.name, 504, time.monotonic() - began, None,
                             cold_start=lease.cold_start)
+            _journal(request, handle, lease, 504, began)
             message = f"model {handle.name!r} did not answer in time at {replica.upstream}"
             if committed is not None:
                 return await progress.end_with_error(committed, 504, message,
@@ -219,6 +220,7 @@ async def _forward(
             raise _Again(tokens, f"its container was {dead}; starting it again") from None
         metrics.request(handle.name, 502, time.monotonic() - began, None,
                         cold_start=lease.cold_start)
+        _journal(request, handle, lease, 502, began)
         message = f"model {handle.name!r} did not answer at {replica.upstream}: {exc}"
         if committed is not None:
             return await progress.end_with_error(committed, 502, message, "upstream_unreachable")
@@ -286,6 +288,14 @@ async def _forward(
                             first=lease.first)
             request[CLIENT].record(handle.name, time.monotonic() - began, lease.hold_seconds,
                                    usage if status == 200 else None)
+            _journal(request, handle, lease, status, began)
+
+
+def _journal(request: web.Request, handle: Model, lease: Lease, status: int,
+             began: float) -> None:
+    if (journal := request.app.get(JOURNAL)) is not None:
+        journal.served(handle.name, lease.profile.name, began, time.monotonic(),
+                       lease.hold_seconds, lease.start, status)
 
 
 async def _aborted(request: web.Request, handle: Model, lease: Lease,

@@ -40,6 +40,7 @@ def test_records_come_back_as_lines(tmp_path: Path) -> None:
 def test_the_thread_writes_without_waiting_for_close(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     journal = Journal(path, max_bytes=1 << 20, keep=3, every=0.01)
+    journal.start()
     journal.record(entry(0))
     try:
         deadline = time.monotonic() + 5
