@@ -36,9 +36,12 @@ mypy
 say "import contracts"
 lint-imports
 say "fast suite: unit tests and real-Docker integration tests"
-pytest -m "not vllm" "$@"
+pytest -m "not vllm and not slow" "$@"
 check_work_tree
 if [[ $FAST == 1 ]]; then exit 0; fi
+say "slow suite: the live idle policy on real Docker (a few minutes)"
+pytest -m "slow and not vllm" "$@"
+check_work_tree
 say "preparing the real vLLM (cached after the first run)"
 bash scripts/prepare-vllm.sh
 say "end-to-end suite: the supervisor in front of a real vLLM"

@@ -1,0 +1,145 @@
+"""Issue 21 on real Compose: the simulator agrees with the supervisor it models (a short
+trace served live with a journal, then replayed by `model-supervisor simulate` with the
+start and stop seconds the supervisor measured), and the adaptive policy gives a model
+back between bursts and has it ready again before each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from supervisor.rules.table import State
+from tests.helpers import Supervisor, start_supervisor
+
+from .conftest import MODELS, chat, compose_project, wait_for
+
+pytestmark = pytest.mark.slow
+MODEL = "chat-slow"  # the stand-in with a 3 s start
+GPU_STATES = {"starting", "ready", "draining", "sleeping", "waking", "stopping"}
+
+
+async def _post(http: aiohttp.ClientSession, sup: Supervisor) -> aiohttp.ClientResponse:
+    async with http.post(sup.url + "/v1/chat/completions", json=chat(MODEL)) as r:
+        await r.read()
+        assert r.status == 200, await r.text()
+        return r
+
+
+async def _events(http: aiohttp.ClientSession, sup: Supervisor) -> list[dict[str, Any]]:
+    async with http.get(sup.admin + "/admin/events") as r:
+        assert r.status == 200
+        return [e for e in (await r.json())["events"] if e["model"] == MODEL]
+
+
+def _gpu_seconds(events: list[dict[str, Any]]) -> float:
+    """Seconds in the states that hold GPU memory, from the state changes."""
+    changes = [e for e in events if e["from"] != e["to"]]
+    return sum(b["time"] - a["time"] for a, b in pairwise(changes)
+               if a["to"] in GPU_STATES)
+
+
+async def _simulate(config: Path, trace: Path) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supervisor", "simulate", "--config", str(config),
+        "--trace", str(trace), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return dict(json.loads(out)["models"][MODEL])
+
+
+async def test_the_simulator_agrees_with_the_supervisor_on_a_live_trace(
+    project: str, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Three bursts, each after the model was stopped (idle_timeout 4 s): every burst
+    pays a cold start, live and simulated, and the GPU-seconds agree within 10 %."""
+    model = {**MODELS[MODEL], "idle_timeout": "4s"}
+    settings = {"state_file": tmp_path / "state.json", "journal": tmp_path / "journal.jsonl"}
+    sup = await start_supervisor(compose_project(project), {MODEL: model}, **settings)
+    try:
+        began = time.monotonic()
+        for at, count in ((0.0, 3), (12.0, 2), (24.0, 2)):
+            await asyncio.sleep(max(0.0, began + at - time.monotonic()))
+            for _ in range(count):
+                await _post(http, sup)
+        handle = sup.handle(MODEL)
+        await wait_for(lambda: handle.state is State.STOPPED, 20, "stopped after the trace")
+        events = await _events(http, sup)
+    finally:
+        await sup.stop()  # writes the journal and the measured seconds
+    journal = [json.loads(line) for line in settings["journal"].read_text().splitlines()]
+    assert [j["start"] for j in journal] == ["cold", "warm", "warm"] + ["cold", "warm"] * 2
+    live_colds = sum(1 for e in events if e["to"] == "starting" and e["event"] == "demand")
+    live_gpu = _gpu_seconds(events)
+    measured = json.loads(settings["state_file"].read_text())["idle"][MODEL]["seconds"]
+    assert measured["default"]["start"] >= 3.0  # the stand-in's own start delay
+
+    config = tmp_path / "sim.yaml"
+    config.write_text(yaml.safe_dump({
+        "compose": compose_project(project).compose_config(),
+        "state_file": str(settings["state_file"]),
+        "models": {MODEL: model}}))
+    simulated = await _simulate(config, settings["journal"])
+    assert simulated["requests"] == len(journal) == 7
+    assert simulated["cold_starts"] == live_colds == 3
+    assert simulated["gpu_seconds"] == pytest.approx(live_gpu, rel=0.10), (simulated, live_gpu)
+
+
+def _seeded_history(period: float, burst: int, spacing: float, cycles: int) -> dict[str, Any]:
+    """What an earlier run learned of bursts of `burst` requests every `period` seconds,
+    as the state file keeps it."""
+    gaps = ([spacing] * (burst - 1) + [period - spacing * (burst - 1)]) * cycles
+    return {"gaps": gaps, "downs": [], "since": time.time() - period * cycles,
+            "seconds": {"default": {"start": 3.5, "stop": 0.5}}}
+
+
+async def test_adaptive_gives_the_model_back_between_bursts_and_prewarms_before_each(
+    project: str, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Bursts of 3 requests every 30 s, on a model whose history (an earlier run's, in
+    the state file) has seen that pattern: after each burst it is stopped, and started
+    again ahead of the next (an event `prewarm` with its reason), which finds it ready:
+    no request of a later burst is held."""
+    period, burst = 30.0, 3
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"version": 1, "idle": {
+        MODEL: _seeded_history(period, burst, 1.0, cycles=8)}}))
+    model = {**MODELS[MODEL], "idle_policy": "adaptive", "idle_timeout": "60s",
+             "min_idle": "0.5s"}
+    sup = await start_supervisor(compose_project(project), {MODEL: model}, state_file=state)
+    handle = sup.handle(MODEL)
+    try:
+        began = time.monotonic()
+        held: list[bool] = []
+        for cycle in range(3):
+            await asyncio.sleep(max(0.0, began + cycle * period - time.monotonic()))
+            for i in range(burst):
+                r = await _post(http, sup)
+                held.append("X-Supervisor-Hold-Seconds" in r.headers)
+                if i < burst - 1:
+                    await asyncio.sleep(1.0)
+            if cycle < 2:
+                await wait_for(lambda: handle.state is State.STOPPED, 10,
+                               "given back after the burst")
+        events = await _events(http, sup)
+        async with http.get(f"{sup.admin}/admin/models") as r:
+            idle = next(m for m in (await r.json())["models"] if m["name"] == MODEL)["idle"]
+    finally:
+        await sup.stop()
+    assert held == [True, False, False] + [False] * burst * 2
+    prewarms = [e for e in events if e["event"] == "prewarm"]
+    assert len(prewarms) == 2, events
+    assert all("gaps repeat" in (e["reason"] or "") for e in prewarms)
+    demand_starts = [e for e in events if e["to"] == "starting" and e["event"] == "demand"]
+    assert len(demand_starts) == 1  # the first burst's, before anything was learned here
+    assert idle["policy"] == "adaptive" and idle["prewarms"] == 2
+    assert idle["stop_after"] < 5.0, idle
