@@ -47,6 +47,10 @@ from supervisor.proxy.body_budget import BodyBudget
 from supervisor.proxy.gate import Gate
 from supervisor.runtime.base import Runtime, RuntimeFailure
 from supervisor.runtime.factory import runtime_for
+from supervisor.savings.account import SECTION as SAVINGS
+from supervisor.savings.account import SavingsAccount
+from supervisor.savings.figures import EnergyMeter, gpu_sizer
+from supervisor.savings.metrics import SavingsCollector
 from supervisor.state_file import StateFile
 from supervisor.workers.owner import Fleet
 
@@ -72,6 +76,7 @@ class Supervisor:
     feed: MeasuredFeed
     keeper: Keeper  # idle_policy: adaptive, and every model's measured start/stop/wake
     histories: HistoryStore  # the keeper's, saved to the state file
+    savings: SavingsAccount  # what idling saved and cost (GET /admin/savings)
     journal: Journal | None  # journal: PATH, a line per request
     fleet: Fleet | None  # with workers: N > 1 (the fast path on)
     control: Control
@@ -97,7 +102,8 @@ class Supervisor:
             handle.adopt(running)
         self._tasks += [asyncio.create_task(watch(self.effects, self.registry)),
                         asyncio.create_task(self.feed.run()),
-                        asyncio.create_task(self.histories.run())]
+                        asyncio.create_task(self.histories.run()),
+                        asyncio.create_task(self.savings.run())]
         self.control.start()
         if self.journal is not None:
             self.journal.start()
@@ -114,6 +120,7 @@ class Supervisor:
         for handle in list(self.registry.handles.values()):
             await handle.close()
         await self.histories.save()
+        await self.savings.save()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
         await self.session.close()
@@ -148,8 +155,11 @@ async def build(config: Config, runtime: Runtime | None = None,
     prefetch = Prefetch(functools.partial(read_services, compose) if compose else None)
     saved = await asyncio.to_thread(state.load)
     keeper = Keeper(time.time, saved_histories(saved, time.time()), note=metrics.events.record)
+    savings = SavingsAccount(clock, time.time, units=registry.units, sizer=gpu_sizer(budget, gpu),
+                             energy=EnergyMeter(gpu), saved=saved.get(SAVINGS), state=state)
+    metrics.registry.register(SavingsCollector(savings))
     listeners = Listeners()
-    for listener in (metrics, metrics.events, budget, anatomy, prefetch, keeper):
+    for listener in (metrics, metrics.events, budget, anatomy, prefetch, keeper, savings):
         listeners.add(listener)
     # No total timeout: a generation may stream for many minutes. With the fast path
     # (which pools its own) this session keeps no idle connections: two pools of idle
@@ -184,7 +194,7 @@ async def build(config: Config, runtime: Runtime | None = None,
 
     control = Control(config, config_path, effects, metrics, registry, gate,
                       used_bytes=used_bytes, state=state, listeners=listeners, gpus=budget,
-                      anatomy=anatomy, fleet=fleet, keeper=keeper)
+                      anatomy=anatomy, fleet=fleet, keeper=keeper, savings=savings)
     journal = None if config.journal is None else Journal(
         config.journal, config.journal_max_bytes, config.journal_keep)
     return Supervisor(
@@ -192,8 +202,8 @@ async def build(config: Config, runtime: Runtime | None = None,
         listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,
         registry=registry, gate=gate, body_budget=BodyBudget(config.max_body_memory),
         feed=MeasuredFeed(budget, gpu, state, registry.units), keeper=keeper,
-        histories=HistoryStore(keeper, state), journal=journal, fleet=fleet, control=control,
-        private=private)
+        histories=HistoryStore(keeper, state), savings=savings, journal=journal, fleet=fleet,
+        control=control, private=private)
 
 
 def _profile_of(config: Config) -> dict[str, tuple[str, str]]:

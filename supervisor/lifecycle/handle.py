@@ -197,7 +197,7 @@ class ModelHandle(Commands):
         if ready is not None:
             return ready
         self.last_request_at = began
-        flight = Flight(asyncio.current_task())
+        flight = Flight(asyncio.current_task(), held_since=began)
         down = self.effects.runtime_down
         if down is not None and self.state in DOWN:
             self.effects.runtime_back.set()  # maybe it is back: have the watcher look now

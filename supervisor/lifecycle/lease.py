@@ -40,10 +40,13 @@ class Upstream(Protocol):
 @dataclass(slots=True, eq=False)
 class Flight:
     """A request counted in flight; a force stop or a dead server cancels its task (or the
-    fast path's exchange) and says why in `aborted` (the error code its client gets)."""
+    fast path's exchange) and says why in `aborted` (the error code its client gets);
+    `held_since`: when it joined a hold queue (None: granted at once), so that whoever
+    hears it start knows what it waited (savings/account.py)."""
 
     task: Cancellable | None
     aborted: str | None = None
+    held_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

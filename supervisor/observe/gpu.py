@@ -45,6 +45,8 @@ class Device:
     # Held by the driver (NVML v2 `reserved`; 0 when unknown): no process can get it, and
     # CUDA's (so vLLM's) total is memory_total_bytes minus this.
     memory_reserved_bytes: int = 0
+    # Since the driver loaded (NVML's total-energy counter, Volta and later); None: unknown.
+    energy_joules: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,8 @@ def read_devices(nvml: Any) -> tuple[tuple[Device, ...], tuple[GpuProcess, ...]]
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         util = _optional(nvml, nvml.nvmlDeviceGetUtilizationRates, handle)
         power_mw = _optional(nvml, nvml.nvmlDeviceGetPowerUsage, handle)
+        energy = getattr(nvml, "nvmlDeviceGetTotalEnergyConsumption", None)
+        energy_mj = None if energy is None else _optional(nvml, energy, handle)
         devices.append(Device(
             index=index,
             uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
@@ -167,6 +171,7 @@ def read_devices(nvml: Any) -> tuple[tuple[Device, ...], tuple[GpuProcess, ...]]
             utilization_ratio=None if util is None else util.gpu / 100.0,
             power_watts=None if power_mw is None else power_mw / 1000.0,
             memory_reserved_bytes=int(getattr(memory, "reserved", 0) or 0),
+            energy_joules=None if energy_mj is None else energy_mj / 1000.0,
         ))
         running = _optional(nvml, nvml.nvmlDeviceGetComputeRunningProcesses, handle) or ()
         for p in running:

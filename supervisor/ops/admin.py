@@ -227,6 +227,13 @@ async def usage(request: web.Request) -> web.Response:
     return web.json_response(usage_report(request.app[CONTROL].gate.clients))
 
 
+async def savings(request: web.Request) -> web.Response:
+    account = request.app[CONTROL].savings
+    if account is None:
+        raise NotFound("Not found: no savings account in this process")
+    return web.json_response(account.report())
+
+
 async def workers(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].workers())
 
@@ -306,6 +313,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/gpus", gpus),
     ("GET", "/admin/workers", workers),
     ("GET", "/admin/usage", usage),
+    ("GET", "/admin/savings", savings),
 ]
 
 

@@ -38,6 +38,7 @@ from supervisor.ops.replicas_view import replicas_view
 from supervisor.ops.schedule import KeepWarm
 from supervisor.proxy.gate import Gate
 from supervisor.refusal import BadRequest, Conflict, NotFound
+from supervisor.savings.account import SavingsAccount
 from supervisor.state_file import StateFile
 from supervisor.tokens.estimate import load_estimator
 
@@ -65,7 +66,7 @@ class Control:
                  metrics: Metrics, registry: Registry, gate: Gate, *, used_bytes: UsedBytesOf,
                  state: StateFile, listeners: Listeners, gpus: GpuBudget,
                  anatomy: Anatomy | None = None, fleet: Fleet | None = None,
-                 keeper: Keeper | None = None) -> None:
+                 keeper: Keeper | None = None, savings: SavingsAccount | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -83,6 +84,7 @@ class Control:
         self._retiring: set[asyncio.Task[None]] = set()
         self.fleet = fleet  # the worker processes (workers: N > 1)
         self.keeper = keeper  # the idle policies' choices and measured seconds
+        self.savings = savings  # what idling saved (GET /admin/savings)
 
     def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)

@@ -187,6 +187,38 @@ USAGE: Json = {"type": "object", "required": ["clients"], "properties": {"client
                        "models": {"type": "object", "additionalProperties": _USED},
                        "total": _USED}}}}}
 
+_SECONDS = {"type": "object", "additionalProperties": {"type": "number"}}
+_TALLY: Json = {
+    "type": "object",
+    "required": ["state_seconds", "cold_starts", "wakes", "waited_seconds", "gpu_hours_held",
+                 "gpu_hours_given_back", "energy_joules"],
+    "properties": {
+        "state_seconds": {**_SECONDS, "description": "seconds in each state"},
+        "profile_state_seconds": {"type": "object", "additionalProperties": _SECONDS,
+                                  "description": "per profile (\"\": stopped or failed)"},
+        "cold_starts": {"type": "integer"}, "wakes": {"type": "integer"},
+        "held_requests": {"type": "object", "additionalProperties": {"type": "integer"},
+                          "description": "requests held on a start, on a wake"},
+        "waited_seconds": {"type": "number", "description": "what held requests waited"},
+        "cold_start_wait_seconds": {"type": "number"}, "wake_wait_seconds": {"type": "number"},
+        "gpu_hours_held": {"type": "number"}, "gpu_hours_always_on": {"type": "number"},
+        "gpu_hours_given_back": {"type": "number",
+                                 "description": "always on (full need) minus held"},
+        "gpu_memory_byte_seconds": {"type": "number"},
+        "gpu_memory_byte_seconds_given_back": {"type": "number"},
+        "energy_joules": {**NULLABLE_NUMBER, "description": "null: NVML reports no energy"}}}
+SAVINGS: Json = {"type": "object", "required": ["since", "seconds", "models"], "properties": {
+    "since": {"type": "number", "description": "wall-clock seconds the account began"},
+    "seconds": {"type": "number"},
+    "models": {"type": "object", "description": "per unit (a model, or <model>#<n>)",
+               "additionalProperties": {
+                   "type": "object", "required": ["model", "since_start", "days"],
+                   "properties": {"model": {"type": "string"}, "since_start": _TALLY,
+                                  "days": {"type": "object", "additionalProperties": _TALLY,
+                                           "propertyNames": {
+                                               "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                                           "description": "per UTC day"}}}}}}
+
 
 def _op(summary: str, ok: tuple[int, Json], *errors: int, body: Json | None = None,
         required: bool = True, public: bool = False) -> Json:
@@ -317,5 +349,10 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "What each client (configured names and `anonymous`) used, per model and "
                 "in total: requests, seconds, held seconds, prompt and completion tokens",
                 (200, USAGE))},
+            "/admin/savings": {"get": _op(
+                "What idling saved and cost per model (and replica), since the start and "
+                "per UTC day: state seconds, cold starts, wakes, seconds held requests "
+                "waited, GPU-hours held and given back against always on, energy",
+                (200, SAVINGS))},
         },
     }
