@@ -170,7 +170,8 @@ async def build(config: Config, runtime: Runtime | None = None,
                                       sock_read=config.http.upstream_read_timeout),
         connector=aiohttp.TCPConnector(limit=0, force_close=config.fast_path),
     )
-    effects = Effects(rt, session, clock, gpus=budget, phases=anatomy)
+    effects = Effects(rt, session, clock, gpus=budget, phases=anatomy,
+                      durations=keeper.measured)
     for name, model in config.models.items():
         handle = build_model(name, model, effects, metrics, listeners)
         await configure(handle)

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import aiohttp
 
+from supervisor.clients.fairness import NOBODY, Asker
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.handle import ModelHandle
@@ -286,7 +287,8 @@ class Client:
     raises what the handle answered."""
 
     def __init__(self, handle: ModelHandle, tokens: int | None = None, *,
-                 keep: bool = True) -> None:
+                 keep: bool = True, client: Asker = NOBODY) -> None:
+        self.client = client
         self.lease: Lease | None = None
         self._done = asyncio.Event()
         if not keep:
@@ -294,7 +296,7 @@ class Client:
         self.task: asyncio.Task[Lease] = asyncio.create_task(self._run(handle, tokens))
 
     async def _run(self, handle: ModelHandle, tokens: int | None) -> Lease:
-        async with handle.lease(tokens) as lease:
+        async with handle.lease(tokens, self.client) as lease:
             self.lease = lease
             await self._done.wait()
         return lease

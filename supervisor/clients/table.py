@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from supervisor.auth import BEARER, plain_keys, read_secret, secret_lines
+from supervisor.clients.fairness import Asker
 from supervisor.clients.limits import Slots, TokenBucket, retry_after
 from supervisor.clients.usage import Usage
 from supervisor.config import Config, ConfigError
@@ -32,14 +33,15 @@ class RateLimited(Refusal):
 class Client:
     """A named client (or `anonymous`): its scope, priority, limits and usage."""
 
-    __slots__ = ("bucket", "models", "name", "priority", "slots", "usage")
+    __slots__ = ("asker", "bucket", "models", "name", "priority", "slots", "usage")
 
     def __init__(self, name: str, *, models: frozenset[str] | None = None, priority: int = 0,
                  per_minute: int | None = None, concurrent: int | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, max_wait: float | None = None) -> None:
         self.name = name
         self.models = models  # model names (not aliases); None: every model
         self.priority = priority
+        self.asker = Asker(name, priority, max_wait)  # who waits, where requests wait
         self.bucket = TokenBucket(per_minute, now) if per_minute else None
         self.slots = Slots(concurrent) if concurrent else None
         self.usage: dict[str, Usage] = {}  # per model
@@ -170,7 +172,8 @@ def build_clients(config: Config, old: Clients | None = None) -> Clients:
     for name, conf in config.clients.items():
         client = named[name] = Client(
             name, models=scope(conf, models), priority=conf.priority,
-            per_minute=conf.requests_per_minute, concurrent=conf.max_concurrent, now=now)
+            per_minute=conf.requests_per_minute, concurrent=conf.max_concurrent, now=now,
+            max_wait=conf.max_wait)
         for key in _keys_of(name, conf):
             other = keys.setdefault(_digest(key.encode()), client)
             if other is not client:

@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from supervisor.config.values import PositiveDuration
+
 ANONYMOUS = "anonymous"  # requests without a named client: no key, or a plain client_auth key
 
 ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -20,7 +22,8 @@ ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 class ClientConfig(BaseModel):
     """One named client: its key (an environment variable or a file of keys, one a line),
     the models it may use (names or aliases; none listed: all), its priority where requests
-    wait (higher first), and its limits (none: unlimited)."""
+    wait (higher first), its starvation bound there (`max_wait`: past it, a waiting request
+    goes before higher priorities; none: no bound), and its limits (none: unlimited)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,6 +31,7 @@ class ClientConfig(BaseModel):
     key_env: str | None = None
     models: list[str] | None = None
     priority: int = 0
+    max_wait: PositiveDuration | None = None
     max_concurrent: int | None = Field(None, ge=1)
     requests_per_minute: int | None = Field(None, ge=1)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from supervisor.clients.fairness import NOBODY, Asker, order
 from supervisor.config import Config
 from supervisor.gpus.placement import (
     Action,
@@ -47,6 +48,12 @@ class _Waiter:
     done: asyncio.Future[tuple[str, ...]]
     evicted: list[str] = field(default_factory=list)
     said: str = ""  # the last WAIT reason logged
+
+    @property
+    def asker(self) -> Asker:
+        """Who it is for: the first of its held requests (none: an operator's start)."""
+        first = self.handle.hold.ordered()[:1]
+        return first[0].asker if first else NOBODY
 
 
 class GpuBudget:
@@ -157,9 +164,12 @@ class GpuBudget:
                 continue
             occupants.append(self._occupant(h))
         self._evicting &= {o.model for o in occupants}
+        # The queue's order: its most urgent held request's priority, fair turns among
+        # the clients, and max_wait (clients/fairness.py).
         demands = [Demand(w.handle.name, w.profile.name,
-                          self.needs.need(w.handle.name, w.profile.name).per_gpu, w.since)
-                   for w in self._waiting.values()]
+                          self.needs.need(w.handle.name, w.profile.name).per_gpu, w.since,
+                          rank)
+                   for rank, w in enumerate(order(self._waiting.values(), self.clock.now()))]
         used = self.device_used()
         foreign = None if used is None else foreign_memory(
             used, [o.gpus for o in occupants], self.needs.totals)

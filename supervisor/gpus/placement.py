@@ -85,6 +85,7 @@ class Demand:
     profile: str
     need: PerGpu
     waiting_since: float
+    rank: int = 0  # its place in the queue's order (clients/fairness.py), lower first
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,14 +288,15 @@ class _Planner:
 
 def plan(gpus: Mapping[int, int], occupants: Sequence[Occupant], demands: Sequence[Demand],
          foreign: Mapping[int, int] | None = None) -> list[Placement]:
-    """One decision per demand, in the order they are served (longest waiting first).
+    """One decision per demand, in the order they are served (by rank, the fair order
+    of the budget's queue; then longest waiting first).
 
     `gpus`: total bytes per GPU index (the inventory). `occupants`: every model that holds
     memory on them, in any state but STOPPED/FAILED. `foreign`: bytes per GPU used by
     processes the supervisor does not own (NVML), if known.
     """
     planner = _Planner(gpus, occupants, foreign or {})
-    order = sorted(demands, key=lambda d: (d.waiting_since, d.model))
+    order = sorted(demands, key=lambda d: (d.rank, d.waiting_since, d.model))
     return [planner.decide(d) for d in order]
 
 

@@ -31,6 +31,7 @@ class Driven(Protocol):
     hold: HoldQueue
     last_error: str | None
     last_cold_start_seconds: float | None
+    began_at: float | None  # clock time its current (or last) start or wake began
     start_failures: int
     upstream_headers: dict[str, str]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,15 +50,24 @@ class StartPhases(Protocol):
 
     def warm(self, name: str) -> None: ...
 
+    def phase(self, name: str) -> str | None:
+        """The phase a start or wake of `name` is in now (anatomy/phases.py)."""
+
+
+# The measured seconds of a unit's start, stop or wake on a profile (unit, profile, kind;
+# idle/keeper.py's, kept in the state file), None before the first: what an ETA is from.
+Durations = Callable[[str, str, str], float | None]
+
 
 class Effects:
     """The lifecycle's syscall table for one supervisor: a runtime, the HTTP session to the
     servers and a clock, shared by every handle; the GPU admission every start and wake
-    asks first (none: every start is admitted)."""
+    asks first (none: every start is admitted); the measured durations, where known."""
 
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, clock: Clock,
                  probe: Probe | None = None, *, gpus: GpuAdmission | None = None,
-                 phases: StartPhases | None = None) -> None:
+                 phases: StartPhases | None = None,
+                 durations: Durations | None = None) -> None:
         self.runtime = runtime
         self.http = http
         self.clock = clock
@@ -66,6 +76,7 @@ class Effects:
         self.runtime_back = asyncio.Event()  # set: the watcher should look again at once
         self.gpus: GpuAdmission = gpus or Unplaced()
         self.anatomy = phases  # told what a start's phases are, where set
+        self.durations: Durations = durations or (lambda unit, profile, kind: None)
 
     async def start(self, name: str, config: ModelConfig, profile: Profile,
                     headers: dict[str, str], *, compose_up: bool) -> Outcome:

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from supervisor.clients.fairness import NOBODY, Asker
 from supervisor.config import ModelConfig
 from supervisor.journal import StartKind
 from supervisor.lifecycle.commands import Commands
@@ -30,6 +31,7 @@ from supervisor.lifecycle.lease import Cancellable, Flight, HoldRejected, Lease,
 from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.liveness import Liveness
 from supervisor.lifecycle.runner import Runner
+from supervisor.lifecycle.waiting import Standing, retry_after, standing, standings
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.refusal import Conflict, Refusal, StartFailed
 from supervisor.rules.profiles import (
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.lifecycle")
 
-DEFAULT_RETRY_AFTER = 10
 WAKES = (State.ASLEEP, State.SLEEPING, State.WAKING)  # a request held now waits on a wake
 
 
@@ -66,6 +67,7 @@ class ModelHandle(Commands):
         self._swaps = Swaps(self)
         self.last_error: str | None = None
         self.last_cold_start_seconds: float | None = None
+        self.began_at: float | None = None  # its current (or last) start or wake
         self.last_request_at: float | None = None
         self.start_failures = 0  # consecutive; a successful start resets it
         self._runner = Runner(self)
@@ -117,9 +119,11 @@ class ModelHandle(Commands):
     # -- requests ---------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, tokens: int | None = None) -> AsyncIterator[Lease]:
-        """Hold until a profile that fits `tokens` is ready; count the request in flight."""
-        lease = await self._acquire(tokens)
+    async def lease(self, tokens: int | None = None,
+                    client: Asker = NOBODY) -> AsyncIterator[Lease]:
+        """Hold until a profile that fits `tokens` is ready; count the request in flight.
+        `client`: who asks (its place in the hold queue: clients/fairness.py)."""
+        lease = await self._acquire(tokens, client)
         try:
             yield lease
         finally:
@@ -191,7 +195,14 @@ class ModelHandle(Commands):
             for hook in hooks:
                 hook(self, flight)
 
-    async def _acquire(self, tokens: int | None) -> Lease:
+    def standing(self, task: object) -> Standing | None:
+        """Where the request that `task` holds stands: place, ETA, phase."""
+        return standing(self, task)
+
+    def queue(self) -> list[Standing]:
+        return standings(self)
+
+    async def _acquire(self, tokens: int | None, client: Asker = NOBODY) -> Lease:
         began = self.clock.now()
         ready = self.lease_now(tokens, asyncio.current_task())
         if ready is not None:
@@ -211,12 +222,8 @@ class ModelHandle(Commands):
                 f"the next try is in {self.retry_in:.0f}s. Last error: {self.last_error}",
                 retry_after=math.ceil(self.retry_in), model=self.name)
         if len(self.hold) >= self.config.max_held:
-            raise HoldRejected(
-                f"model {self.name!r} is {self.state.value} and already holds "
-                f"{len(self.hold)} requests (max_held); retry later",
-                status=503, code="model_overloaded", retry_after=self._retry_after(),
-                model=self.name)
-        held = self.hold.join(tokens, flight, self.config.hold_timeout, self._expire)
+            self._make_room(client)
+        held = self.hold.join(tokens, flight, self.config.hold_timeout, self._expire, client)
         start: StartKind = "wake" if self.state in WAKES else "cold"
         if self.state is State.READY:
             self._swaps.consider()  # it does not fit the running profile
@@ -245,12 +252,28 @@ class ModelHandle(Commands):
         first, self._first_pending = self._first_pending, False
         return first
 
+    def _make_room(self, client: Asker) -> None:
+        """The hold is full: refuse the newcomer, or (under its client's fair share) the
+        newest held request of the client that holds the most."""
+        full = (f"model {self.name!r} is {self.state.value} and already holds "
+                f"{len(self.hold)} requests (max_held)")
+        displaced = self.hold.displace(client, self.config.max_held)
+        if displaced is None:
+            raise HoldRejected(f"{full}; client {client.client!r} holds its share; retry later",
+                               status=503, code="model_overloaded",
+                               retry_after=retry_after(self), model=self.name)
+        self.hold.expire(displaced, HoldRejected(
+            f"{full}: this request gave its place to client {client.client!r}, which held "
+            "fewer than its share; retry later", status=503, code="model_overloaded",
+            retry_after=retry_after(self), model=self.name))
+
     def _expire(self, held: Held) -> None:
         """hold_timeout passed while the request was still held."""
         if self.hold.expire(held, HoldRejected(
                 f"model {self.name!r} was not ready within hold_timeout "
                 f"({self.config.hold_timeout:.0f}s); it is {self.state.value}",
-                status=504, code="hold_timeout", model=self.name)):
+                status=504, code="hold_timeout", retry_after=retry_after(self),
+                model=self.name)):
             self._left_hold()
 
     def _abandon(self, held: Held) -> None:
@@ -287,9 +310,6 @@ class ModelHandle(Commands):
             for hook in hooks:
                 hook(self, flight)
 
-    def _retry_after(self) -> int:
-        return math.ceil(self.last_cold_start_seconds or DEFAULT_RETRY_AFTER)
-
     # -- lifecycle driver -------------------------------------------------
 
     def _dispatch(self, event: Event, error: Refusal | None = None,
@@ -302,6 +322,8 @@ class ModelHandle(Commands):
         if Effect.START in step.effects:
             self._choose_profile()  # before the transition is told: it names what starts
         self.state = step.state
+        if step.state in (State.STARTING, State.WAKING) and before is not step.state:
+            self.began_at = self.clock.now()
         if step.state is State.READY:
             self._wanted = False
             if before in (State.STARTING, State.WAKING):

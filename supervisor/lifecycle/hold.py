@@ -2,7 +2,8 @@
 swapped to a profile that fits them), each with its hold_timeout.
 
 The queue only keeps them; the handle decides what their coming and going means (a
-start nobody wants any more, an idle model again).
+start nobody wants any more, an idle model again). Who goes first, and who may wait when
+it is full, is clients/fairness.py's: each held request carries its client (`Asker`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from supervisor.clients.fairness import NOBODY, Asker, make_room, order
 from supervisor.lifecycle.clock import Clock, Timer
 from supervisor.lifecycle.lease import Flight
 from supervisor.refusal import Refusal
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Held:
     waiter: asyncio.Future[None]
     tokens: int | None
     flight: Flight
+    asker: Asker = NOBODY
+    since: float = 0.0  # clock time it joined
     expiry: Timer | None = None  # hold_timeout
 
 
@@ -36,9 +40,10 @@ class HoldQueue:
         return bool(self._held)
 
     def join(self, tokens: int | None, flight: Flight, timeout: float,
-             expire: Callable[[Held], None]) -> Held:
+             expire: Callable[[Held], None], asker: Asker = NOBODY) -> Held:
         """Queue a request; `expire` is called with it once `timeout` passes."""
-        held = Held(asyncio.get_running_loop().create_future(), tokens, flight)
+        held = Held(asyncio.get_running_loop().create_future(), tokens, flight, asker,
+                    self.clock.now())
         held.expiry = self.clock.call_later(timeout, expire, held)
         self._held.append(held)
         return held
@@ -61,6 +66,22 @@ class HoldQueue:
             return False
         return None
 
+    def ordered(self) -> list[Held]:
+        """The pending held requests in the order they are served."""
+        return order((h for h in self._held if not h.waiter.done()), self.clock.now())
+
+    def position(self, task: object) -> tuple[int, Held] | None:
+        """The place (from 1) of the request that `task` holds, and its entry."""
+        for i, held in enumerate(self.ordered(), 1):
+            if held.flight.task is task:
+                return i, held
+        return None
+
+    def displace(self, asker: Asker, limit: int) -> Held | None:
+        """Full (`limit`): the held request a newcomer from `asker` takes the place of,
+        or None (the newcomer is refused); the caller refuses the one displaced."""
+        return make_room([h for h in self._held if not h.waiter.done()], asker, limit)
+
     def tokens(self) -> list[int | None]:
         return [h.tokens for h in self._held]
 
@@ -68,10 +89,12 @@ class HoldQueue:
         return max((h.tokens or 0 for h in self._held), default=0)
 
     def take(self, which: Callable[[Held], bool]) -> list[Held]:
-        """Remove and return the pending held requests that `which` selects."""
+        """Remove and return the pending held requests that `which` selects, in the order
+        they are served (so released: their tasks resume in that order)."""
         self._held = [h for h in self._held if not h.waiter.done()]
-        taken = [h for h in self._held if which(h)]
-        self._held = [h for h in self._held if h not in taken]
+        taken = [h for h in self.ordered() if which(h)]
+        gone = {id(h) for h in taken}
+        self._held = [h for h in self._held if id(h) not in gone]
         return taken
 
     def release(self, fits: Callable[[int | None], bool]) -> list[Flight]:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from supervisor.clients.fairness import NOBODY, Asker
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.clock import Timer
 from supervisor.lifecycle.effects import Effects
@@ -30,6 +31,7 @@ from supervisor.lifecycle.lease import Cancellable, Flight, Lease
 from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.replica_view import KEPT, ReplicaSetView
 from supervisor.lifecycle.units import Unit, kept_replicas, units_of
+from supervisor.lifecycle.waiting import Standing
 from supervisor.observe.metrics import Metrics
 from supervisor.rules.replica_policy import UP, ChoiceKind, Replica, route, surplus, to_start
 from supervisor.rules.table import DOWN, State
@@ -79,7 +81,8 @@ class ReplicaSet(ReplicaSetView):
                 for r in self.replicas]
 
     @asynccontextmanager
-    async def lease(self, tokens: int | None = None) -> AsyncIterator[Lease]:
+    async def lease(self, tokens: int | None = None,
+                    client: Asker = NOBODY) -> AsyncIterator[Lease]:
         """Route to a replica (held there while it starts, wakes or swaps)."""
         ready = self.lease_now(tokens, asyncio.current_task())
         if ready is not None:
@@ -91,7 +94,7 @@ class ReplicaSet(ReplicaSetView):
         replica = self.replicas[route(self._views(tokens)).index]
         asyncio.get_running_loop().call_soon(self._rebalance)  # counts this one once held
         try:
-            async with replica.lease(tokens) as lease:
+            async with replica.lease(tokens, client) as lease:
                 self._granted(lease)
                 yield lease
         finally:
@@ -110,6 +113,13 @@ class ReplicaSet(ReplicaSetView):
 
     def release(self, lease: Lease) -> None:
         lease.replica.release(lease)  # and rebalances (on_flight_end)
+
+    def standing(self, task: object) -> Standing | None:
+        return next((s for r in self.replicas if (s := r.standing(task)) is not None), None)
+
+    def queue(self) -> list[Standing]:
+        """Each replica's held requests (positions are per replica: each releases its own)."""
+        return [s for r in self.replicas for s in r.queue()]
 
     def on_flight_end(self, replica: ModelHandle, flight: Flight) -> None:
         """A request on a replica ended (its lease released, or a worker's requests)."""

@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
+from supervisor.clients.fairness import NOBODY, Asker
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.lease import Cancellable, Flight, Lease
 from supervisor.lifecycle.listeners import Then
+from supervisor.lifecycle.waiting import Standing
 from supervisor.observe.metrics import ModelSnapshot
 from supervisor.rules.profiles import Profile
 from supervisor.rules.table import State
@@ -47,8 +49,10 @@ class Servable(Protocol):
     @property
     def state(self) -> State: ...
 
-    def lease(self, tokens: int | None = None) -> AbstractAsyncContextManager[Lease]:
-        """Held until a profile that fits `tokens` is ready (or refused)."""
+    def lease(self, tokens: int | None = None,
+              client: Asker = NOBODY) -> AbstractAsyncContextManager[Lease]:
+        """Held until a profile that fits `tokens` is ready (or refused); `client`: who
+        asks, for its place among those held (clients/fairness.py)."""
         ...
 
     def lease_now(self, tokens: int | None, task: Cancellable | None) -> Lease | None:
@@ -101,6 +105,14 @@ class Model(Servable, Protocol):
     def retry_in(self) -> float: ...
 
     def units(self) -> list[ModelHandle]: ...
+
+    def standing(self, task: object) -> Standing | None:
+        """Where the request that `task` holds stands (lifecycle/waiting.py)."""
+        ...
+
+    def queue(self) -> list[Standing]:
+        """Its held requests, in the order they are released."""
+        ...
 
     def snapshot(self) -> ModelSnapshot: ...
 

@@ -139,7 +139,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             try:
-                async with handle.lease(tokens) as lease:
+                async with handle.lease(tokens, client.asker) as lease:
                     if reports is not None:
                         committed, reports = await reports.stop(), None
                     return await _forward(request, handle, body, lease, began, tokens,

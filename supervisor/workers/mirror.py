@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
+from supervisor.clients.fairness import NOBODY, Asker
 from supervisor.config import ModelConfig
 from supervisor.lifecycle.lease import Cancellable, Flight, Lease
 from supervisor.lifecycle.registry import unknown_model
@@ -59,7 +60,8 @@ class Mirror:
     def state(self) -> State:
         return State.READY if self.ready else State.STOPPED  # as far as this worker knows
 
-    def lease(self, tokens: int | None = None) -> AbstractAsyncContextManager[Lease]:
+    def lease(self, tokens: int | None = None,
+              client: Asker = NOBODY) -> AbstractAsyncContextManager[Lease]:
         raise NotImplementedError("a worker holds nothing: the owner does")
 
     def configure(self, estimator: Estimator | None, upstream_headers: dict[str, str]) -> None:
@@ -138,7 +140,8 @@ class MirrorSet:
         for r in self.replicas:
             r.configure(estimator, upstream_headers)
 
-    def lease(self, tokens: int | None = None) -> AbstractAsyncContextManager[Lease]:
+    def lease(self, tokens: int | None = None,
+              client: Asker = NOBODY) -> AbstractAsyncContextManager[Lease]:
         raise NotImplementedError("a worker holds nothing: the owner does")
 
     def units(self) -> list[Mirror]:
