@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 READ_CHUNK = 1 << 20  # never hold more than this much of an upload at once
 MAX_STREAM_CHUNKS = 2000
@@ -71,6 +71,8 @@ class Config:
         # vLLM's sleep mode endpoints (VLLM_SERVER_DEV_MODE=1): /sleep, /wake_up, /is_sleeping.
         self.dev_mode = os.environ.get("STANDIN_DEV_MODE", "") == "1"
         self.wake_delay = float(os.environ.get("STANDIN_WAKE_DELAY", "0") or 0)
+        # Level 2 dropped the weights: `collective_rpc reload_weights` reads them this long.
+        self.reload_delay = float(os.environ.get("STANDIN_RELOAD_DELAY", "0") or 0)
         # Faults: hang (accept, never answer, health included) after N /v1 requests; exit
         # on its own S seconds after it listens; fail the first K starts (counted in a file
         # under STANDIN_STATE_DIR, which outlives the container).
@@ -224,9 +226,12 @@ class Handler(BaseHTTPRequestHandler):
             if CONFIG.hang_after is not None and served >= CONFIG.hang_after:
                 print("standin: hanging from now on", flush=True)
                 HUNG.set()
-        if CONFIG.dev_mode and path in ("/sleep", "/wake_up", "/is_sleeping"):
-            self._read_body()
-            return self._sleep_mode(method, path)
+        if CONFIG.dev_mode and path in ("/sleep", "/wake_up", "/is_sleeping",
+                                        "/collective_rpc"):
+            return self._sleep_mode(method, path, self._read_body())
+        if WEIGHTS["dropped"] and path.startswith("/v1/"):
+            self._read_body()  # vLLM would answer nonsense: its weights were never reloaded
+            return self._error(500, "woken from level 2 without reload_weights", "no_weights")
         if SLEEPING.is_set() and path.startswith("/v1/"):
             # vLLM would hang here; answering 503 makes a proxy that forgot to wake it fail fast.
             self._read_body()
@@ -265,18 +270,33 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- endpoints ------------------------------------------------------------------
 
-    def _sleep_mode(self, method: str, path: str) -> None:
+    def _sleep_mode(self, method: str, path: str, body: bytes) -> None:
+        """As vLLM: a second /sleep is ignored; level 2 drops the weights, which a wake
+        (all tags, or `weights` then `kv_cache`) does not bring back: reload_weights does."""
+        query = parse_qs(urlsplit(self.path).query)
         if method == "GET" and path == "/is_sleeping":
             return self._json(200, {"is_sleeping": SLEEPING.is_set()})
+        if method == "POST" and path == "/collective_rpc":
+            if json.loads(body or b"{}").get("method") == "reload_weights":
+                time.sleep(CONFIG.reload_delay)
+                WEIGHTS["dropped"] = False
+                print("standin: weights reloaded", flush=True)
+            return self._json(200, {"results": [None]})
+        if method == "POST" and path == "/sleep" and SLEEPING.is_set():
+            return self._send(200, b"", "text/plain")  # "Executor is already sleeping."
         if method == "POST" and path == "/sleep":
+            level = int(query.get("level", ["1"])[0])
+            WEIGHTS["dropped"] = level >= 2
             if LEDGER.token and CONFIG.sleep_vram is not None:
                 _ledger().resize(CONFIG.gpu_ledger, LEDGER.token,
                                  dict.fromkeys(LEDGER.full, CONFIG.sleep_vram))
             SLEEPING.set()
-            print("standin: asleep", flush=True)
+            print(f"standin: asleep (level {level})", flush=True)
             return self._send(200, b"", "text/plain")
+        if method == "POST" and path == "/wake_up" and query.get("tags") == ["weights"]:
+            return self._send(200, b"", "text/plain")  # the weights' memory, still empty
         if method == "POST" and path == "/wake_up":
-            time.sleep(CONFIG.wake_delay)  # reloading weights takes a while
+            time.sleep(CONFIG.wake_delay)  # copying weights back takes a while
             if LEDGER.token and CONFIG.sleep_vram is not None:
                 oom = _ledger().resize(CONFIG.gpu_ledger, LEDGER.token, LEDGER.full)
                 if oom:
@@ -578,6 +598,7 @@ STATS: collections.Counter[str] = collections.Counter()
 STATS_LOCK = threading.Lock()
 ORDER: list[str] = []  # what reached the server, in order (warm-ups marked)
 SLEEPING = threading.Event()
+WEIGHTS = {"dropped": False}  # a level-2 sleep dropped them and nothing reloaded them
 HUNG = threading.Event()
 HUNG_FOREVER = threading.Event()  # never set
 BUSY = [0]  # completions in progress (STANDIN_TTFB_PER_REQUEST)

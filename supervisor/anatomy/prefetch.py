@@ -5,7 +5,8 @@ reads memory. Skipped, and logged, when the files are larger than the memory ava
 reading them would only push out what the page cache holds for others.
 
 The files: the model's `model_dir`, else the host side of the service's mount that holds
-its `--model` path, as `docker compose config` resolves the service.
+its `--model` path, as `docker compose config` resolves the service. A planned pre-warm
+(idle/keeper.py) starts its unit through the same `starting` state: it is read ahead too.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ from supervisor.anatomy.phases import CONTAINER, MISS, Seen
 
 START, WAKE = "start", "wake"
 WAKING = "wake"  # a wake's first phase: from /wake_up asked until it answered
+# Before the container is asked for (or /wake_up): the GPU budget made it wait for memory.
+# A wait shorter than this is no phase (the budget answers at once when nothing waits).
+WAITING_FOR_GPUS, GPU_WAIT_MIN = "waiting_for_gpus", 0.05
 KEEP = 5  # records kept per model and profile
 
 
@@ -30,6 +33,7 @@ class StartRecord:
     cache: str | None = None  # torch.compile's cache: "hit" or "miss"; None: not told
     ended: float | None = None
     ok: bool | None = None
+    level: int | None = None  # a wake's: the sleep level it woke from (2: weights reloaded)
 
     def __post_init__(self) -> None:
         if not self.bounds:
@@ -38,6 +42,13 @@ class StartRecord:
     @property
     def phase(self) -> str:
         return self.bounds[-1][0]
+
+    def admitted(self, at: float) -> None:
+        """The GPU budget let it go on at `at`: the time before was a wait for memory, not
+        the container's (nor the wake's)."""
+        if len(self.bounds) == 1 and at - self.began >= GPU_WAIT_MIN and self.ended is None:
+            first = self.bounds[0][0]
+            self.bounds[:] = [(WAITING_FOR_GPUS, self.began), (first, at)]
 
     def enter(self, phase: str, at: float) -> None:
         """`phase` runs from `at` on; a time before the last boundary (lines of several
@@ -94,6 +105,7 @@ class StartRecord:
                         **({"server_seconds": self.figures[p]} if p in self.figures else {})}
                        for p, s in spans.items()],
             "compile_cache": self.cache,
+            **({"level": self.level} if self.kind == WAKE else {}),
         }
 
 

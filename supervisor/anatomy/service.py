@@ -5,6 +5,10 @@ that fails; the effects tell it when the container runs, when the server first a
 healthy and when the warm-up is done; a log follower feeds it the server's own lines,
 read through the unit's server kind's phase table. A finished start is observed in
 `supervisor_start_phase_seconds{model,profile,phase}` (a phase not seen: not observed).
+A failed one is kept (ok false, its phases until it failed) but not observed: a start cut
+by startup_timeout or a crash would pull a phase's distribution towards how long it took
+to fail (`supervisor_cold_start_seconds{outcome="failed"}` counts failures). A wake's
+record names the level it woke from; `wake_seconds` is the last of each level.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ class Anatomy:
         if record is not None and unit is not None and not phases.has_table(server_kind(unit)):
             record.enter(phases.HEALTHY, self._clock())
 
+    def admitted(self, name: str) -> None:
+        """The GPU budget admitted its start or wake: any time before was a wait for it."""
+        record = self.records.running.get(name)
+        if record is not None:
+            record.admitted(self._clock())
+
     def healthy(self, name: str) -> None:
         """The first healthy answer (a wake: the server woke): the warm-up runs next, or
         the start is done."""
@@ -91,6 +101,14 @@ class Anatomy:
         record = self.records.running.get(name)
         return None if record is None else record.phase
 
+    def wake_seconds(self, model: str) -> dict[str, float]:
+        """The last successful wake's seconds from each sleep level (`level1`, `level2`)."""
+        found: dict[str, float] = {}
+        for record in sorted(self.records.of(model), key=lambda r: r.began):
+            if record.kind == WAKE and record.ok and record.level is not None:
+                found[f"level{record.level}"] = round(record.total(0.0), 3)
+        return found
+
     def starts(self, model: str) -> list[dict[str, Any]]:
         """The last records of a model and of its replicas (`model#n`), oldest first."""
         now = self._clock()
@@ -104,7 +122,9 @@ class Anatomy:
         self._finish(unit.name, ok=False)  # one that never ended (it cannot: be sure)
         self._units[unit.name] = unit
         now = self._clock()
-        record = self.records.begin(StartRecord(unit.name, unit.profile.name, kind, now))
+        record = self.records.begin(StartRecord(
+            unit.name, unit.profile.name, kind, now,
+            level=(unit.sleep_level or None) if kind == WAKE else None))
         server = server_kind(unit)
         if kind == START and self._source is not None and phases.has_table(server):
             def on_line(at: float, text: str) -> None:

@@ -129,6 +129,9 @@ class Config(BaseSettings):
     # GPU inventory: total memory per GPU index; declares GPUs NVML cannot see (a CPU-only
     # test) or overrides what it reports. With neither, placement is off.
     gpus: dict[Annotated[int, Field(ge=0)], PositiveByteSize] = {}
+    # Host RAM that level-1 sleepers' weights may take together (sleep.host_bytes each);
+    # past it the least recently used one goes to level 2. None: what MemAvailable says.
+    host_memory: PositiveByteSize | None = None
     # Request bodies held in memory at once (JSON bodies up to 1 MiB; larger ones go to
     # TMPDIR and hold 2 MiB each). Past it, new bodies wait, then get 503 (proxy/body_budget.py).
     max_body_memory: Annotated[ByteSize, Field(ge=16 << 20)] = 1 << 30

@@ -94,11 +94,21 @@ class SleepConfig(_Strict):
     # GPU memory a sleeping server keeps on each of its GPUs, for placement, until one
     # has been measured. None: until measured, sleeping is assumed to free nothing.
     vram: ByteSize | None = None
+    # Asleep at level 1 this long: to level 2 (weights dropped from host RAM, the process
+    # and its compiled graphs kept; a wake reloads the weights). None: stays at level 1.
+    deepen_after: Duration | None = None
+    # Host RAM a level-1 sleeper holds (its weights), for the host RAM budget. None: the
+    # profile's GPU need (declared or measured) where placement knows it.
+    host_bytes: ByteSize | None = None
 
     @model_validator(mode="after")
     def _after_needs_enabled(self) -> SleepConfig:
-        if self.after is not None and not self.enabled:
-            raise ValueError("after: needs `enabled: true` (vLLM with VLLM_SERVER_DEV_MODE=1)")
+        for key in ("after", "deepen_after"):
+            if getattr(self, key) is not None and not self.enabled:
+                raise ValueError(f"{key}: needs `enabled: true` (vLLM with "
+                                 "VLLM_SERVER_DEV_MODE=1)")
+        if self.deepen_after is not None and self.level != 1:
+            raise ValueError("deepen_after: only a level-1 sleep goes deeper (level is 2)")
         return self
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from supervisor.clients.fairness import NOBODY, Asker, order
 from supervisor.config import Config
+from supervisor.gpus.host_ram import Sleeper, host_free, make_room
 from supervisor.gpus.placement import (
     Action,
     Demand,
@@ -113,6 +114,36 @@ class GpuBudget:
 
     def waiting(self, model: str) -> bool:
         return model in self._waiting
+
+    async def sleep_level(self, handle: ModelHandle, profile: Profile, level: int) -> int:
+        """Host RAM for a level-1 sleep (gpus/host_ram.py): made by deepening the least
+        recently used level-1 sleepers, else this one sleeps at level 2."""
+        need = self.host_bytes(handle, profile)
+        if level != 1 or need is None or self.needs is None:
+            return level
+        others = [h for h in self.handles() if h is not handle and h.state is State.ASLEEP
+                  and h.sleep_level == 1]
+        sleepers = [Sleeper(h.name, b, h.last_request_at or 0.0) for h in others
+                    if (b := self.host_bytes(h, h.profile)) is not None]
+        free = await host_free(self.needs.config.host_memory,
+                               sum(s.host_bytes for s in sleepers))
+        room = make_room(sleepers, need, need if free is None else free)
+        by_name = {h.name: h for h in others}
+        for name in room.deepen:
+            by_name[name].deepen(f"host RAM is short: {handle.name} sleeps at level 1")
+        if room.level != level:
+            log.info("model=%s sleeps at level 2: its weights (%s) do not fit in host RAM",
+                     handle.name, gib(need))
+        return room.level
+
+    def host_bytes(self, handle: ModelHandle, profile: Profile) -> int | None:
+        """What a level-1 sleep of it holds in host RAM: sleep.host_bytes, else its need."""
+        if handle.config.sleep.host_bytes is not None:
+            return handle.config.sleep.host_bytes
+        if self.needs is None or not self.placed(handle, profile):
+            return None
+        sizes = self.needs.need(handle.name, profile.name).per_gpu.values()
+        return None if None in sizes else sum(b for b in sizes if b is not None)
 
     def changed(self) -> None:
         """A handle's state or load changed: plan again soon if anyone waits."""

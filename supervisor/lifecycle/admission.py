@@ -1,5 +1,6 @@
 """What a handle asks before every start and wake: may this profile have its GPU memory
-now? The GPU budget (`gpus/budget.py`) answers; the lifecycle only knows this Protocol,
+now? And before a sleep: may its weights go to host RAM? The GPU budget
+(`gpus/budget.py`) answers; the lifecycle only knows this Protocol,
 so that the budget, which drives handles (it evicts them), sits above them."""
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class GpuAdmission(Protocol):
     def waiting(self, model: str) -> bool:
         """Whether `model` waits for memory."""
 
+    async def sleep_level(self, handle: Any, profile: Profile, level: int) -> int:
+        """The level a sleep at `level` may take: level 1 keeps the weights in host RAM,
+        made where short by deepening other level-1 sleepers; 2 when it cannot be."""
+
 
 class Unplaced:
     """No GPU placement: every start is admitted at once."""
@@ -31,3 +36,6 @@ class Unplaced:
 
     def waiting(self, model: str) -> bool:
         return False
+
+    async def sleep_level(self, handle: Any, profile: Profile, level: int) -> int:
+        return level

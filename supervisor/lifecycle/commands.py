@@ -104,6 +104,10 @@ class Commands:
         else:
             self._dispatch(Event.STOP)
 
+    def deepen(self, why: str) -> None:
+        """Asleep at level 1: to level 2 (host RAM is short, says the GPU budget)."""
+        self._dispatch(Event.DEEPEN, reason=why)
+
     def container_died(self, how: str = "exited") -> None:
         """Its container is gone (Docker said so, or a connection found it): requests held
         or pinned bring it back at once, the others at the next request."""

@@ -33,6 +33,7 @@ class Driven(Protocol):
     last_cold_start_seconds: float | None
     began_at: float | None  # clock time its current (or last) start or wake began
     start_failures: int
+    sleep_level: int
     upstream_headers: dict[str, str]
 
     @property

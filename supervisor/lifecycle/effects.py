@@ -44,6 +44,8 @@ class Outcome:
 class StartPhases(Protocol):
     """Told the phases of a start that only the effects see (anatomy/service.py)."""
 
+    def admitted(self, name: str) -> None: ...
+
     def up(self, name: str) -> None: ...
 
     def healthy(self, name: str) -> None: ...
@@ -150,8 +152,7 @@ class Effects:
         return Outcome(Event.STOPPED, error, seconds)
 
     async def sleep(self, name: str, config: ModelConfig, profile: Profile,
-                    headers: dict[str, str]) -> Outcome:
-        level = config.sleep.level
+                    headers: dict[str, str], level: int) -> Outcome:
         try:
             await sleep_mode.sleep(self.http, profile.upstream, level, headers,
                                    config.sleep.timeout)
@@ -161,16 +162,31 @@ class Effects:
         log.info("model=%s asleep (level %d)", name, level)
         return Outcome(Event.SLEPT)
 
+    async def deepen(self, name: str, config: ModelConfig, profile: Profile,
+                     headers: dict[str, str], why: str) -> Outcome:
+        """Level 1 to 2: vLLM ignores a second /sleep, so wake it, then sleep at level 2."""
+        began = self.clock.now()
+        limit = config.sleep.timeout
+        try:
+            await sleep_mode.wake_up(self.http, profile.upstream, headers, limit)
+            await sleep_mode.sleep(self.http, profile.upstream, 2, headers, limit)
+        except sleep_mode.SleepFailed as exc:
+            log.error("model=%s deepening failed, stopping it: %s", name, exc)
+            return Outcome(Event.DEEPEN_FAILED, str(exc))
+        log.info("model=%s asleep (level 2) in %.2fs, %s", name, self.clock.now() - began, why)
+        return Outcome(Event.SLEPT)
+
     async def wake(self, name: str, config: ModelConfig, profile: Profile,
-                   headers: dict[str, str]) -> Outcome:
+                   headers: dict[str, str], level: int) -> Outcome:
         began = self.clock.now()
         try:
-            await sleep_mode.wake_up(self.http, profile.upstream, headers, config.sleep.timeout)
+            await sleep_mode.wake_up(self.http, profile.upstream, headers, config.sleep.timeout,
+                                     level)
         except sleep_mode.SleepFailed as exc:
             log.error("model=%s wake-up failed, restarting it: %s", name, exc)
             return Outcome(Event.WAKE_FAILED, str(exc))
         seconds = self.clock.now() - began
-        log.info("model=%s awake in %.2fs", name, seconds)
+        log.info("model=%s awake from level %d in %.2fs", name, level, seconds)
         if self.anatomy is not None:
             self.anatomy.healthy(name)
         return Outcome(Event.WOKE, None, seconds)
@@ -179,8 +195,8 @@ class Effects:
                               headers: dict[str, str]) -> None:
         timeout = config.sleep.timeout
         if await sleep_mode.is_sleeping(self.http, profile.upstream, headers, timeout):
-            log.info("model=%s adopted asleep; waking it", name)
-            await sleep_mode.wake_up(self.http, profile.upstream, headers, timeout)
+            log.info("model=%s adopted asleep at an unknown level; waking it as from 2", name)
+            await sleep_mode.wake_up(self.http, profile.upstream, headers, timeout, 2)
 
     async def warm_up(self, name: str, config: ModelConfig, profile: Profile,
                       headers: dict[str, str]) -> Outcome:

@@ -70,6 +70,7 @@ class ModelHandle(Commands):
         self.began_at: float | None = None  # its current (or last) start or wake
         self.last_request_at: float | None = None
         self.start_failures = 0  # consecutive; a successful start resets it
+        self.sleep_level = 0  # while asleep: 1 (weights in host RAM) or 2 (dropped)
         self._runner = Runner(self)
         self._liveness = Liveness(name, effects, self.clock, self._watching, self._unresponsive)
         self._first_pending = False  # the next lease is the first after a start or wake
@@ -315,7 +316,8 @@ class ModelHandle(Commands):
     def _dispatch(self, event: Event, error: Refusal | None = None,
                   reason: str = "") -> None:
         before = self.state
-        load = Load(self.in_flight, len(self.hold), self.is_pinned, self._wanted)
+        load = Load(self.in_flight, len(self.hold), self.is_pinned, self._wanted,
+                    self.sleep_level)
         step = next_step(before, event, load)
         if Effect.REFUSE in step.effects:
             raise Conflict(f"model {self.name!r} is {before.value}: cannot {event.value} now")
@@ -335,6 +337,8 @@ class ModelHandle(Commands):
         for effect in step.effects:
             self._apply(effect, error, reason or event.value)
         if before is not step.state:
+            if step.state is State.ASLEEP:
+                self.idle.asleep()  # sleep.deepen_after counts from now
             if step.state is State.READY and before is State.STARTING:
                 self._ready_since = self.clock.now()
             if step.state in (State.READY, State.ASLEEP) and before not in (
@@ -367,6 +371,8 @@ class ModelHandle(Commands):
                     flight.task.cancel()
         elif effect is Effect.SLEEP:
             self._runner.sleep()
+        elif effect is Effect.DEEPEN:
+            self._runner.deepen(reason)
         elif effect is Effect.WAKE:
             self._wanted = False
             self._runner.wake()

@@ -1,5 +1,6 @@
 """A handle's timers that end in a decision of its own: the idle tiers (sleep after
-`sleep.after`, stop after `idle_timeout`) and a profile swap that waits for min_residency.
+`sleep.after`, level 1 to 2 after `sleep.deepen_after` asleep, stop after `idle_timeout`)
+and a profile swap that waits for min_residency.
 Each fires into the handle's `_dispatch`; with workers, an idle decision is fenced first.
 """
 
@@ -21,6 +22,7 @@ class IdleTimers:
         self.since = handle.clock.now()  # idle since (while ready or asleep and unused)
         self._idle: Timer | None = None
         self._sleep: Timer | None = None
+        self._deepen: Timer | None = None
         self._armed = 0  # bumped at each arming
 
     def arm(self, *, fresh: bool = True) -> None:
@@ -41,6 +43,16 @@ class IdleTimers:
             self._sleep = h.clock.call_later(max(0.0, after - idle), self._due,
                                              Event.SLEEP_DUE, self._armed)
 
+    def asleep(self) -> None:
+        """Fallen asleep: at level 1 with `sleep.deepen_after`, deeper after that long (the
+        idle timer runs on: asleep or not, `idle_timeout` stops it)."""
+        h = self.h
+        after = h.config.sleep.deepen_after
+        if self._deepen is not None:
+            self._deepen.cancel()
+        if h.sleep_level == 1 and after is not None:
+            self._deepen = h.clock.call_later(after, self._due, Event.DEEPEN, self._armed)
+
     def rearm(self) -> None:
         """Idle rules changed: apply them counting the time already spent idle."""
         h = self.h
@@ -48,7 +60,7 @@ class IdleTimers:
             self.arm(fresh=False)
 
     def cancel(self) -> None:
-        for timer in (self._idle, self._sleep):
+        for timer in (self._idle, self._sleep, self._deepen):
             if timer is not None:
                 timer.cancel()
 

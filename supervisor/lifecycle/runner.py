@@ -1,5 +1,6 @@
 """The effects of one handle run as tasks: a start (GPU admission first), a wake, a stop,
-a sleep, the warm-up, and the crash-loop backoff after a failed start.
+a sleep (its level: host RAM first), a deeper sleep, the warm-up, and the crash-loop
+backoff after a failed start.
 
 Each task awaits an effect (effects.py) and hands how it ended back to the handle, which
 alone dispatches it to the table; a task that raises fails its step as a runtime failure
@@ -25,7 +26,7 @@ log = logging.getLogger("supervisor.lifecycle")
 
 # What an effect that raised instead of returning is taken for.
 _CRASHED = {"start": Event.START_FAILED, "stop": Event.STOPPED, "sleep": Event.SLEEP_FAILED,
-            "wake": Event.WAKE_FAILED}
+            "wake": Event.WAKE_FAILED, "deepen": Event.DEEPEN_FAILED}
 
 
 class Runner:
@@ -52,8 +53,14 @@ class Runner:
         self.spawn("wake", self._wake())
 
     def sleep(self) -> None:
+        self.spawn("sleep", self._sleep())
+
+    def deepen(self, reason: str) -> None:
         h = self.h
-        self.spawn("sleep", self.effects.sleep(h.name, h.config, h.profile, h.upstream_headers))
+        why = (f"after sleep.deepen_after ({h.config.sleep.deepen_after:.0f}s)"
+               if reason == Event.DEEPEN else reason)
+        self.spawn("deepen", self._asleep_at(2, self.effects.deepen(
+            h.name, h.config, h.profile, h.upstream_headers, why)))
 
     def stop(self, why: str, grace: float) -> None:
         prev = self.task if self.task is not asyncio.current_task() else None
@@ -89,6 +96,8 @@ class Runner:
         except InsufficientGpuMemory as exc:
             log.error("model=%s cannot start: %s", self.h.name, exc)
             return Outcome(Event.START_FAILED, str(exc), refusal=exc)
+        if self.effects.anatomy is not None:
+            self.effects.anatomy.admitted(self.h.name)
         return None
 
     async def _start(self, *, compose_up: bool) -> Outcome:
@@ -110,11 +119,26 @@ class Runner:
             await self._warm_up_after_ready()
         return outcome
 
+    async def _sleep(self) -> Outcome:
+        """At the configured level, or at 2 where the host RAM for 1 cannot be made."""
+        h = self.h
+        level = await self.effects.gpus.sleep_level(h, h.profile, h.config.sleep.level)
+        return await self._asleep_at(level, self.effects.sleep(
+            h.name, h.config, h.profile, h.upstream_headers, level))
+
+    async def _asleep_at(self, level: int, work: Coroutine[Any, Any, Outcome]) -> Outcome:
+        outcome = await work
+        if outcome.event is Event.SLEPT:
+            self.h.sleep_level = level
+        return outcome
+
     async def _wake(self) -> Outcome:
         h = self.h
         if (refused := await self._admit()) is not None:
             return Outcome(Event.WAKE_FAILED, refused.error)
-        outcome = await self.effects.wake(h.name, h.config, h.profile, h.upstream_headers)
+        level, h.sleep_level = h.sleep_level, 0
+        outcome = await self.effects.wake(h.name, h.config, h.profile, h.upstream_headers,
+                                          level or 1)
         if outcome.event is Event.WOKE:
             await self._warm_up_after_ready()
         return outcome

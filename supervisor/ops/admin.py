@@ -136,9 +136,11 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """One model, with its last starts (only here: every action answers with describe())."""
+    """One model, with its last starts and wakes (only here: every action answers with
+    describe())."""
     control, handle = request.app[CONTROL], _handle(request)
-    return web.json_response({**control.describe(handle), "starts": control.starts(handle.name)})
+    return web.json_response({**control.describe(handle), "starts": control.starts(handle.name),
+                              "wake_seconds": control.wake_seconds(handle.name)})
 
 
 async def starts(request: web.Request) -> web.Response:

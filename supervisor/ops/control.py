@@ -168,6 +168,9 @@ class Control:
         """Its last starts and wakes, each phase's seconds (anatomy/)."""
         return [] if self.anatomy is None else self.anatomy.starts(name)
 
+    def wake_seconds(self, name: str) -> dict[str, float]:
+        return {} if self.anatomy is None else self.anatomy.wake_seconds(name)
+
     def _used_bytes(self, handle: Model) -> int | None:
         """GPU memory its containers use (a replica set's: its replicas' together)."""
         sizes = [self.used_bytes(name)

@@ -74,6 +74,8 @@ START: Json = {
         "seconds": {"type": "number"}, "ok": {"type": ["boolean", "null"]},
         "phase": {"type": ["string", "null"]},
         "compile_cache": {"type": ["string", "null"], "enum": ["hit", "miss", None]},
+        "level": {"type": "integer", "enum": [1, 2],
+                  "description": "A wake's: the sleep level it woke from"},
         "phases": {"type": "array", "items": {
             "type": "object", "required": ["phase", "seconds"],
             "properties": {"phase": {"type": "string"}, "seconds": {"type": "number"},
@@ -286,7 +288,10 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                                "draining": {"type": "boolean"}}}))},
             "/admin/models/{name}": {**per_model, "get": _op("One model, with its last starts", (
                 200, {**MODEL, "properties": {**MODEL["properties"], "starts": {
-                    "type": "array", "items": START}}}), 404)},
+                    "type": "array", "items": START}, "wake_seconds": {
+                    "type": "object", "description": "The last wake from each sleep level "
+                    "(level1, level2), beside last_cold_start_seconds",
+                    "additionalProperties": {"type": "number"}}}}), 404)},
             "/admin/models/{name}/starts": {**per_model, "get": _op(
                 "Its last starts and wakes, each phase's seconds", (200, {
                     "type": "object", "required": ["model", "starts"],

@@ -19,8 +19,8 @@ class State(StrEnum):
     DRAINING = "draining"  # requests in flight finish before a stop (swap, admin stop)
     STOPPING = "stopping"
     FAILED = "failed"
-    SLEEPING = "sleeping"  # going to sleep (vLLM sleep mode): requests are held
-    ASLEEP = "asleep"  # weights offloaded, container up; a request wakes it
+    SLEEPING = "sleeping"  # going to sleep, or deeper (vLLM sleep mode): requests are held
+    ASLEEP = "asleep"  # weights in host RAM (level 1) or dropped (2), container up
     WAKING = "waking"  # wake_up in progress: requests are held
 
 
@@ -47,6 +47,9 @@ class Event(StrEnum):
     WAKE = "wake"
     WOKE = "woke"
     WAKE_FAILED = "wake_failed"
+    # Asleep at level 1: sleep.deepen_after passed, or host RAM is short (the GPU budget).
+    DEEPEN = "deepen"
+    DEEPEN_FAILED = "deepen_failed"
 
 
 class Effect(StrEnum):
@@ -60,6 +63,7 @@ class Effect(StrEnum):
     FAIL_IN_FLIGHT = "fail_in_flight"  # cut requests in flight (force stop, dead server)
     SLEEP = "sleep"  # ask the server to sleep
     WAKE = "wake"  # ask the server to wake up
+    DEEPEN = "deepen"  # from sleep level 1 to level 2 (vLLM: wake up, then sleep at level 2)
     REFUSE = "refuse"  # the operator's request makes no sense in this state: 409
 
 
@@ -71,6 +75,7 @@ class Load:
     held: int = 0
     pinned: bool = False  # never stopped (or woken from sleep) for being idle
     wanted: bool = False  # an operator asked for it to run: start again after a stop
+    sleep_level: int = 0  # while asleep: 1 (weights in host RAM) or 2 (weights dropped)
 
     @property
     def busy(self) -> bool:
@@ -94,7 +99,7 @@ class InvalidTransition(RuntimeError):
 
 # Events that may arrive late (a timer that fired just as a request came in) or
 # that are re-evaluated once the server is ready again; dropped instead of raising.
-_STALE = {Event.IDLE, Event.SLEEP_DUE, Event.SWAP, Event.UNHEALTHY}
+_STALE = {Event.IDLE, Event.SLEEP_DUE, Event.DEEPEN, Event.SWAP, Event.UNHEALTHY}
 DOWN = (State.STOPPED, State.FAILED)  # nothing runs
 _UP_TASK = (State.STARTING, State.WAKING)  # a task runs that a stop must abort first
 
@@ -201,6 +206,13 @@ def next_step(state: State, event: Event, load: Load = Load()) -> Step:
             return Step(State.SLEEPING, (Effect.SLEEP,))
         case (State.STOPPING, Event.STOPPED) | (State.DRAINING, Event.EXITED):
             return _after_stop(load)
+        case State.ASLEEP, Event.DEEPEN if load.sleep_level == 1 and not load.busy:
+            # Held requests would have woken it already; a deeper sleep keeps the process.
+            return Step(State.SLEEPING, (Effect.DEEPEN,))
+        case State.SLEEPING, Event.DEEPEN_FAILED:
+            # Neither asleep at level 1 for sure nor awake: stopping frees what deepening
+            # would have; held requests (or load.wanted) start it again once it is down.
+            return Step(State.STOPPING, (Effect.STOP,))
         case State.SLEEPING, Event.SLEPT:
             if load.held or load.wanted:
                 return Step(State.WAKING, (Effect.WAKE,))

@@ -85,11 +85,15 @@ class TimedEffects(Effects):
         self.timed = runtime
 
     async def sleep(self, name: str, config: ModelConfig, profile: Profile,
-                    headers: dict[str, str]) -> Outcome:
+                    headers: dict[str, str], level: int) -> Outcome:
+        return Outcome(Event.SLEPT)
+
+    async def deepen(self, name: str, config: ModelConfig, profile: Profile,
+                     headers: dict[str, str], why: str) -> Outcome:
         return Outcome(Event.SLEPT)
 
     async def wake(self, name: str, config: ModelConfig, profile: Profile,
-                   headers: dict[str, str]) -> Outcome:
+                   headers: dict[str, str], level: int) -> Outcome:
         began = self.clock.now()
         await asyncio.sleep(self.timed._of(profile.service).wake)
         return Outcome(Event.WOKE, None, self.clock.now() - began)

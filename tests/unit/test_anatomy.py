@@ -158,3 +158,28 @@ def test_a_wake_is_woken_then_warm_and_records_keep_the_last_few() -> None:
     assert kept[-1].seconds() == {"wake": 1.0, "warmup": 0.5}
     assert kept[-1].to_json(now=99.0)["phases"] == [
         {"phase": "wake", "seconds": 1.0}, {"phase": "warmup", "seconds": 0.5}]
+
+
+def test_a_wait_for_gpu_memory_is_its_own_phase_not_the_containers() -> None:
+    record = StartRecord("m", "p", START, began=100.0)
+    record.admitted(104.0)  # the budget let it go on after 4 s
+    record.saw(Seen("weights"), 106.0)
+    record.end(107.0, ok=True)
+    assert record.seconds() == {"waiting_for_gpus": 4.0, "container": 2.0, "weights": 1.0}
+    # Admitted at once (no placement, or room): no phase for it.
+    quick = StartRecord("m", "p", WAKE, began=100.0, level=2)
+    quick.admitted(100.001)
+    quick.end(101.0, ok=True)
+    assert quick.seconds() == {"wake": 1.0}
+    assert quick.to_json(0.0)["level"] == 2
+
+
+def test_a_failed_start_keeps_its_phases_so_far() -> None:
+    record = StartRecord("m", "p", START, began=0.0)
+    record.saw(Seen("weights"), 2.0)
+    record.end(5.0, ok=False)
+    shown = record.to_json(now=9.0)
+    assert shown["ok"] is False and shown["phase"] is None
+    assert shown["phases"] == [{"phase": "container", "seconds": 2.0},
+                               {"phase": "weights", "seconds": 3.0}]
+    assert "level" not in shown

@@ -22,8 +22,10 @@ BUSY = Load(in_flight=1)
 HELD = Load(held=2)
 PINNED = Load(pinned=True)
 WANTED = Load(wanted=True)
+ASLEEP_1, ASLEEP_2 = Load(sleep_level=1), Load(sleep_level=2)
 LOADS = (IDLE_LOAD, BUSY, HELD, Load(in_flight=3, held=1), PINNED, WANTED,
-         Load(in_flight=1, pinned=True, wanted=True))
+         Load(in_flight=1, pinned=True, wanted=True), ASLEEP_1, ASLEEP_2,
+         Load(held=1, sleep_level=1), Load(pinned=True, sleep_level=1))
 DOWN = (S.STOPPED, S.FAILED)
 
 # Expected outcome for each (state, event); a callable when it depends on the load,
@@ -84,11 +86,18 @@ EXPECTED: dict[tuple[State, Event], object] = {
         Step(S.SLEEPING) if load.in_flight else Step(S.SLEEPING, (F.SLEEP,))
     ),
     (S.ASLEEP, E.WAKE): Step(S.WAKING, (F.WAKE,)),
+    # The deeper tier: level 1 to 2 (sleep.deepen_after, or host RAM short); SLEEPING holds
+    # requests meanwhile, and a sleeper that cannot deepen is stopped.
+    (S.ASLEEP, E.DEEPEN): lambda load: (
+        Step(S.SLEEPING, (F.DEEPEN,)) if load.sleep_level == 1 and not load.busy
+        else Step(S.ASLEEP)
+    ),
+    (S.SLEEPING, E.DEEPEN_FAILED): Step(S.STOPPING, (F.STOP,)),
 }
 # A late idle or sleep timer, or a swap request outside READY (re-evaluated once ready),
 # is harmless.
 for _state in State:
-    for _event in (E.IDLE, E.SLEEP_DUE, E.SWAP, E.UNHEALTHY):
+    for _event in (E.IDLE, E.SLEEP_DUE, E.DEEPEN, E.SWAP, E.UNHEALTHY):
         EXPECTED.setdefault((_state, _event), Step(_state))
     # Operator events are never "impossible": they act, wait, or are refused (409).
     if _state in DOWN:
@@ -247,3 +256,16 @@ def test_sleep_and_wake_are_refused_when_nothing_runs() -> None:
     for state in (S.STOPPED, S.STARTING, S.STOPPING):
         assert F.REFUSE in next_step(state, E.SLEEP).effects
         assert F.REFUSE in next_step(state, E.WAKE).effects
+
+
+def test_a_level_1_sleeper_deepens_then_wakes_like_any_sleeper() -> None:
+    """asleep (1) -> deepen -> sleeping -> slept -> asleep (2, no deeper) -> demand -> waking."""
+    step = next_step(S.ASLEEP, E.DEEPEN, ASLEEP_1)
+    assert step == Step(S.SLEEPING, (F.DEEPEN,))
+    assert next_step(step.state, E.SLEPT, IDLE_LOAD) == Step(S.ASLEEP)
+    assert next_step(S.ASLEEP, E.DEEPEN, ASLEEP_2) == Step(S.ASLEEP)  # already as deep
+    # A request that came while it deepened is served by a wake as soon as it is asleep.
+    assert next_step(S.SLEEPING, E.SLEPT, HELD) == Step(S.WAKING, (F.WAKE,))
+    assert next_step(S.ASLEEP, E.DEMAND, ASLEEP_2) == Step(S.WAKING, (F.WAKE,))
+    # Its deepen timer firing after a request woke it is stale.
+    assert next_step(S.READY, E.DEEPEN, IDLE_LOAD) == Step(S.READY)
