@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -104,6 +105,19 @@ async def test_the_status_page_follows_a_model_live_and_stops_it(
     await expect(state).to_have_text("stopped", timeout=15_000)
     await wait_for(lambda: not container_running(project, "chat-slow"), 15, "the container gone")
     assert sup.handle("chat-slow").state.value == "stopped"
+
+    # What idling gave back and what users paid, on the model's line (GET /admin/savings).
+    savings = row.locator('[data-field="savings"]')
+    await expect(savings).to_contain_text("on 1 cold start", timeout=15_000)
+    async with http.get(sup.admin + "/admin/savings",
+                        headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        account = (await r.json())["models"]["chat-slow"]["since_start"]
+    assert (account["cold_starts"], account["held_requests"]["start"]) == (1, 1)
+    assert account["waited_seconds"] > 0
+    # (given back grows while it stays stopped: the line is read every 5 s)
+    await expect(savings).to_have_text(re.compile(
+        r"given back 0\.\d{4} GPU-h \u00b7 users waited "
+        + re.escape(f"{account['waited_seconds']:.1f} s on 1 cold start")), timeout=15_000)
 
     # Pin, from the page, reaches the supervisor.
     await row.get_by_role("button", name="Pin").click()
