@@ -236,6 +236,13 @@ async def savings(request: web.Request) -> web.Response:
     return web.json_response(account.report())
 
 
+async def queue(request: web.Request) -> web.Response:
+    """Per model, the requests held for it, in the order they are released."""
+    return web.json_response({"models": {
+        h.name: {"state": h.state.value, "waiting": [s.to_json() for s in h.queue()]}
+        for h in request.app[CONTROL].registry.handles.values()}})
+
+
 async def workers(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].workers())
 
@@ -315,6 +322,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/gpus", gpus),
     ("GET", "/admin/workers", workers),
     ("GET", "/admin/usage", usage),
+    ("GET", "/admin/queue", queue),
     ("GET", "/admin/savings", savings),
 ]
 

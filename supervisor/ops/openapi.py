@@ -222,6 +222,26 @@ SAVINGS: Json = {"type": "object", "required": ["since", "seconds", "models"], "
                                            "description": "per UTC day"}}}}}}
 
 
+_WAITING: Json = {
+    "type": "object",
+    "required": ["client", "priority", "position", "waited_seconds", "eta_seconds", "phase"],
+    "properties": {
+        "client": {"type": "string"}, "priority": {"type": "integer"},
+        "position": {"type": "integer", "minimum": 1,
+                     "description": "its place in the order held requests are released"},
+        "waited_seconds": {"type": "number"},
+        "eta_seconds": {**NULLABLE_NUMBER, "description": "seconds until the model should "
+                        "be ready (its measured start or wake, less the time spent); null: "
+                        "nothing measured yet"},
+        "phase": {"type": "string", "enum": ["waiting_for_gpus", "starting", "warming_up",
+                                             "waking", "swapping", "queued"]}}}
+QUEUE: Json = {"type": "object", "required": ["models"], "properties": {"models": {
+    "type": "object", "additionalProperties": {
+        "type": "object", "required": ["state", "waiting"],
+        "properties": {"state": {"type": "string"},
+                       "waiting": {"type": "array", "items": _WAITING}}}}}}
+
+
 def _op(summary: str, ok: tuple[int, Json], *errors: int, body: Json | None = None,
         required: bool = True, public: bool = False) -> Json:
     responses = {str(ok[0]): _json(ok[1], "OK")}
@@ -354,6 +374,9 @@ def spec(models: list[str], profiles: list[str]) -> Json:
                 "What each client (configured names and `anonymous`) used, per model and "
                 "in total: requests, seconds, held seconds, prompt and completion tokens",
                 (200, USAGE))},
+            "/admin/queue": {"get": _op(
+                "Per model, the requests held for it in the order they are released: "
+                "client, priority, position, seconds waited, ETA and phase", (200, QUEUE))},
             "/admin/savings": {"get": _op(
                 "What idling saved and cost per model (and replica), since the start and "
                 "per UTC day: state seconds, cold starts, wakes, seconds held requests "

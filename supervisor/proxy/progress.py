@@ -6,6 +6,13 @@ in front of the supervisor cuts it (nginx's proxy_read_timeout is 60 s). With
 SSE comment line goes out every few seconds; OpenAI clients ignore comments, so once the
 model is ready its stream simply follows. The trade-off: the status is committed before
 the model answers, so a failure after that can only be an error event in the stream.
+
+Each report says where the request stands (lifecycle/waiting.py): its position among the
+held requests, the ETA and the phase, in the comment
+`: model M is starting (12 s; position 3, eta 18 s, phase starting): weights` (the server's
+own phase, when known, last); a client that sends `X-Supervisor-Progress: events` gets
+named events instead, `event: progress` with the same as JSON (OpenAI's clients do not
+skip named events: only for clients that read them).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from supervisor.rules.table import State
 
 HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
            "X-Supervisor-Loading-Progress": "true"}
+ASK = "X-Supervisor-Progress"  # `events`: named SSE events instead of comments
 
 
 def wanted(handle: Model, body: Body) -> bool:
@@ -45,6 +53,8 @@ class LoadingProgress:
         self.request = request
         self.handle = handle
         self.response: web.StreamResponse | None = None
+        self.events = request.headers.get(ASK, "").strip().lower() == "events"
+        self.holder = asyncio.current_task()  # the request's: what the hold queue knows
         self._task = asyncio.create_task(self._report())
 
     async def _report(self) -> None:
@@ -56,14 +66,28 @@ class LoadingProgress:
         await response.prepare(self.request)
         self.response = response
         while True:
-            waited = loop.time() - began
-            line = f": model {self.handle.name} is {self.handle.state.value} ({waited:.0f} s)"
-            anatomy = self.request.config_dict.get(ANATOMY)
-            phase = None if anatomy is None else anatomy.phase(self.handle.name)
-            if phase is not None:
-                line += f": {phase}"  # what the server does now (anatomy/phases.py)
-            await response.write(line.encode() + b"\n\n")
+            await response.write(self._line(loop.time() - began))
             await asyncio.sleep(config.loading_progress_every)
+
+    def _line(self, waited: float) -> bytes:
+        name, state = self.handle.name, self.handle.state.value
+        anatomy = self.request.config_dict.get(ANATOMY)
+        server = None if anatomy is None else anatomy.phase(name)  # anatomy/phases.py
+        standing = self.handle.standing(self.holder)
+        if self.events:
+            report: dict[str, Any] = {"model": name, "state": state,
+                                      "waited_seconds": round(waited, 1), "server_phase": server}
+            if standing is not None:
+                report.update(standing.to_json(), waited_seconds=round(standing.waited, 1))
+            return b"event: progress\ndata: " + json.dumps(report).encode() + b"\n\n"
+        where = ""
+        if standing is not None:
+            eta = "unknown" if standing.eta is None else f"{standing.eta:.0f} s"
+            where = f"; position {standing.position}, eta {eta}, phase {standing.phase}"
+        line = f": model {name} is {state} ({waited:.0f} s{where})"
+        if server is not None:
+            line += f": {server}"
+        return line.encode() + b"\n\n"
 
     async def stop(self) -> web.StreamResponse | None:
         """End the reports; the committed response (None when none went out yet)."""
