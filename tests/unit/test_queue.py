@@ -54,7 +54,7 @@ async def test_held_requests_are_released_by_priority_then_in_turns(rig) -> None
 
 
 async def test_a_full_hold_gives_a_quiet_client_its_share(rig) -> None:
-    handle, runtime, clock = make_handle(SINGLE, max_held=4)
+    handle, runtime, _ = make_handle(SINGLE, max_held=4)
     flood = [ask(handle, rig, Asker("flood"), []) for _ in range(4)]
     await until(lambda: handle.held == 4, "four held")
     refused = ask(handle, rig, Asker("flood"), [])
