@@ -25,7 +25,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from supervisor.anatomy.service import Anatomy  # noqa: E402
 from supervisor.clients.report import SERIES  # noqa: E402
+from supervisor.lifecycle.clock import LoopClock  # noqa: E402
 from supervisor.observe.metrics import STATES, Metrics  # noqa: E402
+from supervisor.savings.account import SavingsAccount  # noqa: E402
+from supervisor.savings.metrics import SavingsCollector  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("model-supervisor.json")
 Json = dict[str, Any]
@@ -222,6 +225,29 @@ def replicas() -> list[Json]:
     ]
 
 
+def savings() -> list[Json]:
+    """What idling gave back and what it cost users (supervisor/savings/, GET /admin/savings)."""
+    per = f"{{{MODEL}}}[$__rate_interval]"
+    return [
+        timeseries("GPUs held and given back", [
+            target(f"sum by (model) (rate(supervisor_gpu_seconds_held_total{per}))",
+                   "{{model}} held"),
+            target(f"3600 * sum by (model) (rate(supervisor_gpu_hours_given_back_total{per}))",
+                   "{{model}} given back")], w=8,
+            description="GPUs' worth, against the same model always on with its full need."),
+        timeseries("Seconds users waited on starts and wakes", [target(
+            f"sum by (model, kind) (increase(supervisor_cold_start_wait_seconds_total{per}))",
+            "{{model}} {{kind}}")], bars=True, unit="s", w=8),
+        timeseries("Time in each state", [target(
+            f"sum by (model, state) (rate(supervisor_state_seconds_total{per}))",
+            "{{model}} {{state}}")], stack=True, unit="percentunit", w=8),
+        timeseries("Energy per model", [target(
+            f"sum by (model) (rate(supervisor_energy_joules_total{per}))", "{{model}}")],
+            unit="watt", w=24, h=6, description="NVML's energy counter shared as memory is; "
+            "empty where the GPUs have none."),
+    ]
+
+
 def rows() -> Iterator[tuple[str, list[Json]]]:
     win = "[$__rate_interval]"
     yield "Models", [
@@ -268,6 +294,7 @@ def rows() -> Iterator[tuple[str, list[Json]]]:
             options={"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"}),
         start_phases(),
     ]
+    yield "What idling saved", savings()
     yield "GPU", [
         vram_per_gpu(),
         *placement(),
@@ -441,6 +468,7 @@ def exported_names() -> set[str]:
     """What the supervisor's registry exposes, with the series its parts add to it."""
     metrics = Metrics()
     Anatomy(None, metrics.registry)  # supervisor_start_phase_seconds
+    metrics.registry.register(SavingsCollector(SavingsAccount(LoopClock())))
     return metrics.exported_names()
 
 

@@ -22,7 +22,8 @@ from .conftest import chat, wait_for
 
 # Per-GPU panels have data only where NVML reads a GPU; the per-model VRAM panel only
 # where a model's container uses one (the stand-ins never do).
-GPU_SERIES = ("supervisor_gpu_memory", "supervisor_gpu_utilization", "supervisor_gpu_power")
+GPU_SERIES = ("supervisor_gpu_memory", "supervisor_gpu_utilization", "supervisor_gpu_power",
+              "supervisor_energy_joules")
 MODEL_GPU_SERIES = "supervisor_model_gpu_memory_bytes"
 # GPU placement's series need a `gpus:` key (or NVML): test_gpu_placement_docker.py runs
 # the dashboard's queries of these on Prometheus.
