@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -16,6 +17,7 @@ import pytest_asyncio
 import websockets
 from tokenizers import Tokenizer
 
+from supervisor.anatomy.phases import PHASES
 from supervisor.rules.table import State
 from tests.helpers import (
     ComposeProject,
@@ -23,6 +25,7 @@ from tests.helpers import (
     metric_value,
     model_status,
     scrape,
+    series_sum,
     start_supervisor,
     wait_for,
 )
@@ -44,6 +47,27 @@ def prompt_of(tokens: int) -> str:
 def chat(content: str = "Say hello.", **extra: object) -> dict[str, object]:
     return {"model": "smollm2", "messages": [{"role": "user", "content": content}],
             "max_tokens": 8, "temperature": 0, **extra}
+
+
+async def last_start(http: aiohttp.ClientSession, sup: Supervisor) -> dict[str, Any]:
+    """The newest start record of smollm2 (GET /admin/models/{name}/starts), checked as
+    an operator reads it: done, its phases in the table's order, summing to its total."""
+    async with http.get(f"{sup.admin}/admin/models/smollm2/starts") as r:
+        assert r.status == 200, await r.text()
+        starts: list[dict[str, Any]] = (await r.json())["starts"]
+    start = [s for s in starts if s["kind"] == "start"][-1]
+    assert start["ok"] is True and start["phase"] is None, start
+    seconds = {p["phase"]: p["seconds"] for p in start["phases"]}
+    assert list(seconds) == [p for p in PHASES if p in seconds], start
+    assert {"container", "weights", "kv_cache", "api", "healthy"} <= set(seconds), start
+    assert sum(seconds.values()) == pytest.approx(start["seconds"], abs=1.0), start
+    # compose/vllm-cpu.yml runs --enforce-eager: vLLM compiles nothing, so there is no
+    # compile phase and no cache to hit; the CPU build's compile cache is not reused even
+    # when kept (tests/unit/data/vllm_logs/cpu-0.32-compile-restart.log: a miss).
+    assert "compile" not in seconds and "graphs" not in seconds, start
+    assert start["compile_cache"] is None, start
+    print(f"{start['profile']} start in {start['seconds']:.1f} s: {seconds}")
+    return start
 
 
 async def swaps(http: aiohttp.ClientSession, sup: Supervisor) -> float:
@@ -81,6 +105,20 @@ async def test_cold_start_holds_20_concurrent_requests_with_one_container_start(
         assert body["choices"][0]["message"]["content"]  # a real completion
     assert vllm_project.containers("smol-2k") == 1
     assert vllm_project.log_lines("smol-2k", START_LINE) == 1
+
+
+async def test_the_cold_starts_anatomy_is_read_from_vllms_own_log(
+    first: Supervisor, http: aiohttp.ClientSession
+) -> None:
+    """The record of the cold start above: its phases from vLLM's log, with vLLM's own
+    figure for the weights, and its total the start's as the cold-start histogram has it."""
+    start = await last_start(http, first)
+    assert start["profile"] == "smol-2k"
+    weights = next(p for p in start["phases"] if p["phase"] == "weights")
+    assert weights["server_seconds"] > 0  # "Loading weights took 1.70 seconds"
+    cold = series_sum(await scrape(http, first), "supervisor_model_cold_start_seconds_sum",
+                      model="smollm2", profile="smol-2k", outcome="ok")
+    assert start["seconds"] == pytest.approx(cold, abs=1.0)
 
 
 async def test_warm_request_is_answered_without_a_hold(first: Supervisor) -> None:
@@ -207,6 +245,10 @@ async def test_a_second_supervisor_adopts_the_running_vllm_then_stops_it_when_id
             assert r.headers["X-Supervisor-Cold-Start"] == "true"
             assert r.headers["X-Supervisor-Profile"] == "smol-2k"
         assert vllm_project.log_lines("smol-2k", START_LINE) == 2
+        # The stopped container was started again, not recreated; its anatomy as a cold
+        # start's (eager: no compile cache to hit or miss).
+        assert vllm_project.containers("smol-2k") == 1
+        assert (await last_start(http, second))["profile"] == "smol-2k"
     finally:
         await second.stop()
 
