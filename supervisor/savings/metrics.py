@@ -25,11 +25,11 @@ class SavingsCollector(Collector):
             "supervisor_state_seconds", "Seconds each unit spent in each state, per profile "
             "(\"\" while stopped or failed).", labels=["model", "profile", "state"])
         held = CounterMetricFamily(
-            "supervisor_gpu_memory_byte_seconds",
+            "supervisor_model_memory_held_byte_seconds",
             "GPU memory each unit held over time (measured where known, else its need).",
             labels=["model"])
         always = CounterMetricFamily(
-            "supervisor_gpu_memory_always_on_byte_seconds",
+            "supervisor_model_memory_always_on_byte_seconds",
             "The same had the unit been always on with its full need.", labels=["model"])
         gpu = CounterMetricFamily(
             "supervisor_gpu_seconds_held", "GPU-seconds each unit reserved (asleep: its "

@@ -153,7 +153,7 @@ def test_counters_are_exported_at_zero_from_the_start_and_follow_the_account() -
     value = registry.get_sample_value
     assert value("supervisor_cold_starts_total", {"model": "m", "kind": "start"}) == 0
     assert value("supervisor_cold_start_wait_seconds_total", {"model": "m", "kind": "wake"}) == 0
-    assert value("supervisor_gpu_memory_byte_seconds_total", {"model": "m"}) == 0
+    assert value("supervisor_model_memory_held_byte_seconds_total", {"model": "m"}) == 0
     assert value("supervisor_energy_joules_total", {"model": "m"}) is None  # not known here
     clock.advance(7)
     unit.state = State.STARTING
