@@ -27,11 +27,11 @@ from supervisor.lifecycle.commands import Commands
 from supervisor.lifecycle.effects import Effects
 from supervisor.lifecycle.hold import Held, HoldQueue
 from supervisor.lifecycle.idle import IdleTimers, Swaps
-from supervisor.lifecycle.lease import Cancellable, Flight, HoldRejected, Lease, stopped_error
+from supervisor.lifecycle.lease import Cancellable, Flight, Lease, stopped_error
 from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.liveness import Liveness
 from supervisor.lifecycle.runner import Runner
-from supervisor.lifecycle.waiting import Standing, retry_after, standing, standings
+from supervisor.lifecycle.waiting import Standing, overloaded, standing, standings, timed_out
 from supervisor.observe.metrics import Metrics, ModelSnapshot
 from supervisor.refusal import Conflict, Refusal, StartFailed
 from supervisor.rules.profiles import (
@@ -179,8 +179,8 @@ class ModelHandle(Commands):
         self._release(lease.flight)
 
     def add_flight(self, task: Cancellable | None) -> Flight:
-        """Count a request in flight (a lease's, or one that a worker process forwards:
-        the idle timers, DRAINED and the GPU budget see it); `end_flight` ends it."""
+        """Count a request in flight (one that a worker process forwards: the idle timers,
+        DRAINED and the GPU budget see it); `end_flight` ends it."""
         self.last_request_at = self.clock.now()
         flight = Flight(task)
         self._count(flight)
@@ -256,25 +256,16 @@ class ModelHandle(Commands):
     def _make_room(self, client: Asker) -> None:
         """The hold is full: refuse the newcomer, or (under its client's fair share) the
         newest held request of the client that holds the most."""
-        full = (f"model {self.name!r} is {self.state.value} and already holds "
-                f"{len(self.hold)} requests (max_held)")
         displaced = self.hold.displace(client, self.config.max_held)
         if displaced is None:
-            raise HoldRejected(f"{full}; client {client.client!r} holds its share; retry later",
-                               status=503, code="model_overloaded",
-                               retry_after=retry_after(self), model=self.name)
-        self.hold.expire(displaced, HoldRejected(
-            f"{full}: this request gave its place to client {client.client!r}, which held "
-            "fewer than its share; retry later", status=503, code="model_overloaded",
-            retry_after=retry_after(self), model=self.name))
+            raise overloaded(self, f"; client {client.client!r} holds its share")
+        self.hold.expire(displaced, overloaded(self, (
+            f": this request gave its place to client {client.client!r}, which held fewer "
+            "than its share")))
 
     def _expire(self, held: Held) -> None:
         """hold_timeout passed while the request was still held."""
-        if self.hold.expire(held, HoldRejected(
-                f"model {self.name!r} was not ready within hold_timeout "
-                f"({self.config.hold_timeout:.0f}s); it is {self.state.value}",
-                status=504, code="hold_timeout", retry_after=retry_after(self),
-                model=self.name)):
+        if self.hold.expire(held, timed_out(self)):
             self._left_hold()
 
     def _abandon(self, held: Held) -> None:
@@ -376,7 +367,6 @@ class ModelHandle(Commands):
         elif effect is Effect.WAKE:
             self._wanted = False
             self._runner.wake()
-
 
     def _release_fitting(self) -> None:
         for flight in self.hold.release(self.profile.fits):

@@ -16,6 +16,7 @@ from typing import Any
 
 from supervisor.clients.fairness import eta
 from supervisor.lifecycle.driven import Driven
+from supervisor.lifecycle.lease import HoldRejected
 from supervisor.rules.table import State
 
 DEFAULT_RETRY_AFTER = 10  # seconds, while nothing has been measured
@@ -78,6 +79,22 @@ def retry_after(unit: Driven) -> int:
     """`Retry-After` for a request refused while the unit starts: when it should be ready."""
     seconds = eta_of(unit)
     return max(1, math.ceil(DEFAULT_RETRY_AFTER if seconds is None else seconds))
+
+
+def overloaded(unit: Driven, why: str) -> HoldRejected:
+    """503 for a request the full hold (max_held) refuses or gives up; `why` follows."""
+    return HoldRejected(
+        f"model {unit.name!r} is {unit.state.value} and already holds {len(unit.hold)} "
+        f"requests (max_held){why}; retry later", status=503, code="model_overloaded",
+        retry_after=retry_after(unit), model=unit.name)
+
+
+def timed_out(unit: Driven) -> HoldRejected:
+    """504 for a request still held when hold_timeout passes."""
+    return HoldRejected(
+        f"model {unit.name!r} was not ready within hold_timeout "
+        f"({unit.config.hold_timeout:.0f}s); it is {unit.state.value}",
+        status=504, code="hold_timeout", retry_after=retry_after(unit), model=unit.name)
 
 
 def standings(unit: Driven) -> list[Standing]:
