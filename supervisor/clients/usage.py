@@ -46,10 +46,12 @@ class Usage:
 
 
 def read_usage(tail: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of the last `usage` object in `tail`."""
-    found = None
-    for found in _USAGE.finditer(tail):  # noqa: B007 (the last one)
-        pass
+    """(prompt, completion) tokens of the last `usage` object in `tail`: tried first at
+    the last `"usage"` (one anchored match, the common case), else by a scan."""
+    found = _USAGE.match(tail, tail.rfind(b'"usage"'))
+    if found is None:
+        for found in _USAGE.finditer(tail):  # noqa: B007 (the last one)
+            pass
     if found is None:
         return None
     fields = found.group(1)

@@ -26,6 +26,8 @@ DONE = b"data: [DONE]\n\n"
         (json.dumps({"usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode(), (1, 0)),
         (b'{"choices":[{"message":{"content":"\\"usage\\": no"}}]}', None),
         (b'{"usage": null}', None),
+        (b'{"usage":{"prompt_tokens":4},"usage":{"completion_tokens":5}}', (0, 5)),
+        (b'{"usage":{"prompt_tokens":4},"note":"\\"usage\\": later"}', (4, 0)),
         (b"not json", None),
     ],
 )
