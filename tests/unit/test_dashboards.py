@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from dashboards import generate as gen
+
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "dashboards" / "generate.py"
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dashboards_generate", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
 
 
 def test_check_passes_on_committed_dashboard() -> None:

@@ -1,0 +1,1 @@
+"""The Grafana dashboard's generator (dashboards/generate.py) and its parts."""
