@@ -18,6 +18,7 @@ _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _ASK = b'"stream_options":{"include_usage":true},'
+EVENT_STREAM = b"text/event-stream"  # an SSE answer's content type (lowered, a prefix)
 TAIL_BYTES = 1024  # of a non-streamed answer: where its `usage` is (the last member)
 MAX_PENDING = 1 << 16  # an event longer than this goes on unread
 
@@ -116,26 +117,26 @@ class StreamTap:
 
 def tap_for(headers: list[tuple[bytes, bytes]], *, asked: bool, chunked: bool
             ) -> StreamTap | None:
-    """A tap for an SSE answer (None for any other); it drops the usage event only where
-    usage was `asked` for the client and the framing allows (chunked, not a length)."""
+    """A tap for an SSE answer (by its first content type; None for any other)."""
     for name, value in headers:
         if name.lower() == b"content-type":
-            if value.lower().startswith(b"text/event-stream"):
-                return StreamTap(drop=asked and chunked)
+            if value.lower().startswith(EVENT_STREAM):
+                return stream_tap(asked=asked, chunked=chunked)
             return None
     return None
 
 
-class Tail:
-    """The last bytes of an answer, where a non-streamed answer's `usage` is."""
+def stream_tap(*, asked: bool, chunked: bool) -> StreamTap:
+    """The tap of an SSE answer: it drops the usage event only where usage was `asked` for
+    the client and the framing allows (chunked, not a length)."""
+    return StreamTap(drop=asked and chunked)
 
-    __slots__ = ("data",)
 
-    def __init__(self) -> None:
-        self.data = b""
+def keep_tail(tail: bytes, data: bytes) -> bytes:
+    """The last bytes of an answer so far, where a non-streamed answer's `usage` is: kept
+    in a field of the request, not an object of its own (the fast path's cost)."""
+    return data if len(data) >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
 
-    def add(self, data: bytes) -> None:
-        self.data = data if len(data) >= TAIL_BYTES else (self.data + data)[-TAIL_BYTES:]
 
-    def usage(self) -> tuple[int, int] | None:
-        return read_usage(self.data) if b'"usage"' in self.data else None
+def tail_usage(tail: bytes) -> tuple[int, int] | None:
+    return read_usage(tail) if b'"usage"' in tail else None

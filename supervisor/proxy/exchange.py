@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from supervisor.clients.table import Client
-from supervisor.clients.usage import StreamTap, Tail, tap_for
+from supervisor.clients.usage import StreamTap, keep_tail, stream_tap, tail_usage
 from supervisor.lifecycle.lease import Lease, Upstream
 from supervisor.lifecycle.servable import Servable
 from supervisor.proxy import fastwire
@@ -47,7 +47,7 @@ class Exchange:
         self.caller, self.admitted = caller, admitted  # whose request, and since when
         self.asked = False  # include_usage was added to it (router.route_inline)
         self.tap: StreamTap | None = None  # an SSE answer's usage
-        self.tail = Tail()  # any other answer's last bytes, for its usage
+        self.tail = b""  # any other answer's last bytes, for its usage
         self.context = context
         self.model = model  # what the lease came from (a handle, or a replica set)
         self.server: Upstream | None = None  # the replica that granted it
@@ -137,9 +137,11 @@ class Exchange:
             self.peek = []  # read it whole: vLLM's "too long", or an answer for the client
             self.held_head = (reason, headers)
             return
-        head, self.chunked = fastwire.response_head(status, reason, headers, lease.profile,
-                                                    self.close)
-        self.tap = tap_for(headers, asked=self.asked, chunked=self.chunked)
+        head, chunked, event_stream = fastwire.response_head(status, reason, headers,
+                                                             lease.profile, self.close)
+        self.chunked = chunked
+        if event_stream:
+            self.tap = stream_tap(asked=self.asked, chunked=chunked)
         self.out.append(head)
         self.head = True
 
@@ -157,7 +159,7 @@ class Exchange:
             if not data:
                 return
         else:
-            self.tail.add(data)
+            self.tail = keep_tail(self.tail, data)
         if self.peek is not None:
             self.peek.append(data)
         elif self.chunked:
@@ -186,7 +188,7 @@ class Exchange:
             headers = [(n, v) for n, v in headers if n.lower() not in framing]
             headers.append((b"Content-Length", b"%d" % len(body)))
             assert profile is not None
-            head, _ = fastwire.response_head(self.status, reason, headers, profile, self.close)
+            head, _, _ = fastwire.response_head(self.status, reason, headers, profile, self.close)
             self.out, self.peek, self.head = [head, body], None, True
         elif self.chunked:
             rest = self.tap.end() if self.tap is not None else b""
@@ -223,30 +225,30 @@ class Exchange:
 
     def _hand_back(self, tokens: int | None = None) -> None:
         self._drop_conn()
-        self._release(served=False)
+        self._release(fastwire.now(), served=False)
         self.client.to_app(self.request, tokens)
 
     def _drop_conn(self) -> None:
         if self.conn is not None and self.conn.sink is self:
             self.conn.close()
 
-    def _release(self, *, served: bool = True) -> None:
+    def _release(self, now: float, *, served: bool = True) -> None:
         self.over = True
-        self.caller.done(self.admitted, fastwire.now(), served=served)
+        self.caller.done(self.admitted, now, served=served)
         if self.lease is not None:
             self.model.release(self.lease)
 
     def _finish(self, status: int, *, close: bool, counted: bool = True) -> None:
-        self._release()
+        end = fastwire.now()
+        self._release(end)
         lease = self.lease
         if counted and lease is not None:
-            end = fastwire.now()
             ttfb = self.first_byte - self.began if self.first_byte else None
             self.context.metrics.request(self.model.name, status, end - self.began, ttfb,
                                          cold_start=False, first=lease.first)
-            tokens = (self.tap.usage if self.tap is not None else self.tail.usage()
+            tokens = (self.tap.usage if self.tap is not None else tail_usage(self.tail)
                       ) if status == 200 else None
-            self.caller.record(self.model.name, end - self.admitted, 0.0, tokens)
+            self.caller.used(self.model.name).add(end - self.admitted, 0.0, tokens)
             if (journal := self.context.journal) is not None:
                 journal.served(self.model.name, lease.profile.name, self.began, end, 0.0,
                                "warm", status)

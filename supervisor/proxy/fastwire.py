@@ -8,6 +8,7 @@ from http import HTTPStatus
 
 import orjson
 
+from supervisor.clients.usage import EVENT_STREAM
 from supervisor.lifecycle.lease import Upstream
 from supervisor.proxy.policy import HOP_BY_HOP_BYTES
 from supervisor.refusal import Refusal, error_payload
@@ -65,14 +66,18 @@ def request_head(url: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
 
 
 def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                  profile: Profile, close: bool) -> tuple[bytes, bool]:
-    """The client's response head, and whether its body goes chunked (the server's had no
-    length: it was chunked, or it ran until the server closed)."""
+                  profile: Profile, close: bool) -> tuple[bytes, bool, bool]:
+    """The client's response head, whether its body goes chunked (the server's had no
+    length: it was chunked, or it ran until the server closed), and whether it is an event
+    stream (its first content type; seen here, on the walk the head takes anyway)."""
     drop = dropped(HOP_BY_HOP_BYTES, _connection(headers))
     chunked = status >= 200 and status not in _NO_BODY
+    event_stream: bool | None = None
     lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
         lower = name.lower()
+        if lower == b"content-type" and event_stream is None:
+            event_stream = value.lower().startswith(EVENT_STREAM)
         if lower == b"content-length":
             chunked = False
         elif lower in drop:
@@ -84,7 +89,7 @@ def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     if close:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
-    return b"".join(lines), chunked
+    return b"".join(lines), chunked, bool(event_stream)
 
 
 def interim_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

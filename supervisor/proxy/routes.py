@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.registry import Collector
 
-from supervisor.clients.usage import Tail, tap_for
+from supervisor.clients.usage import keep_tail, tail_usage, tap_for
 from supervisor.lifecycle.lease import Lease
 from supervisor.lifecycle.registry import Model
 from supervisor.proxy import progress
@@ -189,7 +189,7 @@ async def _forward(
     if body.length is not None:
         headers["Content-Length"] = str(body.length)
     response: web.StreamResponse | None = committed
-    tail, usage = Tail(), None
+    tail, usage = b"", None
     try:
         upstream = await request.app[UPSTREAM].request(
             request.method,
@@ -265,14 +265,14 @@ async def _forward(
                 if tap is not None:
                     chunk = tap.feed(chunk)
                 else:
-                    tail.add(chunk)
+                    tail = keep_tail(tail, chunk)
                 if chunk:
                     await response.write(chunk)
             if tap is not None:
                 await response.write(tap.end())
                 usage = tap.usage
             else:
-                usage = tail.usage()
+                usage = tail_usage(tail)
             await response.write_eof()
             return response
     except asyncio.CancelledError:

@@ -8,7 +8,14 @@ import json
 import orjson
 import pytest
 
-from supervisor.clients.usage import StreamTap, Tail, ask_for_usage, read_usage, tap_for
+from supervisor.clients.usage import (
+    StreamTap,
+    ask_for_usage,
+    keep_tail,
+    read_usage,
+    tail_usage,
+    tap_for,
+)
 
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 USAGE = (b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,'
@@ -33,10 +40,10 @@ DONE = b"data: [DONE]\n\n"
 )
 def test_read_usage(body: bytes, usage: tuple[int, int] | None) -> None:
     assert read_usage(body) == usage
-    tail = Tail()
+    tail = b""
     for i in range(0, len(body), 7):
-        tail.add(body[i:i + 7])
-    assert tail.usage() == usage
+        tail = keep_tail(tail, body[i:i + 7])
+    assert tail_usage(tail) == usage
 
 
 @pytest.mark.parametrize(

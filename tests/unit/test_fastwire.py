@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httptools
+import pytest
 
+from supervisor.clients.usage import tap_for
 from supervisor.proxy import fastwire
 from supervisor.refusal import Refusal
 from supervisor.rules.profiles import Profile
@@ -43,23 +45,23 @@ def test_the_request_head_keeps_end_to_end_fields_and_replaces_the_key() -> None
 
 
 def test_a_response_with_a_length_keeps_it_and_one_without_goes_chunked() -> None:
-    with_length, chunked = fastwire.response_head(
+    with_length, chunked, event_stream = fastwire.response_head(
         200, b"OK", [(b"Content-Length", b"5"), (b"Connection", b"keep-alive")], PROFILE,
         close=False)
-    assert not chunked
+    assert not chunked and not event_stream
     assert with_length == (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
                            b"X-Supervisor-Profile: long\r\n\r\n")
-    stream, chunked = fastwire.response_head(
+    stream, chunked, event_stream = fastwire.response_head(
         200, b"OK", [(b"Transfer-Encoding", b"chunked"), (b"Content-Type", b"text/event-stream")],
         PROFILE, close=True)
-    assert chunked
+    assert chunked and event_stream
     assert stream == (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                       b"X-Supervisor-Profile: long\r\nTransfer-Encoding: chunked\r\n"
                       b"Connection: close\r\n\r\n")
 
 
 def test_no_body_statuses_get_no_framing() -> None:
-    head, chunked = fastwire.response_head(204, b"No Content", [], PROFILE, close=False)
+    head, chunked, _ = fastwire.response_head(204, b"No Content", [], PROFILE, close=False)
     assert not chunked and b"Transfer-Encoding" not in head
 
 
@@ -72,3 +74,15 @@ def test_an_error_is_in_the_openai_shape() -> None:
     assert b"Content-Length: %d" % len(body) in head
     assert body == (b'{"error":{"message":"gone","type":"service_unavailable","param":null,'
                     b'"code":"model_stopped"}}')
+
+
+@pytest.mark.parametrize(
+    ("headers", "event_stream"),
+    [([(b"Content-Type", b"Text/Event-Stream; charset=utf-8")], True),
+     ([(b"content-type", b"application/json"), (b"content-type", b"text/event-stream")], False),
+     ([(b"Content-Length", b"5")], False)],
+)
+def test_an_event_stream_is_told_by_its_first_content_type(
+        headers: list[tuple[bytes, bytes]], event_stream: bool) -> None:
+    assert fastwire.response_head(200, b"OK", headers, PROFILE, close=False)[2] is event_stream
+    assert (tap_for(headers, asked=False, chunked=False) is not None) is event_stream
