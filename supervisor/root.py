@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,22 +111,34 @@ class Supervisor:
         await self.gpu.start()
 
     async def close(self) -> None:
+        """The background work and the units end first, then what they measured is saved
+        (a stop or a start that ends now is in it), each write in a thread while the loop
+        still runs. A step that fails is logged and the next ones still run: a failure
+        must not cost the measured seconds, nor leave the session open."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.gpu.stop()
+        await _logged("the GPU sampler", self.gpu.stop())
         self.prefetch.stop()
-        await self.control.close()
+        await _logged("the admin API's background work", self.control.close())
         self.keeper.close()
         for handle in list(self.registry.handles.values()):
-            await handle.close()
+            await _logged(f"model {handle.name}", handle.close())
         await self.histories.save()
-        await self.savings.save()
+        await _logged("saving the savings account", self.savings.save())
         if self.journal is not None:
-            await asyncio.to_thread(self.journal.close)
+            await _logged("the journal", asyncio.to_thread(self.journal.close))
         await self.session.close()
         if self.private is not None:
             await asyncio.to_thread(shutil.rmtree, self.private, ignore_errors=True)
+
+
+async def _logged(what: str, step: Awaitable[object]) -> None:
+    """A step of the shutdown; its failure is logged, not raised."""
+    try:
+        await step
+    except Exception:
+        log.exception("shutdown: %s failed", what)
 
 
 async def build(config: Config, runtime: Runtime | None = None,

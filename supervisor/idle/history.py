@@ -9,6 +9,7 @@ survives a restart; the simulator reads the measured seconds from the same secti
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -63,15 +64,32 @@ class IdleHistory:
         if not isinstance(data, dict):
             return history
         try:
-            history.gaps.extend(float(g) for g in data.get("gaps", []))
-            history.downs.extend(sorted((float(t), float(g)) for t, g in data.get("downs", [])))
-            history.since = float(data.get("since", since))
-            for profile, kinds in dict(data.get("seconds", {})).items():
+            history.gaps.extend(_seconds(g) for g in data.get("gaps") or [])
+            history.downs.extend(sorted((_finite(t), _seconds(g))
+                                        for t, g in data.get("downs") or []))
+            history.since = _finite(data.get("since", since))
+            for profile, kinds in dict(data.get("seconds") or {}).items():
                 history.seconds[str(profile)] = {
-                    k: float(v) for k, v in dict(kinds).items() if k in KINDS}
+                    k: _seconds(v) for k, v in dict(kinds or {}).items() if k in KINDS}
         except (TypeError, ValueError):
             return cls(since)
         return history
+
+
+def _finite(value: Any) -> float:
+    """A number from the file; JSON as Python reads it also has NaN and Infinity, which
+    would make an ETA or a plan meaningless."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    number = _finite(value)
+    if number < 0:
+        raise ValueError(f"negative seconds: {value!r}")
+    return number
 
 
 def measured_seconds(section: Any) -> dict[str, dict[str, float]]:

@@ -120,12 +120,12 @@ class Keeper:
 
     def on_flight_start(self, unit: ModelHandle, flight: object) -> None:
         if self.applies(unit):
-            self._arrived(unit, self._unit(unit), down=False)
+            _advice(self._arrived, unit, self._unit(unit), down=False)
 
     def on_flight_end(self, unit: ModelHandle, flight: object) -> None:
         if (self.applies(unit) and unit.state is State.READY and not unit.in_flight
                 and not unit.held):
-            self._idle(unit, self._unit(unit))
+            _advice(self._idle, unit, self._unit(unit))
 
     def on_state(self, unit: ModelHandle, old: State, new: State, event: str) -> None:
         u = self._unit(unit)  # durations are measured for every model: the simulator's
@@ -258,3 +258,12 @@ class Keeper:
             unit.start()
         except Conflict:
             u.prewarming = False
+
+
+def _advice(decide: Callable[..., None], unit: ModelHandle, *args: Any, **kwargs: Any) -> None:
+    """The policy advises; the request that called it goes on whatever it does: a failure
+    is logged, and the unit's own timers (the upper bound) still apply."""
+    try:
+        decide(unit, *args, **kwargs)
+    except Exception:
+        log.exception("model=%s idle policy failed; the fixed timers apply", unit.name)

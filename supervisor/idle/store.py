@@ -6,11 +6,14 @@ a thread as every state-file write is."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from supervisor.idle.history import SECTION, IdleHistory
 from supervisor.idle.keeper import Keeper
 from supervisor.state_file import StateFile
+
+log = logging.getLogger("supervisor.idle")
 
 SAVE_EVERY = 60.0  # seconds
 
@@ -33,5 +36,12 @@ class HistoryStore:
             await asyncio.sleep(self.every)
             await self.save()
 
-    async def save(self) -> None:
-        await self.state.save_section(SECTION, self.keeper.histories())
+    async def save(self) -> bool:
+        """Whether it was written. A failure is logged, never raised: the next save (or
+        the next run's measurements) makes up for it, and a shutdown must go on."""
+        try:
+            await self.state.save_section(SECTION, self.keeper.histories())
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("cannot save the idle histories to %s: %s", self.state.path, exc)
+            return False
+        return True

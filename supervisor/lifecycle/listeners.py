@@ -10,11 +10,14 @@ The flight hooks run on the hot path: each is a loop over a tuple, skipped when 
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from supervisor.rules.table import State
+
+log = logging.getLogger("supervisor.lifecycle")
 
 Then = Callable[[], None]
 _HOOKS = ("on_state", "on_load", "on_flight_start", "on_flight_end", "on_swap", "fence")
@@ -63,8 +66,13 @@ class Listeners:
             child._rebuild()
 
     def state(self, unit: object, old: State, new: State, event: str) -> None:
+        """A hook that fails is logged, and the others still hear: the unit has changed
+        state already, and its effects (a start a held request waits for) must follow."""
         for hook in self.on_state:
-            hook(unit, old, new, event)
+            try:
+                hook(unit, old, new, event)
+            except Exception:
+                log.exception("a listener failed on %s -> %s (%s)", old, new, event)
 
     def load(self, unit: object) -> None:
         for hook in self.on_load:

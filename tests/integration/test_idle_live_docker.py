@@ -85,7 +85,7 @@ async def test_the_simulator_agrees_with_the_supervisor_on_a_live_trace(
 
     config = tmp_path / "sim.yaml"
     config.write_text(yaml.safe_dump({
-        "compose": compose_project(project).compose_config(),
+        "compose": {k: str(v) for k, v in compose_project(project).compose_config().items()},
         "state_file": str(settings["state_file"]),
         "models": {MODEL: model}}))
     simulated = await _simulate(config, settings["journal"])
