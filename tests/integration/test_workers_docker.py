@@ -6,6 +6,7 @@ below meets the workers with near certainty (a third of the connections each).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -26,23 +27,29 @@ CONNECTIONS = 24
 MODEL = "chat-fast"
 
 
-@pytest.fixture
-def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
-    config = {
-        "compose": {"file": str(COMPOSE_FILE), "project": compose_project(project).name},
-        "workers": 3,
-        "models": {MODEL: {**MODELS[MODEL], "idle_timeout": "2s", "stop_timeout": "1s",
-                           "startup_timeout": "30s"}},
-    }
+@contextlib.contextmanager
+def running(tmp_path: Path, config: dict[str, Any]) -> Iterator[SupervisorProcess]:
+    """A supervisor with `workers: N`, once the owner and its N - 1 workers are alive."""
     process = SupervisorProcess(tmp_path, config)
     try:
         process.start()
-        poll("the owner and both workers alive", PATIENCE,
-             lambda: sum(w["alive"] for w in workers(process)) == 3)
+        poll("the owner and its workers alive", PATIENCE,
+             lambda: sum(w["alive"] for w in workers(process)) == config["workers"])
         yield process
     finally:
         process.stop()
         print(f"supervisor log (tail):\n{process.log_tail(200)}")
+
+
+@pytest.fixture
+def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
+    with running(tmp_path, {
+        "compose": {"file": str(COMPOSE_FILE), "project": compose_project(project).name},
+        "workers": 3,
+        "models": {MODEL: {**MODELS[MODEL], "idle_timeout": "2s", "stop_timeout": "1s",
+                           "startup_timeout": "30s"}},
+    }) as process:
+        yield process
 
 
 def workers(sup: SupervisorProcess) -> list[dict[str, Any]]:
@@ -164,18 +171,13 @@ VOX = {
 @pytest.fixture
 def replicas(docker_engine: None, tmp_path: Path) -> Iterator[SupervisorProcess]:
     compose = ComposeProject(REPLICAS_COMPOSE)
-    process = SupervisorProcess(tmp_path, {
-        "compose": {"file": str(REPLICAS_COMPOSE), "project": compose.name},
-        "workers": 2, "models": {"vox": VOX}})
     try:
-        process.start()
-        poll("the owner and its worker alive", PATIENCE,
-             lambda: sum(w["alive"] for w in workers(process)) == 2)
-        yield process
+        with running(tmp_path, {"compose": {"file": str(REPLICAS_COMPOSE),
+                                            "project": compose.name},
+                                "workers": 2, "models": {"vox": VOX}}) as process:
+            yield process
     finally:
-        process.stop()
         compose.down()
-        print(f"supervisor log (tail):\n{process.log_tail(200)}")
 
 
 def served_by_server(port: int) -> int:
