@@ -52,7 +52,7 @@ from supervisor.savings.account import SECTION as SAVINGS
 from supervisor.savings.account import SavingsAccount
 from supervisor.savings.figures import EnergyMeter, gpu_sizer
 from supervisor.savings.metrics import SavingsCollector
-from supervisor.state_file import StateFile
+from supervisor.state_file import SectionSaver, StateFile
 from supervisor.workers.owner import Fleet
 
 log = logging.getLogger("supervisor.app")
@@ -78,6 +78,7 @@ class Supervisor:
     keeper: Keeper  # idle_policy: adaptive, and every model's measured start/stop/wake
     histories: HistoryStore  # the keeper's, saved to the state file
     savings: SavingsAccount  # what idling saved and cost (GET /admin/savings)
+    savings_store: SectionSaver  # its per-day totals, saved to the state file
     journal: Journal | None  # journal: PATH, a line per request
     fleet: Fleet | None  # with workers: N > 1 (the fast path on)
     control: Control
@@ -104,7 +105,7 @@ class Supervisor:
         self._tasks += [asyncio.create_task(watch(self.effects, self.registry)),
                         asyncio.create_task(self.feed.run()),
                         asyncio.create_task(self.histories.run()),
-                        asyncio.create_task(self.savings.run())]
+                        asyncio.create_task(self.savings_store.run())]
         self.control.start()
         if self.journal is not None:
             self.journal.start()
@@ -125,7 +126,7 @@ class Supervisor:
         for handle in list(self.registry.handles.values()):
             await _logged(f"model {handle.name}", handle.close())
         await self.histories.save()
-        await _logged("saving the savings account", self.savings.save())
+        await self.savings_store.save()
         if self.journal is not None:
             await _logged("the journal", asyncio.to_thread(self.journal.close))
         await self.session.close()
@@ -169,7 +170,7 @@ async def build(config: Config, runtime: Runtime | None = None,
     saved = await asyncio.to_thread(state.load)
     keeper = Keeper(time.time, saved_histories(saved, time.time()), note=metrics.events.record)
     savings = SavingsAccount(clock, time.time, units=registry.units, sizer=gpu_sizer(budget, gpu),
-                             energy=EnergyMeter(gpu), saved=saved.get(SAVINGS), state=state)
+                             energy=EnergyMeter(gpu), saved=saved.get(SAVINGS))
     metrics.registry.register(SavingsCollector(savings))
     listeners = Listeners()
     for listener in (metrics, metrics.events, budget, anatomy, prefetch, keeper, savings):
@@ -216,8 +217,9 @@ async def build(config: Config, runtime: Runtime | None = None,
         listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,
         registry=registry, gate=gate, body_budget=BodyBudget(config.max_body_memory),
         feed=MeasuredFeed(budget, gpu, state, registry.units), keeper=keeper,
-        histories=HistoryStore(keeper, state), savings=savings, journal=journal, fleet=fleet,
-        control=control, private=private)
+        histories=HistoryStore(keeper, state), savings=savings,
+        savings_store=SectionSaver(state, SAVINGS, savings.to_json, "the savings account"),
+        journal=journal, fleet=fleet, control=control, private=private)
 
 
 def _profile_of(config: Config) -> dict[str, tuple[str, str]]:

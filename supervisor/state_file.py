@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,28 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class SectionSaver:
+    """One section of the state file written every `every` seconds (until cancelled) and
+    on demand. A failed write is logged, never raised: the loop goes on and the next write
+    makes up for it, and a shutdown must not stop on it."""
+
+    def __init__(self, state: StateFile, section: str, produce: Callable[[], Any],
+                 what: str, every: float = 60.0) -> None:
+        self.state, self.section, self.produce = state, section, produce
+        self.what, self.every = what, every
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            await self.save()
+
+    async def save(self) -> bool:
+        """Whether it was written."""
+        try:
+            await self.state.save_section(self.section, self.produce())
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("cannot save %s to %s: %s", self.what, self.state.path, exc)
+            return False
+        return True

@@ -14,7 +14,6 @@ and at close), so a day's figures survive a restart; "since start" is this proce
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,14 +23,12 @@ from supervisor.lifecycle.clock import Clock
 from supervisor.lifecycle.units import REPLICA_MARK
 from supervisor.rules.table import DOWN, State
 from supervisor.savings.tally import NOTHING, Holding, Kind, Tally, by_day, day_of
-from supervisor.state_file import StateFile
 
 if TYPE_CHECKING:
     from supervisor.lifecycle.handle import ModelHandle
 
 SECTION = "savings"
 KEEP_DAYS = 31
-SAVE_EVERY = 60.0  # seconds
 
 Sizer = Callable[["ModelHandle", str, State], Holding]  # unit, profile, state -> held
 Energy = Callable[[], dict[str, float] | None]  # unit -> joules since the last call
@@ -55,10 +52,10 @@ class SavingsAccount:
     def __init__(self, clock: Clock, wall: Callable[[], float] = time.time, *,
                  units: Callable[[], Iterable[ModelHandle]] = tuple,
                  sizer: Sizer = _nothing, energy: Energy | None = None,
-                 saved: dict[str, Any] | None = None, state: StateFile | None = None,
+                 saved: dict[str, Any] | None = None,
                  keep_days: int = KEEP_DAYS) -> None:
         self.clock, self.wall, self.units = clock, wall, units
-        self.sizer, self.energy, self.state, self.keep_days = sizer, energy, state, keep_days
+        self.sizer, self.energy, self.keep_days = sizer, energy, keep_days
         self.began, self.began_wall = clock.now(), wall()
         self.totals: dict[str, Tally] = {}  # since the start, by unit
         self.days: dict[str, dict[str, Tally]] = _load_days(saved)  # day -> unit -> tally
@@ -123,16 +120,6 @@ class SavingsAccount:
         self.fold()
         return {"days": {day: {n: t.to_json() for n, t in units.items()}
                          for day, units in self.days.items()}}
-
-    async def run(self) -> None:
-        """Save the per-day totals every minute, until cancelled."""
-        while True:
-            await asyncio.sleep(SAVE_EVERY)
-            await self.save()
-
-    async def save(self) -> None:
-        if self.state is not None:
-            await self.state.save_section(SECTION, self.to_json())
 
     # -- inside -----------------------------------------------------------------------
 
