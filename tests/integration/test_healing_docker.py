@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from supervisor.rules.table import State
-from tests.helpers import PATIENCE, wait_for_event
+from tests.helpers import PATIENCE, metric_value, scrape, wait_for_event
 
 from .conftest import chat, compose_project, starts, wait_for
 
@@ -164,12 +164,21 @@ async def test_warmup_reaches_the_server_before_any_held_request(
     order = await _order(http, 19102)
     assert order[0] == "warmup POST /v1/chat/completions", order
     assert order[1:] == ["request POST /v1/chat/completions"] * 5
-    async with http.get(sup.url + "/metrics") as r:
-        text = await r.text()
-    assert 'supervisor_model_warmup_seconds_count{model="chat-slow",profile="default",' \
-           'outcome="ok"} 1' in text
-    assert 'supervisor_request_upstream_seconds_count{model="chat-slow",phase="first"} 1' in text
-    assert 'supervisor_request_upstream_seconds_count{model="chat-slow",phase="warm"} 4' in text
+    upstream = "supervisor_request_upstream_seconds_count"
+    text = ""
+
+    async def all_five_counted() -> bool:  # counted after the last byte reached the client
+        nonlocal text
+        text = await scrape(http, sup)
+        return text.count(upstream + '{model="chat-slow"') == 2 and sum(
+            metric_value(text, upstream, model="chat-slow", phase=phase)
+            for phase in ("first", "warm")) >= 5
+
+    await wait_for(all_five_counted, PATIENCE, "the five requests in the metrics")
+    assert metric_value(text, "supervisor_model_warmup_seconds_count", model="chat-slow",
+                        profile="default", outcome="ok") == 1
+    assert metric_value(text, upstream, model="chat-slow", phase="first") == 1
+    assert metric_value(text, upstream, model="chat-slow", phase="warm") == 4
 
 
 async def test_warmup_beside_the_held_requests_and_a_failed_one_does_not_fail_the_start(
