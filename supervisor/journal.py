@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 log = logging.getLogger("supervisor.journal")
 
@@ -45,6 +45,14 @@ class Entry:
                            "profile": self.profile, "duration": round(self.duration, 3),
                            "held": round(self.held, 3), "start": self.start,
                            "status": self.status}, separators=(", ", ": ")) + "\n"
+
+
+class Recorder(Protocol):
+    """What the fast path records a request in: the owner's Journal, or a worker's feed
+    of the owner's (workers/journal_feed.py)."""
+
+    def served(self, model: str, profile: str, began: float, ended: float, held: float,
+               start: StartKind, status: int) -> None: ...
 
 
 class Journal:

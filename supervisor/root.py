@@ -192,6 +192,8 @@ async def build(config: Config, runtime: Runtime | None = None,
         registry.add(handle)
     gate = Gate(build_clients(config), retry_after=config.drain_retry_after)
     metrics.registry.register(UsageCollector(lambda: gate.clients))
+    journal = None if config.journal is None else Journal(
+        config.journal, config.journal_max_bytes, config.journal_keep)
     fleet, private = None, None
     if workers > 1:
         assert config_path is not None
@@ -199,7 +201,7 @@ async def build(config: Config, runtime: Runtime | None = None,
         # may reach it.
         private = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="model-supervisor-"))
         fleet = Fleet(workers, _absolute(config_path), str(private / "owner.sock"),
-                      registry, metrics, gate, listeners)
+                      registry, metrics, gate, listeners, journal)
 
     def used_bytes(model: str) -> int | None:
         sample = gpu.sample
@@ -210,8 +212,6 @@ async def build(config: Config, runtime: Runtime | None = None,
     control = Control(config, config_path, effects, metrics, registry, gate,
                       used_bytes=used_bytes, state=state, listeners=listeners, gpus=budget,
                       anatomy=anatomy, fleet=fleet, keeper=keeper, savings=savings)
-    journal = None if config.journal is None else Journal(
-        config.journal, config.journal_max_bytes, config.journal_keep)
     return Supervisor(
         config=config, runtime=rt, session=session, state=state, gpu=gpu, metrics=metrics,
         listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from supervisor.clients.table import Client
-from supervisor.journal import Journal
+from supervisor.journal import Recorder
 from supervisor.lifecycle.servable import Catalog
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.gate import Gate
@@ -30,7 +30,7 @@ class Context:
     registry: Catalog
     metrics: Metrics
     gate: Gate
-    journal: Journal | None = None  # the owner's (a worker's requests are not journaled)
+    journal: Recorder | None = None  # the owner's Journal, or a worker's feed of it
 
     def client_of(self, authorization: bytes | None) -> Client | None:
         """Whose key it is, when forwarded as it is (policy.forwarded_client)."""

@@ -8,16 +8,21 @@ drain mode), `close` (stop forwarding a model until the next table; answer `ack`
 `abort` (cancel the exchanges of a model: a force stop or a dead server).
 Worker to owner: `hello`, `busy` / `idle` (its count of requests for a model went
 0 -> 1 / 1 -> 0), `ack`, `failed` (a connection to the server was refused), `stats`
-(its cumulative request metrics, about once a second).
+(its cumulative request metrics, about once a second), `journal` (with `journal:`, the
+requests it forwarded itself since the last one, a row each: journal.Entry's fields in
+order; the owner writes them to its journal).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import orjson
+
+from supervisor.journal import Entry as JournalEntry
+from supervisor.journal import StartKind
 
 LINE_LIMIT = 64 << 20  # a stats message with many label sets is still one line
 Message = dict[str, Any]
@@ -58,6 +63,26 @@ def table(entries: list[Entry], *, draining: bool) -> Message:
 
 def entries(message: Message) -> list[Entry]:
     return [Entry.decode(row) for row in message["models"]]
+
+
+JournalRow = tuple[float, str, str, float, float, StartKind, int]
+_STARTS = get_args(StartKind)
+
+
+def journal(rows: list[JournalRow]) -> Message:
+    return {"t": "journal", "rows": rows}
+
+
+def journal_entries(message: Message) -> list[JournalEntry]:
+    """The rows as journal entries (ValueError on a row that is not one)."""
+    out = []
+    for row in message["rows"]:
+        time, model, profile, duration, held, start, status = row
+        if start not in _STARTS:
+            raise ValueError(f"not a start kind: {start!r}")
+        out.append(JournalEntry(float(time), str(model), str(profile), float(duration),
+                                float(held), start, int(status)))
+    return out
 
 
 async def read(reader: asyncio.StreamReader) -> Message | None:

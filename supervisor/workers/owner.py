@@ -1,6 +1,7 @@
 """The lifecycle owner's side of the worker processes: it spawns N-1 of them (each binds
 the proxy port with SO_REUSEPORT and forwards for the models the owner says are ready),
-restarts one that exits, pushes them the table of units (models, and each replica of a
+restarts one that exits, writes the requests they forwarded to the journal (with
+`journal:`), pushes them the table of units (models, and each replica of a
 model that has replicas) on every change of state, counts a busy worker as one request in
 flight on the unit's handle, and fences them before every decision that needs "nothing in
 flight" (the idle stop, the sleep tier, an eviction). It hears the units as a listener
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.journal import Journal
 from supervisor.lifecycle.handle import ModelHandle
 from supervisor.lifecycle.listeners import Listeners
 from supervisor.lifecycle.registry import Registry
@@ -28,26 +30,30 @@ from supervisor.proxy.gate import Gate
 from supervisor.rules.table import State
 from supervisor.workers import stats
 from supervisor.workers.link import Link
-from supervisor.workers.messages import LINE_LIMIT, Entry, read, table
+from supervisor.workers.messages import LINE_LIMIT, Entry, Message, journal_entries, read, table
 from supervisor.workers.worker import GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
 RESTART_SECONDS = 1.0
 STOP_SECONDS = GRACE_SECONDS + 2.0  # a worker's grace, and its exit
+REST_SECONDS = 1.0  # to read what an exited worker sent last (its totals, journal rows)
 _FLIGHT_STATES = (State.READY, State.DRAINING, State.SLEEPING)  # a leased request may end
 
 
 class Fleet:
     def __init__(self, count: int, config_path: str, owner_socket: str, registry: Registry,
-                 metrics: Metrics, gate: Gate, listeners: Listeners) -> None:
+                 metrics: Metrics, gate: Gate, listeners: Listeners,
+                 journal: Journal | None = None) -> None:
         self.links = [Link(slot) for slot in range(1, count)]
+        self.journal = journal  # with it, the workers send what they forwarded (journal_feed)
         self.config_path, self.owner_socket = config_path, owner_socket
         self.registry, self.metrics, self.gate = registry, metrics, gate
         self.listeners = listeners
         self.fencing: dict[str, int] = {}
         self._push_due = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots: list[asyncio.Task[Any]] = []  # each slot's loop (_run)
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
 
@@ -55,8 +61,7 @@ class Fleet:
 
     def start(self) -> None:
         self.listeners.add(self)  # its units' changes and fences, from now on
-        for link in self.links:
-            self._spawn(self._run(link))
+        self._slots = [self._spawn(self._run(link)) for link in self.links]
         self._spawn(self._heartbeat())
 
     async def _run(self, link: Link) -> None:
@@ -118,10 +123,23 @@ class Fleet:
             elif kind == "stats":
                 link.current = message["stats"]
                 link.in_flight = int(message.get("in_flight", 0))
+            elif kind == "journal":
+                self._journal(link, message)
             elif kind == "failed":
                 handle = self._handle(message["m"])
                 if handle is not None:
                     self._spawn(handle.upstream_failed())
+
+    def _journal(self, link: Link, message: Message) -> None:
+        if self.journal is None:
+            return
+        try:
+            entries = journal_entries(message)
+        except (ValueError, TypeError) as exc:  # a bug in the worker: lines, not a restart
+            log.warning("worker %d: a journal message that is not one (%s)", link.slot, exc)
+            return
+        for entry in entries:
+            self.journal.record(entry)
 
     def _busy(self, link: Link, name: str) -> None:
         handle = self._handle(name)
@@ -146,6 +164,9 @@ class Fleet:
             if isinstance(ended, BaseException):
                 log.warning("worker pid %d did not exit in %.0f s: killing it", proc.pid,
                             STOP_SECONDS)
+        # A slot whose worker exited reads its channel to the end, then ends by itself.
+        if self._slots:
+            await asyncio.wait(self._slots, timeout=REST_SECONDS)
         for task in list(self._tasks):
             task.cancel()  # what is left of each slot's loop kills its process and waits
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -158,10 +179,11 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
 
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- the model table ------------------------------------------------------------------
 

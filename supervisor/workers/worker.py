@@ -27,6 +27,7 @@ from supervisor.proxy.inner import InnerPool
 from supervisor.proxy.limits import LimitedServer, connection_limit, listen
 from supervisor.tokens.estimate import load_estimator
 from supervisor.workers import stats
+from supervisor.workers.journal_feed import JournalFeed
 from supervisor.workers.messages import LINE_LIMIT, Message, encode, read
 from supervisor.workers.mirror import Mirror, Mirrors, MirrorSet
 from supervisor.workers.relay import Relay
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STATS_SECONDS = 1.0
 GRACE_SECONDS = 5.0  # on SIGTERM: how long the requests it forwards may take to end
+FLUSH_SECONDS = 1.0  # then, for its last messages to reach the owner (within STOP_SECONDS)
 RELAY_IDLE = 16  # unused connections to the owner it keeps (each is a descriptor there)
 
 
@@ -60,16 +62,17 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     units = list(registry.units.values())
     metrics = Metrics()
     gate = Gate(build_clients(config), retry_after=config.drain_retry_after)
+    feed = JournalFeed() if config.journal is not None else None  # none: nothing kept
     plane = DataPlane(config.http, relay_to=owner_socket)  # WebSockets go to the owner
     plane.start(InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True),
-                Context(registry, metrics, gate))
+                Context(registry, metrics, gate, feed))
     host, port = host_port(config.listen)
     limit = connection_limit(config.max_connections, config.fd_reserve)
     server = LimitedServer(plane.protocol, listen(host, port, 1024, reuse_port=True), limit,
                            "worker listener")
     await server.start_serving()
     send({"t": "hello", "pid": os.getpid()})
-    reporter = asyncio.create_task(_report(metrics, units, send))
+    reporter = asyncio.create_task(_report(metrics, units, feed, send, writer))
     loop = asyncio.get_running_loop()
     control = asyncio.create_task(_obey(reader, registry, gate, send))
     stop = asyncio.Event()
@@ -87,6 +90,10 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     reporter.cancel()
     await plane.shutdown(None)
     send({"t": "stats", "stats": stats.snapshot(metrics)})  # its last totals
+    if feed is not None:
+        feed.ship(send, lambda: 0)  # all it has left (BUFFER rows at most)
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        await asyncio.wait_for(writer.drain(), FLUSH_SECONDS)  # before the loop ends
     writer.close()
 
 
@@ -118,9 +125,11 @@ async def _obey(reader: asyncio.StreamReader, registry: Mirrors, gate: Gate,
     log.info("worker %d: the owner's channel ended; exiting", os.getpid())
 
 
-async def _report(metrics: Metrics, mirrors: list[Mirror],
-                  send: Callable[[Message], None]) -> None:
+async def _report(metrics: Metrics, mirrors: list[Mirror], feed: JournalFeed | None,
+                  send: Callable[[Message], None], writer: asyncio.StreamWriter) -> None:
     while True:
         await asyncio.sleep(STATS_SECONDS)
         send({"t": "stats", "stats": stats.snapshot(metrics),
               "in_flight": sum(m.in_flight for m in mirrors)})
+        if feed is not None:
+            feed.ship(send, writer.transport.get_write_buffer_size)

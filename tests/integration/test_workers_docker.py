@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -45,7 +46,7 @@ def running(tmp_path: Path, config: dict[str, Any]) -> Iterator[SupervisorProces
 def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
     with running(tmp_path, {
         "compose": {"file": str(COMPOSE_FILE), "project": compose_project(project).name},
-        "workers": 3,
+        "workers": 3, "journal": str(tmp_path / "journal.jsonl"),
         "models": {MODEL: {**MODELS[MODEL], "idle_timeout": "2s", "stop_timeout": "1s",
                            "startup_timeout": "30s"}},
     }) as process:
@@ -54,6 +55,13 @@ def sup(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
 
 def workers(sup: SupervisorProcess) -> list[dict[str, Any]]:
     return http_get(sup.admin + "/admin/workers")[1]["workers"]
+
+
+def journal(sup: SupervisorProcess) -> list[dict[str, Any]]:
+    """Its complete lines (the owner's thread may be writing the last one)."""
+    path = sup.config_path.parent / "journal.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1]]
 
 
 def state(sup: SupervisorProcess) -> str:
@@ -94,6 +102,12 @@ async def test_requests_spread_counted_and_a_killed_worker_comes_back(sup) -> No
          lambda: requests_total(sup) == sent)
     rows = workers(sup)
     assert sum(1 for w in rows if w["requests_forwarded"] > 0) > 1, rows
+    # Every request is in the journal, the workers' too (they send theirs once a second;
+    # the owner writes every second).
+    poll("a journal line per request", PATIENCE, lambda: len(journal(sup)) >= sent)
+    lines = journal(sup)
+    assert len(lines) == sent
+    assert {(line["model"], line["status"]) for line in lines} == {(MODEL, 200)}
     # Kill a worker: it is restarted, and the port keeps answering meanwhile.
     victim = next(w for w in rows if w["role"] == "worker")
     os.kill(victim["pid"], signal.SIGKILL)
@@ -150,7 +164,6 @@ async def _in_flight(sup: SupervisorProcess) -> bool:
 
 
 def _force_stop(sup: SupervisorProcess) -> tuple[int, Any]:
-    import json
     import urllib.request
     req = urllib.request.Request(sup.admin + f"/admin/models/{MODEL}/stop",
                                  data=json.dumps({"force": True}).encode(), method="POST",
@@ -174,7 +187,8 @@ def replicas(docker_engine: None, tmp_path: Path) -> Iterator[SupervisorProcess]
     try:
         with running(tmp_path, {"compose": {"file": str(REPLICAS_COMPOSE),
                                             "project": compose.name},
-                                "workers": 2, "models": {"vox": VOX}}) as process:
+                                "workers": 2, "journal": str(tmp_path / "journal.jsonl"),
+                                "models": {"vox": VOX}}) as process:
             yield process
     finally:
         compose.down()
@@ -188,7 +202,9 @@ def served_by_server(port: int) -> int:
 
 async def test_a_worker_forwards_to_the_replicas_of_a_model(replicas) -> None:
     """`workers: 2` and a model with two replicas: the worker process forwards to them
-    itself (its own forwarded count), and every request reaches a replica's server."""
+    itself (its own forwarded count), and every request reaches a replica's server and,
+    once the supervisor stopped, the journal (what the worker had not sent yet, it sends
+    as it exits)."""
     def both_ready() -> bool:
         rows = http_get(replicas.admin + "/admin/models/vox")[1]["replicas"]
         return [r["state"] for r in rows] == ["ready", "ready"]
@@ -201,3 +217,8 @@ async def test_a_worker_forwards_to_the_replicas_of_a_model(replicas) -> None:
          lambda: next(w for w in workers(replicas) if w["slot"] == worker["slot"])
          ["requests_forwarded"] > 0)
     assert served_by_server(19161) + served_by_server(19162) == len(answers)
+    # More, then a stop at once: the worker has not reported them yet; it does as it exits.
+    answers += await each_connection(replicas, CONNECTIONS, chat("vox"))
+    replicas.stop()
+    assert [(x["model"], x["status"]) for x in journal(replicas)] == [("vox", 200)] * len(
+        answers)
