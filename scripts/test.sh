@@ -37,7 +37,7 @@ mypy
 say "import contracts"
 lint-imports
 say "fast suite: unit tests and real-Docker integration tests"
-pytest -m "not vllm and not slow" "$@"
+pytest -m "not vllm and not slow" --durations=15 "$@"
 check_work_tree
 if [[ $FAST == 1 ]]; then exit 0; fi
 say "slow suite: the live idle policy on real Docker (a few minutes)"

@@ -8,9 +8,12 @@ seconds requests would wait on a start (times `prefer`'s weight): a fixed timer 
 the candidates, so the choice is never worse on the past than the operator's bound. Where
 the gaps say nothing (demand that repeats by time of day or week, not by gap), the arrivals
 that found the model down are folded by day and by week (timeofday.py): a phase seen in
-most periods is demand to pre-warm for. Each gap seen stands for a spread around it and the
-keep-alive moves only part of the way to each new cheapest one: on the flat cost of random
-gaps a choice that follows every new gap wanders, and pays more than any one choice. Nothing
+most periods is demand to pre-warm for, and the long gaps before it are left out of the
+keep-alive's price (the pre-warm and the end of the day's demand deal with them). Each gap
+seen stands for a spread around it, and the keep-alive moves towards each new cheapest one
+by what the move saves: on the flat cost of random gaps a choice that follows every new gap
+wanders, and pays more than any one choice. Below the rent (what a start costs) it comes
+only as far as the gaps seen above it allow: a heavy tail shows itself late. Nothing
 here knows seconds from hours: margins are fractions of the gaps and of the period, so a
 pattern of 30 s is learned as one of 30 min.
 """
@@ -25,12 +28,15 @@ from itertools import accumulate
 
 from supervisor.idle.timeofday import DAY, PHASE_TOLERANCE, next_demand
 
-MIN_GAPS = 8  # fewer idle gaps seen: the operator's fixed timers (not representative yet)
+MIN_GAPS = 6  # fewer idle gaps seen: the operator's fixed timers (not representative yet)
 MARGIN = 0.1  # of a gap: a pre-warm is ready this much early, a keep-alive this much late
 # One user-second waited is worth this many GPU-seconds held.
 WAIT_WEIGHT = {"latency": 30.0, "balanced": 6.0, "savings": 1.0}
 LONG_GAP = 4.0  # x the keep-alive: demand after such gaps is looked for by time of day
-DAMPING = 0.1  # how far a new plan moves the keep-alive towards the cheapest
+DAMPING = 0.1  # how far a new plan moves the keep-alive towards the cheapest, at least
+MAX_FOLLOWERS = 100  # requests counted as waiting on one start, at most
+DECISIVE = 0.25  # a move that saves this share of the cost is taken in full
+TAIL_PRIOR = 4.0  # gaps above a keep-alive shorter than the rent that count as much as it
 QUANTILES = tuple(i / 40 for i in range(41))  # keep-alive candidates among the gaps
 KERNEL = (-1.28, -0.52, 0.0, 0.52, 1.28)  # normal quantiles: five equally likely points
 BANDWIDTH = 0.5  # the widest kernel, in log-seconds
@@ -102,7 +108,8 @@ class _Gaps:
 
     def __init__(self, gaps: Sequence[float]) -> None:
         logs = sorted(math.log(max(g, 1e-9)) for g in gaps)
-        n, k, inf = len(logs), NEIGHBOURS, math.inf
+        n, inf = len(logs), math.inf
+        k = min(NEIGHBOURS, 1 + n // 16)  # few gaps: a pair alike is already a cluster
         floor = FLOOR * n ** -0.2
         # Apart from the k-th gap on the nearer side: at a cluster's edge, its own side.
         near = [min(x - logs[i - k] if i >= k else inf, logs[i + k] - x if i + k < n else inf)
@@ -149,16 +156,33 @@ def _price(g: _Gaps, keep: float, prewarm: float | None, window: float, up: floa
 
 
 def _best(gaps: Sequence[float], up: float, down: float, lo: float, hi: float,
-          weight: float, previous: float | None = None) -> _Choice:
+          weight: float, previous: float | None = None, rent: float | None = None) -> _Choice:
     """The cheapest keep-alive in [lo, hi] on these gaps, with or without a pre-warm; with
     a `previous` keep-alive, one moved from it only part of the way towards the cheapest:
     on a flat cost the cheapest follows each new gap, and a policy that jumps between
-    keep-alives pays more than any one of them would."""
+    keep-alives pays more than any one of them would. With a `rent`, a keep-alive shorter
+    than it stands on the gaps seen above it: with few of them (a heavy tail not yet
+    seen), it comes only part of the way from the rent."""
     g = _Gaps(gaps)
     fresh = _cheapest(g, up, down, lo, hi, weight)
+    if rent is not None and fresh.prewarm is None and fresh.keep < rent:
+        above = sum(1 for x in gaps if x > fresh.keep)
+        keep = fresh.keep + (rent - fresh.keep) * TAIL_PRIOR / (TAIL_PRIOR + above)
+        fresh = _price(g, keep, None, 0.0, up, down, weight)
     if previous is None or not lo <= previous <= hi:
         return fresh
-    keep = previous + DAMPING * (fresh.keep - previous)
+    # The step grows with what the move saves: a cost that is flat between the two (random
+    # gaps) moves the keep-alive a little; one the gaps clearly favour (a pattern that
+    # repeats) is taken at once.
+    stay = _with_prewarm(g, previous, fresh, up, down, weight)
+    gain = (stay.cost - fresh.cost) / stay.cost if stay.cost > 0 else 0.0
+    step = min(1.0, max(DAMPING, gain / DECISIVE))
+    return _with_prewarm(g, previous + step * (fresh.keep - previous), fresh, up, down, weight)
+
+
+def _with_prewarm(g: _Gaps, keep: float, fresh: _Choice, up: float, down: float,
+                  weight: float) -> _Choice:
+    """`keep` priced with the fresh choice's pre-warm where there is room for it."""
     if fresh.prewarm is not None and fresh.prewarm - keep - down >= up:
         return _price(g, keep, fresh.prewarm, fresh.window, up, down, weight)
     return _price(g, keep, None, 0.0, up, down, weight)
@@ -188,12 +212,21 @@ def _cheapest(g: _Gaps, up: float, down: float, lo: float, hi: float,
 
 
 def requests_per_start(gaps: Sequence[float], up: float) -> float:
-    """How many requests a start keeps waiting: one, plus those that follow it within the
-    start at the usual pace (the median gap)."""
-    if not gaps or up <= 0:
-        return 1.0
-    median = sorted(gaps)[len(gaps) // 2]
-    return 1.0 + min(up / median, 100.0) if median > 0 else 100.0
+    """How many requests a start keeps waiting: the one that found the model down (the
+    first after a gap longer than a start), plus those that followed it within a start's
+    seconds, on average over the history (a burst of three 1 s apart: three). A start
+    the history has not yet seen the end of does not count."""
+    followers: list[int] = []
+    for i, gap in enumerate(gaps):
+        if gap < up:
+            continue
+        waited, j = 0.0, i + 1
+        while j < len(gaps) and waited + gaps[j] < up and j - i <= MAX_FOLLOWERS:
+            waited += gaps[j]
+            j += 1
+        if j < len(gaps) or j - i > MAX_FOLLOWERS:
+            followers.append(j - i - 1)
+    return 1.0 + sum(followers) / len(followers) if followers else 1.0
 
 
 def plan(history: History, now: float, bounds: Bounds, costs: Costs, *,
@@ -207,14 +240,21 @@ def plan(history: History, now: float, bounds: Bounds, costs: Costs, *,
     gaps = history.gaps
     weight = WAIT_WEIGHT.get(bounds.prefer, WAIT_WEIGHT["balanced"])
     if len(gaps) < MIN_GAPS:
-        # Nothing to learn from yet: keep it as long as a start would cost (ski rental:
-        # never more than twice the best choice in hindsight, whatever comes).
-        rent = min(hi, max(lo, costs.start + costs.stop + weight * costs.start))
+        rent = _rent(costs, weight, lo, hi)
         return Plan(sleep_fixed, rent, None, 0.0,
                     f"keep {_secs(rent)}, what a start costs, until {MIN_GAPS} idle gaps "
                     f"are seen ({len(gaps)} so far)")
+    # Where demand after long gaps repeats by time of day, those gaps are the time-of-day
+    # plan's (a stop when demand ends, a pre-warm before it comes back), not the
+    # keep-alive's: it is priced on the gaps within the periods of demand.
+    overnight = LONG_GAP * hi
+    if next_demand(sorted(t for t, gap in history.downs if gap >= overnight), history.since,
+                   now) is not None:
+        within = [g for g in gaps if g < overnight]
+        gaps = within if len(within) >= MIN_GAPS else gaps
     weight *= requests_per_start(gaps, costs.start)
-    stop = _best(gaps, costs.start, costs.stop, lo, hi, weight, previous)
+    stop = _best(gaps, costs.start, costs.stop, lo, hi, weight, previous,
+                 rent=_rent(costs, weight, lo, hi))
     sleep_after = None
     if sleep_fixed is not None and costs.wake is not None and stop.keep > lo:
         nap = _best(gaps, costs.wake, 0.0, lo, stop.keep, weight)
@@ -239,6 +279,13 @@ def plan(history: History, now: float, bounds: Bounds, costs: Costs, *,
             prewarm_at, window = at, max(window, min(hi, 2 * tol + stop.keep))
             why += f", start again for demand seen at this time of {period}"
     return Plan(sleep_after, stop.keep, prewarm_at, window, why)
+
+
+def _rent(costs: Costs, weight: float, lo: float, hi: float) -> float:
+    """Keep it as long as a start would cost (ski rental: never more than twice the best
+    choice in hindsight, whatever comes): where nothing is learnt yet, and what a short
+    keep-alive comes from."""
+    return min(hi, max(lo, costs.start + costs.stop + weight * costs.start))
 
 
 def _secs(seconds: float) -> str:

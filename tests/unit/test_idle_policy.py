@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from supervisor.idle.history import IdleHistory
 from supervisor.idle.keeper import Keeper
-from supervisor.idle.policy import MIN_GAPS, Bounds, Costs, History, plan
+from supervisor.idle.policy import MIN_GAPS, Bounds, Costs, History, plan, requests_per_start
 from supervisor.idle.timeofday import DAY, next_demand, quiet_from
 
 MONDAY = 1704067200.0
@@ -26,13 +28,17 @@ def bursts(period: float, burst_gaps: int, pace: float) -> list[float]:
 @pytest.mark.parametrize(("gaps", "keep", "prewarm"), [
     # Too few gaps: keep as long as a start costs (ski rental), no pre-warm.
     ([5.0] * (MIN_GAPS - 1), (60 + 3 + 6 * 60, 60 + 3 + 6 * 60), None),
-    # Only short gaps: keep just past them (each gap seen stands for a few around it).
-    ([5.0, 6.0, 7.0, 8.0] * 10, (8.0, 10.0), None),
+    # Only short gaps: nothing says what follows a longer one, so the rent (a keep-alive
+    # shorter than it stands on the gaps seen above it).
+    ([5.0, 6.0, 7.0, 8.0] * 10, (60 + 3 + 6 * 60, 60 + 3 + 6 * 60), None),
+    # ... and once a dozen longer gaps are seen, a quarter of the way back from it.
+    ([5.0, 6.0, 7.0, 8.0] * 10 + [20000.0] * 12, (100.0, 130.0), None),
     # Hourly jobs (short gaps, then ~55 min): give back after the burst, start ahead.
     (bursts(3300.0, 30, 10.0), (10.0, 12.0), (2500.0, 3200.0)),
-    # Rare and random (one gap per 3 h on average): give back at once, no pre-warm.
+    # Rare and random (one gap per 3 h on average): give back within a minute (what is
+    # left of the rent after 30 long gaps), no pre-warm.
     ([600.0, 20000.0, 3000.0, 9000.0, 15000.0, 1200.0, 30000.0, 7000.0, 11000.0,
-      4000.0] * 3, (0.0, 0.0), None),
+      4000.0] * 3, (0.0, 60.0), None),
 ])
 def test_the_plan_follows_the_gaps(gaps: list[float], keep: tuple[float, float],
                                    prewarm: tuple[float, float] | None) -> None:
@@ -73,6 +79,52 @@ def test_preferring_latency_keeps_longer_than_preferring_savings() -> None:
                           COSTS).stop_after for prefer in ("savings", "balanced", "latency")}
     assert keeps["savings"] <= keeps["balanced"] <= keeps["latency"]
     assert keeps["savings"] < keeps["latency"]
+
+
+@pytest.mark.parametrize(("gaps", "up", "waiting"), [
+    ([1.0, 1.0, 28.0] * 5, 3.5, 3.0),  # bursts of three 1 s apart: all three wait
+    ([100.0] * 20, 60.0, 1.0),  # nothing follows within a start: the one request
+    ([1.0] * 20, 60.0, 1.0),  # no gap longer than a start: none ever finds it down
+])
+def test_the_requests_a_start_keeps_waiting(gaps: list[float], up: float,
+                                            waiting: float) -> None:
+    assert requests_per_start(gaps, up) == pytest.approx(waiting)
+
+
+def test_the_plan_moves_by_what_the_move_saves() -> None:
+    """The last plan's keep-alive moves towards the cheapest by what that saves: bursts
+    every 55 min, after a plan that kept the model 60 min, give a plan with a pre-warm at
+    once; on random gaps, from a keep-alive that costs nearly the same, a tenth to a
+    quarter of the way,
+    and from one that costs far more, all the way."""
+    pattern = plan(History(bursts(3300.0, 30, 10.0), (), 0.0), 0.0, BOUNDS, COSTS,
+                   previous=3600.0)
+    assert pattern.stop_after < 60.0 and pattern.prewarm_at is not None, pattern.reason
+    rng = random.Random(1)
+    gaps = [rng.expovariate(1 / 900.0) for _ in range(200)]
+    fresh = plan(History(gaps, (), 0.0), 0.0, BOUNDS, COSTS).stop_after
+    near = plan(History(gaps, (), 0.0), 0.0, BOUNDS, COSTS, previous=fresh + 20.0)
+    assert fresh + 15.0 <= near.stop_after <= fresh + 18.0, near.reason
+    far = plan(History(gaps, (), 0.0), 0.0, BOUNDS, COSTS, previous=1200.0)
+    assert far.stop_after == pytest.approx(fresh), far.reason
+
+
+def test_gaps_the_time_of_day_foresees_do_not_shorten_the_keep_alive() -> None:
+    """Office hours: gaps of a few minutes by day, nights of 15 h. Once demand after the
+    nights is seen to come at 9:00 each day, the nights are the pre-warm's and the end of
+    day's, and the keep-alive is priced on the day's gaps alone: longer than without."""
+    rng = random.Random(2)
+    gaps: list[float] = []
+    downs: list[tuple[float, float]] = []
+    for day in range(4):
+        gaps += [rng.expovariate(1 / 300.0) for _ in range(100)]
+        morning = MONDAY + (day + 1) * DAY + 9 * 3600
+        gaps.append(15 * 3600.0)
+        downs.append((morning, 15 * 3600.0))
+    now = MONDAY + 4 * DAY + 12 * 3600
+    by_day = plan(History(gaps, downs, MONDAY), now, BOUNDS, COSTS)
+    blind = plan(History(gaps, (), MONDAY), now, BOUNDS, COSTS)
+    assert by_day.stop_after > blind.stop_after, (by_day.reason, blind.reason)
 
 
 def test_demand_at_the_same_time_each_day_is_foreseen() -> None:
