@@ -106,7 +106,7 @@ class Supervisor:
                         asyncio.create_task(self.feed.run()),
                         asyncio.create_task(self.histories.run()),
                         asyncio.create_task(self.savings_store.run())]
-        self.control.start()
+        await self.control.start()
         if self.journal is not None:
             self.journal.start()
         await self.gpu.start()

@@ -115,6 +115,24 @@ class GpuBudget:
     def waiting(self, model: str) -> bool:
         return model in self._waiting
 
+    def fits_in_place(self, handle: ModelHandle, profile: Profile) -> bool:
+        """Whether `handle`, asleep, could take its whole need now without evicting anyone
+        and ahead of no waiter. A deepening wakes the model briefly (vLLM loads its
+        weights back, then sleeps at level 2): into memory another model may have taken
+        since it fell asleep, it would fail, or take what a waiter is owed."""
+        if self.needs is None or not self.placed(handle, profile):
+            return True
+        if self._waiting:
+            return False
+        occupants = [self._occupant(h, State.ASLEEP if h is handle else None)
+                     for h in self.handles() if h.state not in DOWN and self._knows(h)]
+        used = self.device_used()
+        foreign = None if used is None else foreign_memory(
+            used, [o.gpus for o in occupants], self.needs.totals)
+        demand = Demand(handle.name, profile.name,
+                        self.needs.need(handle.name, profile.name).per_gpu, self.clock.now())
+        return plan(self.needs.totals, occupants, [demand], foreign)[0].kind is Verdict.START
+
     async def sleep_level(self, handle: ModelHandle, profile: Profile, level: int) -> int:
         """Host RAM for a level-1 sleep (gpus/host_ram.py): made by deepening the least
         recently used level-1 sleepers, else this one sleeps at level 2."""
@@ -170,9 +188,9 @@ class GpuBudget:
             held[h.name] = {g: totals.get(g, 0) if b is None else b for g, b in per_gpu.items()}
         return held
 
-    def _occupant(self, h: ModelHandle) -> Occupant:
+    def _occupant(self, h: ModelHandle, state: State | None = None) -> Occupant:
         assert self.needs is not None
-        state = h.state
+        state = state or h.state
         if h.name in self._waiting:  # waiting to wake: what it holds is its asleep size
             state = State.ASLEEP
         asleep = self.needs.asleep(h.name, h.profile.name) if h.config.sleep.enabled else None

@@ -23,6 +23,10 @@ class GpuAdmission(Protocol):
     def waiting(self, model: str) -> bool:
         """Whether `model` waits for memory."""
 
+    def fits_in_place(self, handle: Any, profile: Profile) -> bool:
+        """Whether `handle`, asleep, could take its whole need now without evicting
+        anyone and ahead of no waiter: what the brief wake of a deepening needs."""
+
     async def sleep_level(self, handle: Any, profile: Profile, level: int) -> int:
         """The level a sleep at `level` may take: level 1 keeps the weights in host RAM,
         made where short by deepening other level-1 sleepers; 2 when it cannot be."""
@@ -36,6 +40,9 @@ class Unplaced:
 
     def waiting(self, model: str) -> bool:
         return False
+
+    def fits_in_place(self, handle: Any, profile: Profile) -> bool:
+        return True
 
     async def sleep_level(self, handle: Any, profile: Profile, level: int) -> int:
         return level

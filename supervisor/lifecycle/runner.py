@@ -59,8 +59,18 @@ class Runner:
         h = self.h
         why = (f"after sleep.deepen_after ({h.config.sleep.deepen_after:.0f}s)"
                if reason == Event.DEEPEN else reason)
-        self.spawn("deepen", self._asleep_at(2, self.effects.deepen(
-            h.name, h.config, h.profile, h.upstream_headers, why)))
+        self.spawn("deepen", self._deepen(why))
+
+    async def _deepen(self, why: str) -> Outcome:
+        """A deepening wakes the model briefly: only where its whole need fits now (no
+        eviction for it, no waiter passed); else it is stopped, which frees the host RAM
+        too (the next request pays a start instead of a level-2 wake)."""
+        h = self.h
+        if not self.effects.gpus.fits_in_place(h, h.profile):
+            return Outcome(Event.DEEPEN_FAILED, f"not deepened {why}: the GPU memory its "
+                           "brief wake needs is taken; stopping instead")
+        return await self._asleep_at(2, self.effects.deepen(
+            h.name, h.config, h.profile, h.upstream_headers, why))
 
     def stop(self, why: str, grace: float) -> None:
         prev = self.task if self.task is not asyncio.current_task() else None

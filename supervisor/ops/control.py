@@ -91,9 +91,9 @@ class Control:
 
     # -- start-up and shutdown ------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Restore saved toggles, then open the keep-warm windows that are open now."""
-        saved = self.state.load()
+        saved = await asyncio.to_thread(self.state.load)  # a file read: not on the loop
         for name, toggles in (saved.get("models") or {}).items():
             handle = self.find(name)
             if handle is not None and isinstance(toggles, dict):

@@ -277,6 +277,29 @@ async def test_a_busy_model_is_not_evicted_mid_stream(
     assert b.oom_exits("stt", "tts") == 0
 
 
+async def test_a_sleeper_whose_memory_was_taken_is_stopped_not_deepened(
+        boxes: Callable[[dict[int, int]], Box], http: aiohttp.ClientSession) -> None:
+    """stt falls asleep at level 1 (0.5 GiB kept), tts starts beside it (2 GiB); when
+    stt's deepen_after comes, the brief wake that deepening takes (vLLM reloads the
+    weights, then sleeps at level 2) would need 3.1 GiB again: it is not tried (no OOM),
+    stt is stopped instead, and tts serves on."""
+    b = boxes({0: 4 * GIB})
+    sleep = {"enabled": True, "level": 1, "after": "1s", "deepen_after": "2s",
+             "vram": "0.5GiB"}
+    sup = await b.supervisor(seed_004(stt={"sleep": sleep}), gpus={0: "4GiB"})
+    stt = sup.handle("stt")
+    assert (await ask(http, sup, "stt")).status == 200
+    await wait_for(lambda: stt.state is State.ASLEEP, 10, "stt asleep")
+    answer = await ask(http, sup, "tts")
+    assert answer.status == 200 and answer.evicted is None  # fits beside the sleeper
+    await wait_for(lambda: stt.state is State.STOPPED, 15, "stt stopped at deepen_after")
+    assert stt.sleep_level != 2
+    assert b.oom_exits("stt", "tts") == 0  # the brief wake was never tried
+    assert "brief wake" in (stt.last_error or ""), stt.last_error
+    assert (await ask(http, sup, "tts")).status == 200
+    assert b.held() == {0: TTS_BYTES}
+
+
 async def test_a_restarted_supervisor_adopts_both_and_rebuilds_their_reservations(
         boxes: Callable[[dict[int, int]], Box], http: aiohttp.ClientSession) -> None:
     b = boxes({0: 8 * GIB})
