@@ -32,9 +32,7 @@ def usage_report(clients: Clients) -> dict[str, Any]:
     for client in clients.every():
         total = Usage()
         for used in client.usage.values():
-            for field in ("requests", "seconds", "held_seconds", "prompt_tokens",
-                          "completion_tokens"):
-                setattr(total, field, getattr(total, field) + getattr(used, field))
+            total.merge(used)
         report[client.name] = {
             "priority": client.priority,
             "models": {model: used.as_dict() for model, used in sorted(client.usage.items())},

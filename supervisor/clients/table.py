@@ -33,7 +33,7 @@ class RateLimited(Refusal):
 class Client:
     """A named client (or `anonymous`): its scope, priority, limits and usage."""
 
-    __slots__ = ("asker", "bucket", "models", "name", "priority", "slots", "usage")
+    __slots__ = ("asker", "bucket", "limited", "models", "name", "priority", "slots", "usage")
 
     def __init__(self, name: str, *, models: frozenset[str] | None = None, priority: int = 0,
                  per_minute: int | None = None, concurrent: int | None = None,
@@ -44,6 +44,9 @@ class Client:
         self.asker = Asker(name, priority, max_wait)  # who waits, where requests wait
         self.bucket = TokenBucket(per_minute, now) if per_minute else None
         self.slots = Slots(concurrent) if concurrent else None
+        # Limits hold across processes only where one process applies them: a worker
+        # relays this client's requests to the owner (proxy/context.py `Context.limits`).
+        self.limited = self.bucket is not None or self.slots is not None
         self.usage: dict[str, Usage] = {}  # per model
 
     def __repr__(self) -> str:
@@ -138,6 +141,9 @@ class Clients:
     def every(self) -> Iterable[Client]:
         yield self.anonymous
         yield from self.named.values()
+
+    def by_name(self, name: str) -> Client | None:
+        return self.anonymous if name == self.anonymous.name else self.named.get(name)
 
     def carry_from(self, old: Clients, configs: Mapping[str, ClientConfig]) -> None:
         now = time.monotonic()

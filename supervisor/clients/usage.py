@@ -10,7 +10,7 @@ of what the client gets, so the client sees the stream it asked for.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
@@ -38,6 +38,24 @@ class Usage:
         if tokens is not None:
             self.prompt_tokens += tokens[0]
             self.completion_tokens += tokens[1]
+
+    def merge(self, other: Usage) -> None:
+        """Add what `other` counted (a total, or a worker's share)."""
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.held_seconds += other.held_seconds
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def row(self) -> list[float]:
+        """Its fields in order, as a control message carries them (`from_row`)."""
+        return list(astuple(self))
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Usage:
+        """ValueError or TypeError on a row that is not one."""
+        requests, seconds, held, prompt, completion = row
+        return cls(int(requests), float(seconds), float(held), int(prompt), int(completion))
 
     def as_dict(self) -> dict[str, float]:
         return {"requests": self.requests, "seconds": round(self.seconds, 3),

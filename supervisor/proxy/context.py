@@ -31,7 +31,16 @@ class Context:
     metrics: Metrics
     gate: Gate
     journal: Recorder | None = None  # the owner's Journal, or a worker's feed of it
+    # Whether this process applies the clients' limits. A worker does not: a client's
+    # `max_concurrent` and `requests_per_minute` hold across every process only where one
+    # Gate counts them, the owner's, so a worker relays a limited client's requests there.
+    limits: bool = True
 
     def client_of(self, authorization: bytes | None) -> Client | None:
-        """Whose key it is, when forwarded as it is (policy.forwarded_client)."""
-        return forwarded_client(self.gate, authorization)
+        """Whose key it is, when forwarded as it is here (policy.forwarded_client); None:
+        the application answers it (in a worker: the owner, where a limited client's
+        requests are admitted, so the worker never takes a token or a slot for one)."""
+        client = forwarded_client(self.gate, authorization)
+        if client is not None and client.limited and not self.limits:
+            return None
+        return client

@@ -11,7 +11,8 @@ comes), the response head and the first bytes in one write.
 
 Everything else goes to the aiohttp application (routes.py) over an in-memory connection
 (inner.py): requests that must be held or refused, large or compressed or multipart
-bodies, every other route, client keys that do not match, drain mode, bad JSON. Both
+bodies, every other route, client keys that do not match, drain mode, bad JSON; in a
+worker, also every request of a client with limits (the owner's gate counts them). Both
 paths see the same parsed, checked request (request.py), so they can differ only in how
 fast they answer, not in what: the fast path answers an error of its own only when the
 server fails under a request it forwarded. `fast_path: false` sends every request to the

@@ -10,7 +10,9 @@ Worker to owner: `hello`, `busy` / `idle` (its count of requests for a model wen
 0 -> 1 / 1 -> 0), `ack`, `failed` (a connection to the server was refused), `stats`
 (its cumulative request metrics, about once a second), `journal` (with `journal:`, the
 requests it forwarded itself since the last one, a row each: journal.Entry's fields in
-order; the owner writes them to its journal).
+order; the owner writes them to its journal), `usage` (what each client used on its fast
+path since the last one, a row per client and model: name, model, then clients.usage.Usage's
+fields in order; the owner adds them to its clients' usage).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The lifecycle owner's side of the worker processes: it spawns N-1 of them (each binds
 the proxy port with SO_REUSEPORT and forwards for the models the owner says are ready),
 restarts one that exits, writes the requests they forwarded to the journal (with
-`journal:`), pushes them the table of units (models, and each replica of a
-model that has replicas) on every change of state, counts a busy worker as one request in
-flight on the unit's handle, and fences them before every decision that needs "nothing in
-flight" (the idle stop, the sleep tier, an eviction). It hears the units as a listener
-(lifecycle/listeners.py): subscribed while it runs.
+`journal:`), adds what their clients used to its own clients' usage, pushes them the
+table of units (models, and each replica of a model that has replicas) on every change
+of state, counts a busy worker as one request in flight on the unit's handle, and fences
+them before every decision that needs "nothing in flight" (the idle stop, the sleep
+tier, an eviction). It hears the units as a listener (lifecycle/listeners.py):
+subscribed while it runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from supervisor.journal import Journal
 from supervisor.lifecycle.handle import ModelHandle
@@ -28,12 +29,13 @@ from supervisor.lifecycle.registry import Registry
 from supervisor.observe.metrics import Metrics
 from supervisor.proxy.gate import Gate
 from supervisor.rules.table import State
-from supervisor.workers import stats
+from supervisor.workers import stats, usage_feed
 from supervisor.workers.link import Link
 from supervisor.workers.messages import LINE_LIMIT, Entry, Message, journal_entries, read, table
 from supervisor.workers.worker import GRACE_SECONDS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESTART_SECONDS = 1.0
 STOP_SECONDS = GRACE_SECONDS + 2.0  # a worker's grace, and its exit
@@ -125,21 +127,33 @@ class Fleet:
                 link.in_flight = int(message.get("in_flight", 0))
             elif kind == "journal":
                 self._journal(link, message)
+            elif kind == "usage":
+                self._usage(link, message)
             elif kind == "failed":
                 handle = self._handle(message["m"])
                 if handle is not None:
                     self._spawn(handle.upstream_failed())
 
     def _journal(self, link: Link, message: Message) -> None:
-        if self.journal is None:
-            return
+        if self.journal is not None:
+            for entry in self._decoded(link, message, journal_entries) or ():
+                self.journal.record(entry)
+
+    def _usage(self, link: Link, message: Message) -> None:
+        """What the worker's clients used: added to the owner's (whose clients a reload
+        may have replaced since the worker started: matched by name)."""
+        self._decoded(link, message, lambda m: usage_feed.add(self.gate.clients, m))
+
+    def _decoded(self, link: Link, message: Message, parse: Callable[[Message], T]
+                 ) -> T | None:
+        """`parse(message)`, or None (and a warning) for a message that is not one: a bug in
+        the worker costs its lines or counts, not a restart."""
         try:
-            entries = journal_entries(message)
-        except (ValueError, TypeError) as exc:  # a bug in the worker: lines, not a restart
-            log.warning("worker %d: a journal message that is not one (%s)", link.slot, exc)
-            return
-        for entry in entries:
-            self.journal.record(entry)
+            return parse(message)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("worker %d: a %s message that is not one (%s)", link.slot,
+                        message["t"], exc)
+            return None
 
     def _busy(self, link: Link, name: str) -> None:
         handle = self._handle(name)

@@ -1,8 +1,10 @@
 """`model-supervisor worker`: a process the owner spawns (workers/owner.py) that binds the
 proxy port with SO_REUSEPORT and runs only the fast path, against mirrors of the models
 (mirror.py) that the owner keeps up to date over the control channel; what it does not
-forward goes to the owner over its private Unix socket (relay.py). It exits when the
-channel ends: the owner is gone, and a worker without one must not serve.
+forward goes to the owner over its private Unix socket (relay.py), and so do the requests
+of clients with limits (only the owner's gate counts them across processes). What its
+clients used goes to the owner once a second (usage_feed.py). It exits when the channel
+ends: the owner is gone, and a worker without one must not serve.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from supervisor.proxy.gate import Gate
 from supervisor.proxy.inner import InnerPool
 from supervisor.proxy.limits import LimitedServer, connection_limit, listen
 from supervisor.tokens.estimate import load_estimator
-from supervisor.workers import stats
+from supervisor.workers import stats, usage_feed
 from supervisor.workers.journal_feed import JournalFeed
 from supervisor.workers.messages import LINE_LIMIT, Message, encode, read
 from supervisor.workers.mirror import Mirror, Mirrors, MirrorSet
@@ -65,14 +67,21 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     feed = JournalFeed() if config.journal is not None else None  # none: nothing kept
     plane = DataPlane(config.http, relay_to=owner_socket)  # WebSockets go to the owner
     plane.start(InnerPool(lambda: Relay(owner_socket), idle=RELAY_IDLE, close_after=True),
-                Context(registry, metrics, gate, feed))
+                Context(registry, metrics, gate, feed, limits=False))
     host, port = host_port(config.listen)
     limit = connection_limit(config.max_connections, config.fd_reserve)
     server = LimitedServer(plane.protocol, listen(host, port, 1024, reuse_port=True), limit,
                            "worker listener")
     await server.start_serving()
     send({"t": "hello", "pid": os.getpid()})
-    reporter = asyncio.create_task(_report(metrics, units, feed, send, writer))
+    def report(backlog: Callable[[], int]) -> None:
+        send({"t": "stats", "stats": stats.snapshot(metrics),
+              "in_flight": sum(m.in_flight for m in units)})
+        usage_feed.ship(gate.clients, send, backlog)
+        if feed is not None:
+            feed.ship(send, backlog)
+
+    reporter = asyncio.create_task(_report(report, writer))
     loop = asyncio.get_running_loop()
     control = asyncio.create_task(_obey(reader, registry, gate, send))
     stop = asyncio.Event()
@@ -89,9 +98,7 @@ async def run_worker(config: Config, fd: int, owner_socket: str) -> None:
     stopped.cancel()
     reporter.cancel()
     await plane.shutdown(None)
-    send({"t": "stats", "stats": stats.snapshot(metrics)})  # its last totals
-    if feed is not None:
-        feed.ship(send, lambda: 0)  # all it has left (BUFFER rows at most)
+    report(lambda: 0)  # its last totals, usage and journal rows (BUFFER at most)
     with contextlib.suppress(ConnectionError, TimeoutError):
         await asyncio.wait_for(writer.drain(), FLUSH_SECONDS)  # before the loop ends
     writer.close()
@@ -125,11 +132,10 @@ async def _obey(reader: asyncio.StreamReader, registry: Mirrors, gate: Gate,
     log.info("worker %d: the owner's channel ended; exiting", os.getpid())
 
 
-async def _report(metrics: Metrics, mirrors: list[Mirror], feed: JournalFeed | None,
-                  send: Callable[[Message], None], writer: asyncio.StreamWriter) -> None:
+async def _report(report: Callable[[Callable[[], int]], None],
+                  writer: asyncio.StreamWriter) -> None:
+    """About once a second: its totals, what its clients used, its journal rows (the last
+    two held back while the owner reads slowly: `writer`'s buffer)."""
     while True:
         await asyncio.sleep(STATS_SECONDS)
-        send({"t": "stats", "stats": stats.snapshot(metrics),
-              "in_flight": sum(m.in_flight for m in mirrors)})
-        if feed is not None:
-            feed.ship(send, writer.transport.get_write_buffer_size)
+        report(writer.transport.get_write_buffer_size)

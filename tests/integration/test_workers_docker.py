@@ -77,12 +77,17 @@ def requests_total(sup: SupervisorProcess) -> int:
 
 
 async def each_connection(sup: SupervisorProcess, n: int, body: dict[str, Any],
-                          per_connection: int = 1) -> list[tuple[int, Any]]:
-    """`per_connection` requests on each of `n` keep-alive connections at once."""
+                          per_connection: int = 1, key: str | None = None
+                          ) -> list[tuple[int, Any]]:
+    """`per_connection` requests on each of `n` keep-alive connections at once (with a
+    client's `key`, where given)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+
     async def one() -> list[tuple[int, Any]]:
         out = []
         async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=1, force_close=False)) as http:
+                connector=aiohttp.TCPConnector(limit=1, force_close=False),
+                headers=headers) as http:
             for _ in range(per_connection):
                 async with http.post(sup.url + "/v1/chat/completions", json=body) as r:
                     out.append((r.status, await r.read()))
@@ -170,6 +175,60 @@ def _force_stop(sup: SupervisorProcess) -> tuple[int, Any]:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.status, json.loads(r.read())
+
+
+@pytest.fixture
+def keyed(project: str, tmp_path: Path) -> Iterator[SupervisorProcess]:
+    """`workers: 2` and two named clients: `one` with `max_concurrent: 1`, `free` with no
+    limit."""
+    for name in ("one", "free"):
+        (tmp_path / f"{name}.keys").write_text(f"sk-{name}\n")
+    with running(tmp_path, {
+        "compose": {"file": str(COMPOSE_FILE), "project": compose_project(project).name},
+        "workers": 2,
+        "clients": {"one": {"key_file": str(tmp_path / "one.keys"), "max_concurrent": 1},
+                    "free": {"key_file": str(tmp_path / "free.keys")}},
+        "models": {MODEL: {**MODELS[MODEL], "stop_timeout": "1s", "startup_timeout": "30s"}},
+    }) as process:
+        yield process
+
+
+def used(sup: SupervisorProcess, client: str) -> int:
+    """The requests `GET /admin/usage` counts for a client."""
+    return int(http_get(sup.admin + "/admin/usage")[1]["clients"][client]["total"]["requests"])
+
+
+def client_requests_metric(sup: SupervisorProcess, client: str) -> float:
+    import urllib.request
+    with urllib.request.urlopen(sup.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(
+        rf'^supervisor_client_requests_total\{{[^}}]*client="{client}"[^}}]*\}} (\S+)$',
+        text, re.M))
+
+
+async def test_client_limits_hold_across_processes_and_usage_counts_once(keyed) -> None:
+    """A client's `max_concurrent` holds for the supervisor, not a process: 8 slow
+    requests at once over 8 connections (spread over both processes by the kernel; with a
+    slot a process, each process would answer one) get one answer and seven 429s. An
+    unlimited client's requests, many forwarded by the worker itself, are each counted
+    once in `GET /admin/usage` and the client metrics (the worker sends its share)."""
+    assert [s for s, _ in await each_connection(keyed, 1, chat(MODEL), key="sk-free")] == [200]
+    limited = await each_connection(keyed, 8, chat(MODEL, delay=2), key="sk-one")
+    assert sorted(s for s, _ in limited) == [200] + [429] * 7, limited
+    assert all(b"rate_limited" in body for s, body in limited if s == 429)
+    sent = 1
+    for _ in range(2):  # twice: a worker that sent totals, not what is new, would show
+        free = await each_connection(keyed, 8, chat(MODEL), per_connection=3, key="sk-free")
+        assert [s for s, _ in free] == [200] * 24
+        sent += 24
+        poll("every request of `free` in its usage (workers send it once a second)",
+             PATIENCE, lambda n=sent: used(keyed, "free") >= n)
+        assert used(keyed, "free") == sent
+    assert used(keyed, "one") == 1
+    assert client_requests_metric(keyed, "free") == sent
+    worker = next(w for w in workers(keyed) if w["role"] == "worker")
+    assert worker["requests_forwarded"] > 0, worker  # some were the worker's to send
 
 
 REPLICAS_COMPOSE = Path(__file__).parent / "compose-replicas.yml"
