@@ -13,9 +13,9 @@ import re
 from dataclasses import astuple, dataclass
 from typing import Any
 
-_USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
-_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+import orjson
+
+_KEY = b'"usage"'
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _ASK = b'"stream_options":{"include_usage":true},'
 EVENT_STREAM = b"text/event-stream"  # an SSE answer's content type (lowered, a prefix)
@@ -65,18 +65,50 @@ class Usage:
 
 
 def read_usage(tail: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of the last `usage` object in `tail`: tried first at
-    the last `"usage"` (one anchored match, the common case), else by a scan."""
-    found = _USAGE.match(tail, tail.rfind(b'"usage"'))
-    if found is None:
-        for found in _USAGE.finditer(tail):  # noqa: B007 (the last one)
-            pass
-    if found is None:
+    """(prompt, completion) tokens of the last `usage` object in `tail`, found from its end
+    with bytes.find and read by orjson (no regular expression: this runs once a request
+    on the fast path)."""
+    at = tail.rfind(_KEY)
+    while at >= 0:
+        found = _usage_at(tail, at + len(_KEY))
+        if found is not None:
+            return found
+        at = tail.rfind(_KEY, 0, at)
+    return None
+
+
+def _usage_at(tail: bytes, i: int) -> tuple[int, int] | None:
+    """The counts of the object that follows `"usage"` at `i` (`: {...}`); None where no
+    object does (`null`, or the word inside a string)."""
+    brace = tail.find(b"{", i)
+    if brace < 0 or tail[i:brace].strip() != b":":
         return None
-    fields = found.group(1)
-    prompt, completion = _PROMPT.search(fields), _COMPLETION.search(fields)
-    return (int(prompt.group(1)) if prompt else 0,
-            int(completion.group(1)) if completion else 0)
+    end = tail.find(b"}", brace)
+    if end < 0:
+        return None
+    try:
+        counts = orjson.loads(tail[brace:end + 1])
+    except orjson.JSONDecodeError:  # a nested object (`*_tokens_details`) ends it early
+        fields = tail[brace + 1:end]
+        return _count(fields, b'"prompt_tokens"'), _count(fields, b'"completion_tokens"')
+    return _int(counts.get("prompt_tokens")), _int(counts.get("completion_tokens"))
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _count(fields: bytes, key: bytes) -> int:
+    """A count read by hand from the members before a nested object."""
+    i = fields.find(key)
+    if i < 0:
+        return 0
+    rest = fields[i + len(key):].lstrip()
+    if not rest.startswith(b":"):
+        return 0
+    rest = rest[1:].lstrip()
+    digits = len(rest) - len(rest.lstrip(b"0123456789"))
+    return int(rest[:digits]) if digits else 0
 
 
 def ask_for_usage(payload: dict[str, Any], data: bytes) -> bytes | None:

@@ -36,6 +36,12 @@ DONE = b"data: [DONE]\n\n"
         (b'{"usage":{"prompt_tokens":4},"usage":{"completion_tokens":5}}', (0, 5)),
         (b'{"usage":{"prompt_tokens":4},"note":"\\"usage\\": later"}', (4, 0)),
         (b"not json", None),
+        # OpenAI's nested details after the counts, vLLM's null ones, spaces anywhere.
+        (b'{"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,'
+         b'"prompt_tokens_details":{"cached_tokens":0}}}', (7, 3)),
+        (b'{"usage": {"prompt_tokens": 5, "total_tokens": 6, "completion_tokens": 1, '
+         b'"prompt_tokens_details": null}}', (5, 1)),
+        (b'{"usage" :\n { "prompt_tokens" : 8 ,"completion_tokens":"x"}}', (8, 0)),
     ],
 )
 def test_read_usage(body: bytes, usage: tuple[int, int] | None) -> None:
