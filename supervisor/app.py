@@ -101,6 +101,10 @@ async def start_server(config: Config, runtime: Runtime | None = None,
         if root.fleet is not None:
             await root.fleet.stop()
 
+    async def refuse_held(app: web.Application) -> None:
+        root.refuse_held()
+
+    app.on_shutdown.append(refuse_held)  # before aiohttp waits for the handlers
     app.on_shutdown.append(stop_workers)  # before the fast path's shutdown
     app.on_shutdown.append(plane.shutdown)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

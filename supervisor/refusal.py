@@ -64,6 +64,12 @@ class StartFailed(Refusal):
     status, code, retry_after = 503, "model_start_failed", 5
 
 
+class ShuttingDown(Refusal):
+    """The supervisor process is stopping: a held request cannot be served by it."""
+
+    status, code, retry_after = 503, "shutting_down", 5
+
+
 def error_payload(status: int, message: str, code: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {

@@ -111,6 +111,12 @@ class Supervisor:
             self.journal.start()
         await self.gpu.start()
 
+    def refuse_held(self) -> None:
+        """At shutdown, before the server waits for its handlers: every held request is
+        answered 503 `shutting_down` now (in-flight ones finish, within the timeout)."""
+        for unit in self.registry.units():
+            unit.refuse_held()
+
     async def close(self) -> None:
         """The background work and the units end first, then what they measured is saved
         (a stop or a start that ends now is in it), each write in a thread while the loop

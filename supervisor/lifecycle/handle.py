@@ -33,7 +33,7 @@ from supervisor.lifecycle.liveness import Liveness
 from supervisor.lifecycle.runner import Runner
 from supervisor.lifecycle.waiting import Standing, overloaded, standing, standings, timed_out
 from supervisor.observe.metrics import Metrics, ModelSnapshot
-from supervisor.refusal import Conflict, Refusal, StartFailed
+from supervisor.refusal import Conflict, Refusal, ShuttingDown, StartFailed
 from supervisor.rules.profiles import (
     Profile,
     profiles_of,
@@ -385,11 +385,17 @@ class ModelHandle(Commands):
                      self.name, found.name, found.service)
             self._dispatch(Event.FOUND_RUNNING)
 
+    def refuse_held(self) -> None:
+        """The process is stopping: its held requests are answered now (503, retry soon),
+        not when their hold_timeout ends (the server waits for every handler first)."""
+        self.hold.fail(ShuttingDown(f"the supervisor is shutting down; {self.name!r} was "
+                                    "not ready yet, retry", model=self.name))
+
     async def close(self) -> None:
         """Forget timers and tasks; running services stay up to be adopted next time."""
         self.idle.cancel()
         self._swaps.cancel()
         self._runner.cancel_retry()
-        self.hold.fail(StartFailed("the supervisor is shutting down", model=self.name))
+        self.refuse_held()
         await self._liveness.close()
         await self._runner.close()

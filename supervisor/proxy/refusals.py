@@ -15,6 +15,7 @@ _REASONS: dict[str, RefusalReason] = {
     "hold_timeout": "hold_timeout",
     "model_start_failed": "start_failed",
     "model_stopped": "stopped",
+    "shutting_down": "stopped",
     "upstream_died": "upstream_died",
     "runtime_unavailable": "runtime_unavailable",
     "body_memory_exhausted": "overflow",

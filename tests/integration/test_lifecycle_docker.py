@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import openai
 import pytest
 
 from supervisor.rules.table import State
-from tests.helpers import model_status
+from tests.helpers import model_status, start_supervisor
 
-from .conftest import chat, container_running, starts, wait_for
+from .conftest import MODELS, chat, compose_project, container_running, starts, wait_for
 
 
 async def test_first_request_starts_the_model_and_succeeds(supervisor_factory, project) -> None:
@@ -84,6 +85,25 @@ async def test_overflow_beyond_max_held_gets_503_with_retry_after(supervisor_fac
     for task in held:
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_a_supervisor_that_stops_answers_its_held_requests_at_once(
+    project: str, http: aiohttp.ClientSession
+) -> None:
+    """SIGTERM's path (the server's graceful shutdown) while a request is held through a
+    60 s start: the client gets 503 `shutting_down` with Retry-After at once, not when its
+    hold_timeout ends, and the supervisor is gone within seconds."""
+    sup = await start_supervisor(compose_project(project), {"sleepy": MODELS["sleepy"]})
+    held = asyncio.create_task(http.post(sup.url + "/v1/chat/completions",
+                                         json=chat("sleepy")))
+    await wait_for(lambda: sup.handle("sleepy").held == 1, 10, "a held request")
+    began = time.monotonic()
+    await sup.stop()
+    async with await held as r:
+        body = await r.json()
+    assert r.status == 503, body
+    assert body["error"]["code"] == "shutting_down" and r.headers["Retry-After"] == "5"
+    assert time.monotonic() - began < 5
 
 
 async def test_client_that_disconnects_while_held_never_reaches_the_upstream(
