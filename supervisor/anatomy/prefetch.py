@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ModelConfig
+from supervisor.observe.host import mem_available
 from supervisor.rules.table import State
 
 if TYPE_CHECKING:
@@ -55,16 +56,6 @@ def weight_files(folder: Path) -> list[Path]:
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     weights = [p for p in files if p.suffix in WEIGHTS]
     return weights or files
-
-
-def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def read_ahead(files: Iterable[Path], available: int | None,

@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from supervisor.observe.host import mem_available
+
 
 @dataclass(frozen=True, slots=True)
 class Sleeper:
@@ -41,21 +43,10 @@ def make_room(sleepers: Sequence[Sleeper], need: int, free: int) -> Room:
     return Room(2)  # deepening them all would not make room: no one goes deeper for it
 
 
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 async def host_free(capacity: int | None, held: int) -> int | None:
     """Host RAM left for a new level-1 sleeper: the configured `host_memory` less what
     sleepers hold, else MemAvailable (read in a thread; it already counts them); None:
     cannot tell."""
     if capacity is not None:
         return capacity - held
-    return await asyncio.to_thread(_mem_available)
+    return await asyncio.to_thread(mem_available)

@@ -13,13 +13,13 @@ import pytest
 from supervisor.anatomy.prefetch import (
     CHUNK,
     Prefetch,
-    mem_available,
     mounted_weights,
     read_ahead,
     wants,
     weight_files,
 )
 from supervisor.config import ModelConfig
+from supervisor.observe.host import mem_available
 from supervisor.rules.table import State
 
 
