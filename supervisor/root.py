@@ -106,7 +106,7 @@ class Supervisor:
                         asyncio.create_task(self.feed.run()),
                         asyncio.create_task(self.histories.run()),
                         asyncio.create_task(self.savings_store.run())]
-        await self.control.start()
+        self.control.start()
         if self.journal is not None:
             self.journal.start()
         await self.gpu.start()
@@ -163,7 +163,8 @@ async def build(config: Config, runtime: Runtime | None = None,
     clock = LoopClock()
     state = StateFile(config.state_file)
     registry = Registry(())
-    budget = await load_budget(config, clock, state, gpu, registry.units)
+    saved = await asyncio.to_thread(state.load)  # read once: each part takes its section
+    budget = await load_budget(config, clock, saved, gpu, registry.units)
 
     def snapshots() -> list[ModelSnapshot]:
         reserved = budget.reservations()
@@ -173,7 +174,6 @@ async def build(config: Config, runtime: Runtime | None = None,
     anatomy = Anatomy(rt, metrics.registry)
     compose = config.compose
     prefetch = Prefetch(functools.partial(read_services, compose) if compose else None)
-    saved = await asyncio.to_thread(state.load)
     keeper = Keeper(time.time, saved_histories(saved, time.time()), note=metrics.events.record)
     savings = SavingsAccount(clock, time.time, units=registry.units, sizer=gpu_sizer(budget, gpu),
                              energy=EnergyMeter(gpu), saved=saved.get(SAVINGS))
@@ -217,7 +217,8 @@ async def build(config: Config, runtime: Runtime | None = None,
 
     control = Control(config, config_path, effects, metrics, registry, gate,
                       used_bytes=used_bytes, state=state, listeners=listeners, gpus=budget,
-                      anatomy=anatomy, fleet=fleet, keeper=keeper, savings=savings)
+                      anatomy=anatomy, fleet=fleet, keeper=keeper, savings=savings,
+                      saved=saved)
     return Supervisor(
         config=config, runtime=rt, session=session, state=state, gpu=gpu, metrics=metrics,
         listeners=listeners, budget=budget, anatomy=anatomy, prefetch=prefetch, effects=effects,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from supervisor.config import Config
 from supervisor.gpus.budget import GpuBudget
@@ -24,11 +24,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.placement")
 
 
-async def load_budget(config: Config, clock: Clock, state: StateFile, sampler: GpuSampler,
+async def load_budget(config: Config, clock: Clock, saved: dict[str, Any], sampler: GpuSampler,
                       handles: Callable[[], Iterable[ModelHandle]]) -> GpuBudget:
+    """`saved`: the state file as read at start (its measured sizes)."""
     if config.runtime == "swarm":  # Swarm places tasks on its nodes' GPUs (generic resources)
         return GpuBudget(None, clock)
-    measured = Measured.from_json(state.load().get(SECTION))
+    measured = Measured.from_json(saved.get(SECTION))
     needs, problems = await GpuNeeds.load(config, measured)
     for problem in problems:
         log.warning("GPU placement: %s", problem)

@@ -66,7 +66,8 @@ class Control:
                  metrics: Metrics, registry: Registry, gate: Gate, *, used_bytes: UsedBytesOf,
                  state: StateFile, listeners: Listeners, gpus: GpuBudget,
                  anatomy: Anatomy | None = None, fleet: Fleet | None = None,
-                 keeper: Keeper | None = None, savings: SavingsAccount | None = None) -> None:
+                 keeper: Keeper | None = None, savings: SavingsAccount | None = None,
+                 saved: dict[str, Any] | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.effects = effects
@@ -85,15 +86,16 @@ class Control:
         self.fleet = fleet  # the worker processes (workers: N > 1)
         self.keeper = keeper  # the idle policies' choices and measured seconds
         self.savings = savings  # what idling saved (GET /admin/savings)
+        self._saved = saved or {}  # the state file as read at start: what `start` restores
 
     def find(self, name: str) -> Model | None:
         return self.registry.handles.get(name)
 
     # -- start-up and shutdown ------------------------------------------------
 
-    async def start(self) -> None:
+    def start(self) -> None:
         """Restore saved toggles, then open the keep-warm windows that are open now."""
-        saved = await asyncio.to_thread(self.state.load)  # a file read: not on the loop
+        saved, self._saved = self._saved, {}
         for name, toggles in (saved.get("models") or {}).items():
             handle = self.find(name)
             if handle is not None and isinstance(toggles, dict):
